@@ -1,0 +1,58 @@
+"""The cluster map: which OSDs exist, where they listen, whether they are up and in.
+
+Metadata server 0 owns the map.  It keeps it in its LMDB (key ``m`` in its
+shard's ``sys`` database, see `mdsd.schema`) and raises `epoch` by one with every
+change of membership or state.  OSDs report to it with heartbeats; clients and
+the other daemons fetch the map with ``get_map`` and wait for a newer one with
+``watch_map`` (a long poll that returns when the epoch passes theirs).
+
+States: an OSD is *up* while its heartbeats arrive (down after
+``down_after`` seconds of silence) and *in* while it takes part in placement.
+An OSD that is down stays in (its chunks are served by the other replicas and
+it catches up when it returns); an operator marks it out with ``loomfs osd out``.
+The metadata server list is fixed at cluster creation and lives in the config.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OsdInfo:
+    osd_id: int
+    addr: str
+    host: str = ""
+    up: bool = True
+    in_: bool = True
+    capacity: int = 0
+    used: int = 0
+
+    def to_wire(self) -> dict:
+        return {"id": self.osd_id, "addr": self.addr, "host": self.host, "up": self.up,
+                "in": self.in_, "capacity": self.capacity, "used": self.used}
+
+    @classmethod
+    def from_wire(cls, value: dict) -> "OsdInfo":
+        return cls(int(value["id"]), str(value["addr"]), str(value.get("host", "")),
+                   bool(value["up"]), bool(value["in"]), int(value.get("capacity", 0)),
+                   int(value.get("used", 0)))
+
+
+@dataclass
+class ClusterMap:
+    epoch: int = 0
+    osds: dict[int, OsdInfo] = field(default_factory=dict)
+
+    def to_wire(self) -> dict:
+        return {"epoch": self.epoch, "osds": [o.to_wire() for o in self.osds.values()]}
+
+    @classmethod
+    def from_wire(cls, value: dict) -> "ClusterMap":
+        osds = {o.osd_id: o for o in map(OsdInfo.from_wire, value["osds"])}
+        return cls(int(value["epoch"]), osds)
+
+    def in_osds(self) -> list[int]:
+        return sorted(o.osd_id for o in self.osds.values() if o.in_)
+
+    def is_up(self, osd_id: int) -> bool:
+        info = self.osds.get(osd_id)
+        return info is not None and info.up

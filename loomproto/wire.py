@@ -1,0 +1,205 @@
+"""The wire protocol every LoomFS daemon and client speaks.
+
+Frame layout (all integers big-endian)::
+
+    magic  b"LM"     2 bytes
+    version          1 byte   (PROTO_VERSION; a frame of another version is refused)
+    kind             1 byte   (KIND_REQUEST, KIND_REPLY)
+    header_len       4 bytes  (msgpack header, at most MAX_HEADER)
+    payload_len      4 bytes  (raw bulk bytes after the header, at most MAX_PAYLOAD)
+    header           msgpack
+    payload          raw bytes (chunk data travels here, never inside msgpack)
+
+A request header is ``[req_id, op, args]``; a reply header is ``[req_id, code,
+result]`` where ``code`` 0 means success and anything else is a
+`loomproto.errors` code with ``result`` the message.
+
+Handshake, before any frame: the server sends a hello frame (kind KIND_HELLO)
+``{"proto": PROTO_VERSION, "cluster": cluster_id, "nonce": 16 bytes}``; the
+client answers ``{"proto", "cluster", "nonce", "name", "mac"}`` with
+``mac = HMAC-SHA256(key, b"client" + server_nonce + client_nonce)``; the server
+checks it and answers ``{"mac": HMAC-SHA256(key, b"server" + client_nonce +
+server_nonce)}`` so that the client knows it talks to a cluster member too.  A
+peer that fails any step is disconnected.
+
+Glossary (used the same way in mdsd/, osd/ and client/):
+``ino`` inode number; ``parent_ino`` and ``name`` (bytes) a directory entry;
+``fh`` file handle; ``layout`` a file's placement rule (see `loomproto.layout`);
+``stripe`` one row of chunks across the layout's OSDs; ``chunk_index`` position
+of a chunk in its file; ``chunk_id`` the stored object's identity (ino,
+chunk_index); ``osd_id``, ``mds_id``; ``txn`` an LMDB transaction; ``version``
+anything that detects stale data; ``epoch`` the cluster map's version.
+"""
+
+import hashlib
+import hmac
+import logging
+import os
+import struct
+
+import msgpack
+import trio
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+PROTO_VERSION = 1
+MAGIC = b"LM"
+KIND_HELLO = 0
+KIND_REQUEST = 1
+KIND_REPLY = 2
+_PREFIX = struct.Struct(">2sBBII")
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 64 << 20
+RECV_SIZE = 1 << 20
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class FrameError(errors.BadRequest):
+    """A frame that cannot be decoded; the connection it came on is closed."""
+
+
+def _packb(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpackb(data):
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        max_bin_len=MAX_HEADER,
+        max_str_len=MAX_HEADER,
+        max_array_len=1 << 16,
+        max_map_len=1 << 16,
+        max_ext_len=0,
+    )
+
+
+def encode_frame(kind: int, header, payload=b"") -> list:
+    """The pieces of one frame, ready for `FrameStream.send`."""
+    head = _packb(header)
+    if len(head) > MAX_HEADER:
+        raise FrameError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
+    if len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    prefix = _PREFIX.pack(MAGIC, PROTO_VERSION, kind, len(head), len(payload))
+    return [prefix + head, payload]
+
+
+class FrameStream:
+    """Reads and writes whole frames on a trio stream.
+
+    Only one task may call `receive`; `send` is serialised by a lock so that
+    concurrent callers never interleave bytes on the socket.
+    """
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self._buf = bytearray()
+        self._send_lock = trio.Lock()
+
+    async def send(self, pieces: list) -> None:
+        head, payload = pieces
+        async with self._send_lock:
+            # Small payloads ride along with the header in one send; big ones
+            # are sent as they are, to avoid copying megabytes.
+            if len(payload) <= 65536:
+                await self.stream.send_all(head + payload if payload else head)
+            else:
+                await self.stream.send_all(head)
+                await self.stream.send_all(payload)
+
+    async def _fill(self, need: int) -> bool:
+        while len(self._buf) < need:
+            data = await self.stream.receive_some(max(RECV_SIZE, need - len(self._buf)))
+            if not data:
+                if self._buf:
+                    raise FrameError(f"connection closed inside a frame ({len(self._buf)} bytes)")
+                return False
+            self._buf += data
+        return True
+
+    async def receive(self):
+        """Next frame as ``(kind, header, payload)``, or None at a clean EOF."""
+        if not await self._fill(_PREFIX.size):
+            return None
+        magic, version, kind, head_len, payload_len = _PREFIX.unpack_from(self._buf)
+        if magic != MAGIC:
+            raise FrameError(f"bad magic {bytes(magic)!r}")
+        if version != PROTO_VERSION:
+            raise errors.VersionMismatch(f"peer speaks protocol {version}, we speak {PROTO_VERSION}")
+        if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+            raise FrameError(f"oversized frame: header {head_len}, payload {payload_len}")
+        total = _PREFIX.size + head_len + payload_len
+        if not await self._fill(total):
+            raise FrameError("connection closed inside a frame")
+        start = _PREFIX.size
+        try:
+            header = _unpackb(self._buf[start:start + head_len])
+        except Exception as exc:  # msgpack raises many unrelated types
+            raise FrameError(f"undecodable header: {exc}") from None
+        payload = bytes(self._buf[start + head_len:total])
+        del self._buf[:total]
+        return kind, header, payload
+
+    async def aclose(self):
+        await self.stream.aclose()
+
+
+def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, label + first + second, hashlib.sha256).digest()
+
+
+async def server_handshake(frames: FrameStream, cluster_id: str, key: bytes) -> str:
+    """Prove the peer holds the cluster key; returns the name it gave."""
+    nonce = os.urandom(16)
+    hello = {"proto": PROTO_VERSION, "cluster": cluster_id, "nonce": nonce}
+    await frames.send(encode_frame(KIND_HELLO, hello))
+    frame = await frames.receive()
+    if frame is None:
+        raise errors.AuthFailed("peer closed during handshake")
+    kind, answer, _ = frame
+    if kind != KIND_HELLO or not isinstance(answer, dict):
+        raise errors.AuthFailed("handshake answer is not a hello frame")
+    if answer.get("proto") != PROTO_VERSION:
+        raise errors.VersionMismatch(f"peer protocol {answer.get('proto')!r}")
+    if answer.get("cluster") != cluster_id:
+        raise errors.AuthFailed(f"peer belongs to cluster {answer.get('cluster')!r}")
+    peer_nonce = answer.get("nonce")
+    if not isinstance(peer_nonce, bytes) or len(peer_nonce) != 16:
+        raise errors.AuthFailed("bad client nonce")
+    if not hmac.compare_digest(_mac(key, b"client", nonce, peer_nonce), answer.get("mac", b"")):
+        raise errors.AuthFailed("wrong cluster key")
+    await frames.send(encode_frame(KIND_HELLO, {"mac": _mac(key, b"server", peer_nonce, nonce)}))
+    return str(answer.get("name", "?"))
+
+
+async def client_handshake(frames: FrameStream, cluster_id: str, key: bytes, name: str):
+    frame = await frames.receive()
+    if frame is None:
+        raise errors.AuthFailed("server closed before hello")
+    kind, hello, _ = frame
+    if kind != KIND_HELLO or not isinstance(hello, dict):
+        raise errors.AuthFailed("server did not send a hello frame")
+    if hello.get("proto") != PROTO_VERSION:
+        raise errors.VersionMismatch(f"server protocol {hello.get('proto')!r}")
+    if hello.get("cluster") != cluster_id:
+        raise errors.AuthFailed(f"server belongs to cluster {hello.get('cluster')!r}")
+    nonce = os.urandom(16)
+    server_nonce = hello["nonce"]
+    answer = {
+        "proto": PROTO_VERSION,
+        "cluster": cluster_id,
+        "nonce": nonce,
+        "name": name,
+        "mac": _mac(key, b"client", server_nonce, nonce),
+    }
+    await frames.send(encode_frame(KIND_HELLO, answer))
+    frame = await frames.receive()
+    if frame is None:
+        raise errors.AuthFailed("server refused our key")
+    expect = _mac(key, b"server", nonce, server_nonce)
+    if not hmac.compare_digest(expect, frame[1].get("mac", b"")):
+        raise errors.AuthFailed("server does not hold the cluster key")

@@ -1,0 +1,120 @@
+"""The RPC layer over real loopback TCP: calls, payloads, errors, bad frames, auth."""
+
+import struct
+
+import pytest
+import trio
+
+from loomproto import errors, rpc, wire
+
+KEY = b"k" * 32
+CLUSTER = "loom-test"
+
+
+class EchoService:
+    async def rpc_echo(self, args, payload, peer):
+        return rpc.Payload({"args": args}, payload)
+
+    async def rpc_fail(self, args, payload, peer):
+        raise errors.NotFound(f"no entry {args['name']!r}")
+
+    async def rpc_crash(self, args, payload, peer):
+        raise RuntimeError("bug")
+
+    async def rpc_slow(self, args, payload, peer):
+        await trio.sleep(args["seconds"])
+        return "done"
+
+
+@pytest.fixture
+async def server(nursery):
+    srv = rpc.RpcServer(EchoService(), CLUSTER, KEY, "echo")
+    listeners = await nursery.start(srv.serve, "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+async def test_call_roundtrip_with_payload(server, nursery):
+    client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
+    result, data = await client.call_payload("echo", {"x": 1}, b"\0" * 200_000)
+    assert result == {"args": {"x": 1}}
+    assert data == b"\0" * 200_000
+
+
+async def test_many_calls_in_flight(server, nursery):
+    client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
+    results = {}
+
+    async def one(i):
+        results[i] = await client.call("echo", {"i": i}, bytes([i % 256]) * i)
+
+    async with trio.open_nursery() as inner:
+        for i in range(200):
+            inner.start_soon(one, i)
+    assert all(results[i] == {"args": {"i": i}} for i in range(200))
+
+
+async def test_errors_come_back_typed(server, nursery):
+    client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
+    with pytest.raises(errors.NotFound, match="no entry"):
+        await client.call("fail", {"name": "x"})
+    with pytest.raises(errors.IOFailure):
+        await client.call("crash")
+    with pytest.raises(errors.BadRequest, match="unknown operation"):
+        await client.call("nosuchop")
+    assert await client.call("echo") == {"args": {}}
+
+
+async def test_wrong_key_refused(server, nursery):
+    client = rpc.RpcClient(nursery, server, CLUSTER, b"x" * 32, "stranger")
+    with pytest.raises(errors.AuthFailed):
+        await client.call("echo")
+
+
+async def _raw_session(addr):
+    host, port = rpc.parse_addr(addr)
+    stream = await trio.open_tcp_stream(host, port)
+    frames = wire.FrameStream(stream)
+    await wire.client_handshake(frames, CLUSTER, KEY, "raw")
+    return stream, frames
+
+
+@pytest.mark.parametrize("garbage", [
+    b"XX" + b"\0" * 10,                                      # bad magic
+    struct.pack(">2sBBII", b"LM", 1, 1, 1 << 30, 0),         # oversized header
+    struct.pack(">2sBBII", b"LM", 1, 1, 3, 0) + b"\xc1\xc1\xc1",  # undecodable msgpack
+    struct.pack(">2sBBII", b"LM", 9, 1, 1, 0) + b"\x90",     # unknown version
+    struct.pack(">2sBBII", b"LM", 1, 1, 1, 0) + b"\x90",     # header not [id, op, args]
+])
+async def test_malformed_frame_closes_only_that_connection(server, nursery, garbage):
+    good = rpc.RpcClient(nursery, server, CLUSTER, KEY, "good")
+    assert await good.call("echo", {"a": 1}) == {"args": {"a": 1}}
+    stream, frames = await _raw_session(server)
+    await stream.send_all(garbage)
+    with trio.fail_after(5):
+        assert await frames.receive() is None  # the server hung up on us
+    await stream.aclose()
+    assert await good.call("echo", {"a": 2}) == {"args": {"a": 2}}
+
+
+async def test_truncated_frame(server, nursery):
+    stream, frames = await _raw_session(server)
+    head = wire.encode_frame(wire.KIND_REQUEST, [1, "echo", {}], b"abcdef")
+    await stream.send_all(head[0][:7])
+    await stream.aclose()
+    client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
+    assert await client.call("echo") == {"args": {}}
+
+
+async def test_reconnect_after_server_restart(nursery):
+    srv = rpc.RpcServer(EchoService(), CLUSTER, KEY, "echo")
+    async with trio.open_nursery() as first:
+        listeners = await first.start(srv.serve, "127.0.0.1", 0)
+        port = listeners[0].socket.getsockname()[1]
+        client = rpc.RpcClient(nursery, f"127.0.0.1:{port}", CLUSTER, KEY, "t")
+        assert await client.call("echo") == {"args": {}}
+        first.cancel_scope.cancel()
+    with pytest.raises(errors.TransportError):
+        await client.call("echo")
+    await nursery.start(srv.serve, "127.0.0.1", port)
+    assert await client.call("echo") == {"args": {}}
