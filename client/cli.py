@@ -1,0 +1,186 @@
+"""The `loomfs` command: mount, and the admin commands.
+
+Admin commands find the cluster through ``--cluster`` (a cluster.json or the
+directory holding it), defaulting to ``./.loomfs``, the cluster ``make up``
+starts.
+"""
+
+import argparse
+import json
+import os
+import stat
+import sys
+
+import trio
+
+from loomproto import config as cluster_config
+from loomproto import errors
+from loomproto.layout import Layout, osd_order, replicas_for_chunk
+
+from . import mount
+from .cluster import Cluster
+
+DEFAULT_CLUSTER = ".loomfs"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loomfs", description="LoomFS client and admin")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mount", help="mount a cluster")
+    p.add_argument("cluster", help="cluster.json, or the directory holding it")
+    p.add_argument("mountpoint")
+    p.add_argument("-o", dest="options", default=mount.DEFAULT_OPTIONS,
+                   help=f"mount options (default {mount.DEFAULT_OPTIONS})")
+    p.add_argument("--foreground", "-f", action="store_true")
+    p.add_argument("--debug", "-d", action="store_true", help="log every request")
+    p.add_argument("--log", help="log file (default: stderr in the foreground, else none)")
+
+    for name, text in [("status", "shards and OSDs, up/down, capacity"),
+                       ("df", "capacity and usage")]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("getstripe", help="show a file's or directory's layout")
+    p.add_argument("path")
+    p = sub.add_parser("setstripe", help="set the layout new files under DIR inherit")
+    p.add_argument("--count", type=int, required=True, help="stripe count (OSDs per file)")
+    p.add_argument("--size", type=int, required=True, help="stripe unit in bytes")
+    p.add_argument("--replicas", type=int, help="copies of each chunk")
+    p.add_argument("dir")
+    p = sub.add_parser("osd", help="mark an OSD in or out of placement")
+    p.add_argument("action", choices=["in", "out"])
+    p.add_argument("osd_id", type=int)
+
+    for p in sub.choices.values():
+        if p.prog.split()[-1] != "mount":
+            p.add_argument("--cluster", default=DEFAULT_CLUSTER,
+                           help="cluster.json or its directory (default ./.loomfs)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "mount":
+        return mount.run(args.cluster, args.mountpoint, args.options, args.foreground,
+                         args.debug, args.log)
+    try:
+        config = cluster_config.load(args.cluster)
+        return trio.run(_admin, config, args)
+    except cluster_config.ConfigError as exc:
+        print(f"loomfs: {exc}", file=sys.stderr)
+        return 2
+    except errors.LoomError as exc:
+        print(f"loomfs {args.command}: {exc.message}", file=sys.stderr)
+        return 1
+    except trio.TooSlowError:
+        print(f"loomfs {args.command}: the cluster did not answer in time", file=sys.stderr)
+        return 1
+
+
+async def _admin(config, args) -> int:
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, config, name="loomfs-admin", mds_timeout=10.0)
+        try:
+            await cluster.start(check_shards=args.command != "status")
+            handler = _HANDLERS[args.command]
+            return await handler(cluster, args)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _status(cluster, args) -> int:
+    shards = []
+    for shard, addr in enumerate(cluster.config.mds):
+        try:
+            info = await cluster.mds_once(shard, "shard_info", {}, timeout=2.0)
+            shards.append({"shard": shard, "addr": addr, "up": True, **info})
+        except errors.LoomError as exc:
+            shards.append({"shard": shard, "addr": addr, "up": False, "error": exc.message})
+    osds = [o.to_wire() for o in sorted(cluster.map.osds.values(), key=lambda o: o.osd_id)]
+    report = {"cluster": cluster.config.cluster_id, "epoch": cluster.map.epoch,
+              "shards": shards, "osds": osds}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"cluster {report['cluster']}  map epoch {report['epoch']}")
+    for s in shards:
+        state = "up" if s["up"] else f"DOWN ({s['error']})"
+        counts = f"{s.get('inodes', '?')} inodes" if s["up"] else ""
+        print(f"  mds{s['shard']:<3} {s['addr']:<22} {state:<6} {counts}")
+    for o in osds:
+        state = ("up" if o["up"] else "DOWN") + ("" if o["in"] else ",out")
+        print(f"  osd{o['id']:<3} {o['addr']:<22} {state:<8} "
+              f"{_size(o['used'])} used of {_size(o['capacity'])}")
+    return 0 if all(s["up"] for s in shards) else 1
+
+
+async def _df(cluster, args) -> int:
+    info = await cluster.mds(0, "statfs", {})
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    total, used = info["bytes_total"], info["bytes_used"]
+    print(f"{'size':>10} {'used':>10} {'avail':>10} {'use%':>5}  inodes")
+    pct = f"{100 * used // total}%" if total else "-"
+    print(f"{_size(total):>10} {_size(used):>10} {_size(total - used):>10} {pct:>5}  "
+          f"{info['inodes_used']}")
+    return 0
+
+
+async def _getstripe(cluster, args) -> int:
+    st = os.stat(args.path)
+    attr = await cluster.mds(cluster.shard_of_ino(st.st_ino), "getattr", {"ino": st.st_ino})
+    if not attr.get("layout"):
+        print(f"{args.path}: no layout (not a regular file or directory)")
+        return 1
+    layout = Layout.from_wire(attr["layout"])
+    print(f"{args.path}\n  ino {st.st_ino}  stripe_size {layout.unit}  "
+          f"stripe_count {layout.count}  replicas {layout.replicas}")
+    if stat.S_ISREG(st.st_mode):
+        order = osd_order(st.st_ino, cluster.in_osds())
+        chunks = min(max(layout.chunk_count(st.st_size), 1), layout.count)
+        for chunk_index in range(chunks):
+            osds = replicas_for_chunk(layout, st.st_ino, chunk_index, order)
+            print(f"  slot {chunk_index}: osds {' '.join(map(str, osds))} (primary first)")
+    return 0
+
+
+async def _setstripe(cluster, args) -> int:
+    st = os.stat(args.dir)
+    if not stat.S_ISDIR(st.st_mode):
+        print(f"loomfs setstripe: {args.dir} is not a directory", file=sys.stderr)
+        return 1
+    attr = await cluster.mds(cluster.shard_of_ino(st.st_ino), "getattr", {"ino": st.st_ino})
+    current = Layout.from_wire(attr["layout"]) if attr.get("layout") else cluster.config.layout
+    try:
+        layout = Layout(args.size, args.count, args.replicas or current.replicas)
+    except ValueError as exc:
+        print(f"loomfs setstripe: {exc}", file=sys.stderr)
+        return 1
+    await cluster.mds(cluster.shard_of_ino(st.st_ino), "setstripe",
+                      {"ino": st.st_ino, "layout": layout.to_wire()})
+    print(f"{args.dir}: new files get stripe_size {layout.unit} stripe_count {layout.count} "
+          f"replicas {layout.replicas}")
+    return 0
+
+
+async def _osd(cluster, args) -> int:
+    await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
+    print(f"osd{args.osd_id} marked {args.action}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+_HANDLERS = {"status": _status, "df": _df, "getstripe": _getstripe,
+             "setstripe": _setstripe, "osd": _osd}
+
+if __name__ == "__main__":
+    sys.exit(main())

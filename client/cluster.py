@@ -1,0 +1,137 @@
+"""The client's view of a cluster: connections to every shard and OSD, the
+cluster map kept current by a long poll, and the client session.
+
+Retry policy lives here, in one place: calls to metadata servers are retried
+on transport failures until `mds_timeout` passes (mutating calls carry a
+request id, so a retry after a lost reply is not applied twice); calls to OSDs
+are left to the data path, which knows which replica to try next.
+"""
+
+import logging
+import os
+
+import trio
+
+from loomproto import errors, layout, rpc
+from loomproto.clustermap import ClusterMap
+
+log = logging.getLogger(__name__)
+
+MAP_WATCH_SECONDS = 25
+SESSION_RENEW_SECONDS = 10
+
+
+class Cluster:
+    """Owns every RPC connection of one client; background tasks run in `nursery`."""
+
+    def __init__(self, nursery, config, name: str = "client", mds_timeout: float = 60.0):
+        self.nursery = nursery
+        self.config = config
+        self.nshards = config.nshards
+        self.name = name
+        self.mds_timeout = mds_timeout
+        self.session = os.urandom(16)
+        self.map = ClusterMap()
+        self.map_changed = trio.Event()
+        self._mds = [self._client(addr) for addr in config.mds]
+        self._osds: dict[int, rpc.RpcClient] = {}
+        self.open_inos: dict[int, int] = {}  # ino -> number of open handles here
+
+    def _client(self, addr: str) -> rpc.RpcClient:
+        return rpc.RpcClient(self.nursery, addr, self.config.cluster_id, self.config.key,
+                             self.name)
+
+    async def start(self, connect_timeout: float = 10.0, check_shards: bool = True):
+        """Fetch the map and check every shard answers; raise TransportError if not."""
+        deadline = trio.current_time() + connect_timeout
+        self._set_map(ClusterMap.from_wire(await self._call_until(0, "get_map", {}, deadline)))
+        for shard in range(self.nshards if check_shards else 0):
+            await self._call_until(shard, "shard_info", {}, deadline)
+        self.nursery.start_soon(self._watch_map)
+        self.nursery.start_soon(self._renew_session)
+
+    async def aclose(self):
+        for client in [*self._mds, *self._osds.values()]:
+            await client.aclose()
+
+    # -- metadata ---------------------------------------------------------
+
+    def shard_of_ino(self, ino: int) -> int:
+        return layout.shard_of_ino(ino, self.nshards)
+
+    def shard_of_dentry(self, parent_ino: int, name: bytes) -> int:
+        return layout.shard_of_dentry(parent_ino, name, self.nshards)
+
+    async def mds(self, shard: int, op: str, args: dict):
+        """Call one shard, retrying transport failures until `mds_timeout`."""
+        return await self._call_until(shard, op, args, trio.current_time() + self.mds_timeout)
+
+    async def mds_once(self, shard: int, op: str, args: dict, timeout: float):
+        """Call one shard, retrying only until `timeout` seconds pass."""
+        return await self._call_until(shard, op, args, trio.current_time() + timeout)
+
+    async def _call_until(self, shard: int, op: str, args: dict, deadline: float):
+        delay = 0.05
+        while True:
+            try:
+                return await self._mds[shard].call(op, args)
+            except errors.TransportError as exc:
+                if trio.current_time() + delay > deadline:
+                    log.error("metadata server %d (%s) unreachable for %s: %s", shard,
+                              self.config.mds[shard], op, exc)
+                    raise
+                log.debug("retrying %s on shard %d: %s", op, shard, exc)
+            except errors.Conflict:
+                if trio.current_time() + delay > deadline:
+                    raise
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- OSDs ---------------------------------------------------------------
+
+    def osd(self, osd_id: int) -> rpc.RpcClient:
+        info = self.map.osds.get(osd_id)
+        if info is None:
+            raise errors.StaleMap(f"osd {osd_id} is not in map epoch {self.map.epoch}")
+        client = self._osds.get(osd_id)
+        if client is None or client.addr != info.addr:
+            client = self._client(info.addr)
+            self._osds[osd_id] = client
+        return client
+
+    def in_osds(self) -> list[int]:
+        return self.map.in_osds()
+
+    # -- background -------------------------------------------------------
+
+    def _set_map(self, new_map: ClusterMap):
+        if new_map.epoch < self.map.epoch:
+            return
+        old_epoch = self.map.epoch
+        self.map = new_map
+        if new_map.epoch != old_epoch:
+            log.info("cluster map epoch %d: %d OSDs, %d up", new_map.epoch,
+                     len(new_map.osds), sum(o.up for o in new_map.osds.values()))
+            self.map_changed.set()
+            self.map_changed = trio.Event()
+
+    async def _watch_map(self):
+        while True:
+            try:
+                raw = await self._mds[0].call(
+                    "watch_map", {"epoch": self.map.epoch, "timeout": MAP_WATCH_SECONDS})
+                self._set_map(ClusterMap.from_wire(raw))
+            except errors.LoomError as exc:
+                log.debug("map watch failed: %s", exc)
+                await trio.sleep(1.0)
+
+    async def _renew_session(self):
+        while True:
+            for shard in range(self.nshards):
+                inos = [ino for ino in self.open_inos if self.shard_of_ino(ino) == shard]
+                try:
+                    await self._mds[shard].call(
+                        "session_renew", {"session": self.session, "inos": inos})
+                except errors.LoomError as exc:
+                    log.debug("session renew on shard %d failed: %s", shard, exc)
+            await trio.sleep(SESSION_RENEW_SECONDS)

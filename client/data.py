@@ -1,0 +1,336 @@
+"""The client's data path: striping reads and writes over the OSDs.
+
+Writes are gathered per file into chunk-sized buffers.  A buffer that fills a
+whole chunk is sent at once; the others wait until the file's dirty bytes pass
+its write window, a read touches them, or the file is flushed.  Many chunks
+are in flight at once, each to its own primary OSD, which forwards to the
+replicas.  A failed chunk write is remembered and reported by the next
+`flush`/`fsync` of the file (as NFS does), since `write` has returned already.
+
+Reads go to the chunk's primary (the next replica when it fails).  A reader
+that moves sequentially gets whole chunks and a read-ahead of the next stripe,
+fetched from several OSDs concurrently; random reads fetch just their range.
+
+Limitations:
+- A write of a chunk whose OSDs are all down fails after `io_timeout`; the
+  data waits in memory until then (bounded by the window).
+- Truncation and deletion reach the OSDs that are up; an OSD that was down
+  catches up through recovery (a later issue), not here.
+"""
+
+import logging
+from collections import OrderedDict
+
+import trio
+
+from loomproto import errors
+from loomproto.layout import Layout, osd_order, replicas_for_chunk
+
+log = logging.getLogger(__name__)
+
+SMALL_READ = 64 << 10  # reads below this that jump around fetch just their range
+READ_CACHE_STRIPES = 4
+
+
+class ChunkBuffer:
+    """Dirty bytes of one chunk: a bytearray and the sorted extents written."""
+
+    __slots__ = ("data", "extents")
+
+    def __init__(self):
+        self.data = bytearray()
+        self.extents: list[list[int]] = []
+
+    def put(self, offset: int, piece) -> None:
+        end = offset + len(piece)
+        if len(self.data) < end:
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[offset:end] = piece
+        self._add_extent(offset, end)
+
+    def _add_extent(self, start: int, end: int) -> None:
+        merged = []
+        for old_start, old_end in self.extents:
+            if old_end < start or old_start > end:
+                merged.append([old_start, old_end])
+            else:
+                start, end = min(start, old_start), max(end, old_end)
+        merged.append([start, end])
+        merged.sort()
+        self.extents = merged
+
+    def covers(self, unit: int) -> bool:
+        return len(self.extents) == 1 and self.extents[0] == [0, unit]
+
+    @property
+    def dirty_bytes(self) -> int:
+        return sum(end - start for start, end in self.extents)
+
+
+class FileData:
+    """Data state of one open inode in this client, shared by its handles."""
+
+    def __init__(self, ino: int, file_layout: Layout, size: int):
+        self.ino = ino
+        self.layout = file_layout
+        self.size = size
+        self.dirty: OrderedDict[int, ChunkBuffer] = OrderedDict()
+        self.dirty_bytes = 0
+        self.in_flight = 0
+        self.idle = trio.Event()
+        self.idle.set()
+        self.progress = trio.Event()  # set (and replaced) whenever a chunk write ends
+        self.error: errors.LoomError | None = None
+        self.written_osds: set[int] = set()
+        self.size_dirty = False
+        self.mtime_ns = 0
+        self.read_cache: OrderedDict[int, bytes] = OrderedDict()
+        self.fetching: dict[int, trio.Event] = {}
+        self.generation = 0  # bumped by every write and truncate, for the read cache
+        self.next_read = -1
+        self.handles = 0
+
+
+class DataPath:
+    def __init__(self, cluster, nursery, write_window: int = 16 << 20,
+                 max_in_flight: int = 32, io_timeout: float = 60.0):
+        self.cluster = cluster
+        self.nursery = nursery
+        self.write_window = write_window
+        self.io_timeout = io_timeout
+        self._slots = trio.Semaphore(max_in_flight)
+        self._orders: OrderedDict[tuple, list[int]] = OrderedDict()
+
+    # -- placement --------------------------------------------------------
+
+    def replicas(self, fd: FileData, chunk_index: int) -> list[int]:
+        key = (fd.ino, self.cluster.map.epoch)
+        order = self._orders.get(key)
+        if order is None:
+            order = osd_order(fd.ino, self.cluster.in_osds())
+            self._orders[key] = order
+            if len(self._orders) > 4096:
+                self._orders.popitem(last=False)
+        return replicas_for_chunk(fd.layout, fd.ino, chunk_index, order)
+
+    # -- writes -----------------------------------------------------------
+
+    async def write(self, fd: FileData, offset: int, data: bytes, now_ns: int) -> int:
+        if fd.error is not None:
+            raise fd.error
+        view = memoryview(data)
+        pos = 0
+        for chunk_index, in_chunk, length in fd.layout.chunks(offset, len(data)):
+            buf = fd.dirty.get(chunk_index)
+            if buf is None:
+                buf = fd.dirty[chunk_index] = ChunkBuffer()
+            before = buf.dirty_bytes
+            buf.put(in_chunk, view[pos:pos + length])
+            fd.dirty_bytes += buf.dirty_bytes - before
+            fd.read_cache.pop(chunk_index, None)
+            pos += length
+            if buf.covers(fd.layout.unit):
+                self._send_chunk(fd, chunk_index)
+        fd.generation += 1
+        fd.size = max(fd.size, offset + len(data))
+        fd.size_dirty = True
+        fd.mtime_ns = now_ns
+        if fd.dirty_bytes > self.write_window:
+            for chunk_index in list(fd.dirty):
+                self._send_chunk(fd, chunk_index)
+        # Back-pressure: never hold more than the window in flight for a file.
+        while fd.in_flight and fd.dirty_bytes > self.write_window:
+            await fd.progress.wait()
+        return len(data)
+
+    def _send_chunk(self, fd: FileData, chunk_index: int) -> None:
+        buf = fd.dirty.pop(chunk_index)
+        if fd.in_flight == 0:
+            fd.idle = trio.Event()
+        fd.in_flight += 1
+        self.nursery.start_soon(self._write_chunk, fd, chunk_index, buf,
+                                name=f"write ino {fd.ino} chunk {chunk_index}")
+
+    async def _write_chunk(self, fd: FileData, chunk_index: int, buf: ChunkBuffer):
+        try:
+            async with self._slots:
+                for start, end in buf.extents:
+                    piece = bytes(buf.data[start:end])
+                    await self._write_piece(fd, chunk_index, start, piece)
+        except errors.LoomError as exc:
+            log.error("write of ino %d chunk %d failed: %s", fd.ino, chunk_index, exc)
+            fd.error = fd.error or errors.IOFailure(str(exc))
+        finally:
+            fd.dirty_bytes -= buf.dirty_bytes
+            fd.in_flight -= 1
+            fd.progress.set()
+            fd.progress = trio.Event()
+            if fd.in_flight == 0:
+                fd.idle.set()
+
+    async def _write_piece(self, fd, chunk_index, offset, piece):
+        deadline = trio.current_time() + self.io_timeout
+        while True:
+            replicas = self.replicas(fd, chunk_index)
+            if not replicas:
+                raise errors.IOFailure("no OSD in the cluster map")
+            args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
+                    "replicas": replicas, "epoch": self.cluster.map.epoch}
+            try:
+                await self.cluster.osd(replicas[0]).call("write", args, piece)
+                fd.written_osds.update(replicas)
+                return
+            except (errors.TransportError, errors.StaleMap, errors.TryAgain) as exc:
+                if trio.current_time() > deadline:
+                    raise errors.IOFailure(
+                        f"no replica of ino {fd.ino} chunk {chunk_index} took the write "
+                        f"(osds {replicas}): {exc}") from None
+                log.warning("write of ino %d chunk %d to osd %d failed, retrying: %s",
+                            fd.ino, chunk_index, replicas[0], exc)
+                await self._wait_for_map(1.0)
+
+    async def _wait_for_map(self, seconds: float):
+        with trio.move_on_after(seconds):
+            await self.cluster.map_changed.wait()
+
+    async def drain(self, fd: FileData, chunks=None) -> None:
+        """Send dirty chunks (all, or those in `chunks`) and wait until none is in flight."""
+        for chunk_index in list(fd.dirty):
+            if chunks is None or chunk_index in chunks:
+                self._send_chunk(fd, chunk_index)
+        while fd.in_flight:
+            await fd.idle.wait()
+
+    def take_error(self, fd: FileData):
+        error, fd.error = fd.error, None
+        return error
+
+    async def sync(self, fd: FileData) -> None:
+        """Every byte written so far is on stable storage on its replicas."""
+        osds = sorted(fd.written_osds)
+        async with trio.open_nursery() as nursery:
+            for osd_id in osds:
+                nursery.start_soon(self._sync_one, fd.ino, osd_id)
+
+    async def _sync_one(self, ino, osd_id):
+        if not self.cluster.map.is_up(osd_id):
+            return
+        with trio.fail_after(self.io_timeout):
+            await self.cluster.osd(osd_id).call("sync_file", {"ino": ino})
+
+    # -- reads ------------------------------------------------------------
+
+    async def read(self, fd: FileData, offset: int, length: int) -> bytes:
+        end = min(offset + length, fd.size)
+        if offset >= end:
+            return b""
+        touched = {ci for ci, _, _ in fd.layout.chunks(offset, end - offset)}
+        if touched & fd.dirty.keys() or fd.in_flight:
+            await self.drain(fd, touched)
+            error = self.take_error(fd)
+            if error is not None:
+                raise error
+        # Kernel read-ahead sends several requests at once, so "sequential"
+        # tolerates a little reordering around the previous end.
+        sequential = abs(offset - fd.next_read) <= 2 * fd.layout.unit
+        fd.next_read = end
+        if sequential or length >= SMALL_READ:
+            return await self._read_chunks(fd, offset, end, sequential)
+        return await self._read_range(fd, offset, end)
+
+    async def _read_range(self, fd, offset, end):
+        pieces = list(fd.layout.chunks(offset, end - offset))
+        results = [b""] * len(pieces)
+
+        async def fetch(i, chunk_index, in_chunk, length):
+            cached = fd.read_cache.get(chunk_index)
+            if cached is not None:
+                results[i] = cached[in_chunk:in_chunk + length]
+            else:
+                results[i] = await self._fetch(fd, chunk_index, in_chunk, length)
+
+        async with trio.open_nursery() as nursery:
+            for i, piece in enumerate(pieces):
+                nursery.start_soon(fetch, i, *piece)
+        return b"".join(_pad(r, p[2]) for r, p in zip(results, pieces))
+
+    async def _read_chunks(self, fd, offset, end, read_ahead: bool):
+        unit = fd.layout.unit
+        first, last = offset // unit, (end - 1) // unit
+        if read_ahead:
+            last = min(last + max(fd.layout.count, 2), (fd.size - 1) // unit)
+        async with trio.open_nursery() as nursery:
+            for chunk_index in range(first, last + 1):
+                if chunk_index not in fd.read_cache:
+                    nursery.start_soon(self._cache_chunk, fd, chunk_index)
+        out = bytearray()
+        for chunk_index, in_chunk, length in fd.layout.chunks(offset, end - offset):
+            data = fd.read_cache.get(chunk_index)
+            if data is None:  # evicted meanwhile by a concurrent reader
+                data = await self._fetch(fd, chunk_index, in_chunk, length)
+                in_chunk = 0
+            out += _pad(data[in_chunk:in_chunk + length], length)
+        return bytes(out)
+
+    async def _cache_chunk(self, fd, chunk_index):
+        """Fetch a whole chunk into the read cache, once even for concurrent readers."""
+        pending = fd.fetching.get(chunk_index)
+        if pending is not None:
+            await pending.wait()
+            return
+        fd.fetching[chunk_index] = done = trio.Event()
+        generation = fd.generation
+        try:
+            data = await self._fetch(fd, chunk_index, 0, fd.layout.unit)
+            if generation == fd.generation:  # else a write or truncate raced the fetch
+                fd.read_cache[chunk_index] = data
+            while len(fd.read_cache) > READ_CACHE_STRIPES * max(fd.layout.count, 2):
+                fd.read_cache.popitem(last=False)
+        finally:
+            del fd.fetching[chunk_index]
+            done.set()
+
+    async def _fetch(self, fd, chunk_index, offset, length) -> bytes:
+        failures = []
+        replicas = self.replicas(fd, chunk_index)
+        # Up replicas first; down ones last, in case the map is behind.
+        replicas.sort(key=lambda osd_id: not self.cluster.map.is_up(osd_id))
+        for osd_id in replicas:
+            try:
+                with trio.fail_after(self.io_timeout):
+                    _, data = await self.cluster.osd(osd_id).call_payload(
+                        "read", {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
+                                 "length": length})
+                return data
+            except (errors.TransportError, errors.Corrupt, errors.IOFailure,
+                    trio.TooSlowError) as exc:
+                log.warning("read of ino %d chunk %d from osd %d failed: %s",
+                            fd.ino, chunk_index, osd_id, exc)
+                failures.append(f"osd {osd_id}: {exc}")
+        raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered: "
+                               + "; ".join(failures))
+
+    # -- truncation -------------------------------------------------------
+
+    async def truncate(self, fd: FileData, size: int) -> None:
+        await self.drain(fd)
+        fd.read_cache.clear()
+        fd.generation += 1
+        async with trio.open_nursery() as nursery:
+            for osd_id in self.cluster.in_osds():
+                if self.cluster.map.is_up(osd_id):
+                    nursery.start_soon(self._truncate_one, osd_id, fd.ino, size,
+                                       fd.layout.unit)
+        fd.size = size
+
+    async def _truncate_one(self, osd_id, ino, size, unit):
+        with trio.fail_after(self.io_timeout):
+            await self.cluster.osd(osd_id).call(
+                "truncate_file", {"ino": ino, "size": size, "unit": unit})
+
+
+def _pad(data: bytes, length: int) -> bytes:
+    """Holes and short chunks read as zeros."""
+    if len(data) >= length:
+        return data
+    return bytes(data) + bytes(length - len(data))

@@ -1,0 +1,161 @@
+"""Metadata calls of the client: which shard each request goes to, request ids,
+and the attribute cache that create/mkdir read the parent's mode, group and
+layout from.
+
+Every reply that carries attributes refreshes the cache, so the parent of a
+create is normally known without a round trip (the kernel looked it up just
+before).  Only the fields a create inherits are read from the cache; `stat`
+answers always come from a fresh reply or from the kernel's own cache, whose
+lifetime is the mount's attr_timeout.
+"""
+
+import logging
+import os
+from collections import OrderedDict
+
+from loomproto import errors
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+CACHE_ENTRIES = 100_000
+
+
+def _rid() -> bytes:
+    return os.urandom(16)
+
+
+def check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise errors.NameTooLong(f"name of {len(name)} bytes")
+
+
+class Meta:
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.attrs: OrderedDict[int, dict] = OrderedDict()
+
+    def remember(self, attr: dict) -> dict:
+        ino = attr["ino"]
+        self.attrs[ino] = attr
+        self.attrs.move_to_end(ino)
+        if len(self.attrs) > CACHE_ENTRIES:
+            self.attrs.popitem(last=False)
+        return attr
+
+    def forget(self, ino: int) -> None:
+        self.attrs.pop(ino, None)
+
+    async def _at_ino(self, ino: int, op: str, args: dict) -> dict:
+        return await self.cluster.mds(self.cluster.shard_of_ino(ino), op, args)
+
+    async def _at_entry(self, parent: int, name: bytes, op: str, args: dict):
+        return await self.cluster.mds(self.cluster.shard_of_dentry(parent, name), op, args)
+
+    async def parent_info(self, parent: int) -> dict:
+        attr = self.attrs.get(parent)
+        if attr is None:
+            attr = await self.getattr(parent)
+        return {"parent_mode": attr["mode"], "parent_gid": attr["gid"],
+                "layout": attr.get("layout")}
+
+    # -- reads ------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> dict:
+        check_name(name)
+        attr = await self._at_entry(parent, name, "lookup", {"parent": parent, "name": name})
+        return self.remember(attr)
+
+    async def getattr(self, ino: int) -> dict:
+        return self.remember(await self._at_ino(ino, "getattr", {"ino": ino}))
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self._at_ino(ino, "readlink", {"ino": ino})
+
+    async def readdir(self, ino: int, shard: int, after: int, limit: int) -> dict:
+        reply = await self.cluster.mds(
+            shard, "readdir", {"ino": ino, "shard_after": after, "limit": limit})
+        for entry in reply["entries"]:
+            self.remember(entry[2])
+        return reply
+
+    async def open(self, ino: int, flags: int) -> dict:
+        args = {"ino": ino, "session": self.cluster.session, "flags": flags}
+        return self.remember(await self._at_ino(ino, "open", args))
+
+    async def close(self, ino: int) -> None:
+        await self._at_ino(ino, "close", {"ino": ino, "session": self.cluster.session})
+
+    async def statfs(self) -> dict:
+        return await self.cluster.mds(0, "statfs", {})
+
+    # -- changes ----------------------------------------------------------
+
+    async def setattr(self, ino: int, fields: dict, caller: dict) -> dict:
+        args = {"ino": ino, "fields": fields, "caller": caller, "rid": _rid()}
+        return self.remember(await self._at_ino(ino, "setattr", args))
+
+    async def commit_size(self, ino: int, size: int, mtime: int) -> dict:
+        args = {"ino": ino, "size": size, "mtime": mtime}
+        return self.remember(await self._at_ino(ino, "commit_size", args))
+
+    async def mknod(self, parent, name, mode, rdev, uid, gid) -> dict:
+        check_name(name)
+        args = {"parent": parent, "name": name, "mode": mode, "rdev": rdev, "uid": uid,
+                "gid": gid, "rid": _rid(), **await self.parent_info(parent)}
+        return self.remember(await self._at_entry(parent, name, "mknod", args))
+
+    async def mkdir(self, parent, name, mode, uid, gid) -> dict:
+        check_name(name)
+        args = {"parent": parent, "name": name, "mode": mode, "uid": uid, "gid": gid,
+                "rid": _rid(), **await self.parent_info(parent)}
+        return self.remember(await self._at_entry(parent, name, "mkdir", args))
+
+    async def symlink(self, parent, name, target, uid, gid) -> dict:
+        check_name(name)
+        info = await self.parent_info(parent)
+        args = {"parent": parent, "name": name, "target": target, "uid": uid, "gid": gid,
+                "rid": _rid(), "parent_mode": info["parent_mode"],
+                "parent_gid": info["parent_gid"]}
+        return self.remember(await self._at_entry(parent, name, "symlink", args))
+
+    async def link(self, ino, parent, name) -> dict:
+        check_name(name)
+        args = {"ino": ino, "parent": parent, "name": name, "rid": _rid()}
+        return self.remember(await self._at_entry(parent, name, "link", args))
+
+    async def unlink(self, parent, name) -> dict:
+        check_name(name)
+        return await self._at_entry(parent, name, "unlink",
+                                    {"parent": parent, "name": name, "rid": _rid()})
+
+    async def rmdir(self, parent, name) -> None:
+        check_name(name)
+        await self._at_entry(parent, name, "rmdir", {"parent": parent, "name": name,
+                                                     "rid": _rid()})
+
+    async def rename(self, parent, name, new_parent, new_name, flags) -> None:
+        check_name(name)
+        check_name(new_name)
+        args = {"parent": parent, "name": name, "new_parent": new_parent,
+                "new_name": new_name, "flags": flags, "rid": _rid()}
+        await self._at_entry(new_parent, new_name, "rename", args)
+
+    async def setstripe(self, ino: int, layout_wire: list) -> dict:
+        args = {"ino": ino, "layout": layout_wire}
+        return self.remember(await self._at_ino(ino, "setstripe", args))
+
+    # -- extended attributes ----------------------------------------------
+
+    async def getxattr(self, ino, name) -> bytes:
+        return await self._at_ino(ino, "getxattr", {"ino": ino, "name": name})
+
+    async def setxattr(self, ino, name, value, flags=0) -> None:
+        args = {"ino": ino, "name": name, "value": value, "flags": flags}
+        await self._at_ino(ino, "setxattr", args)
+
+    async def listxattr(self, ino) -> list:
+        return await self._at_ino(ino, "listxattr", {"ino": ino})
+
+    async def removexattr(self, ino, name) -> None:
+        await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})

@@ -1,0 +1,210 @@
+"""`loomfs mount`: connect to a cluster, mount it with pyfuse3, serve until unmounted.
+
+Without ``--foreground`` the command forks; the parent returns 0 once the
+mount is live, or prints the child's error and returns 1.  The child serves
+until the filesystem is unmounted (``umount``/``fusermount3 -u``) or it gets
+SIGTERM/SIGINT, which unmount it.
+
+Mount options (``-o``): LoomFS's own, removed before the rest go to FUSE:
+``attr_timeout=S``, ``entry_timeout=S`` (kernel cache lifetimes, default 1),
+``write_window=BYTES`` (dirty bytes gathered per file before they are sent,
+default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
+(the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
+metadata call retries an unreachable shard before EIO, default 60),
+``io_timeout=S`` (the same for OSDs, default 60).  Everything else (allow_other,
+default_permissions, ro, ...) is passed to FUSE.  The defaults used by
+``make up``, ``make test`` and ``make bench`` are DEFAULT_OPTIONS.
+"""
+
+import logging
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from loomproto import config as cluster_config
+from loomproto import errors
+
+from .cluster import Cluster
+from .data import DataPath
+from .meta import Meta
+from .ops import LoomOperations
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIONS = "allow_other,default_permissions"
+_OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
+                "readahead_kb": int, "mds_timeout": float, "io_timeout": float}
+_DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
+            "dev", "suid", "exec", "async"}
+
+
+class MountError(Exception):
+    pass
+
+
+def parse_options(text: str) -> tuple[dict, set]:
+    """Split ``-o`` text into LoomFS settings and the FUSE option set."""
+    own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
+           "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0}
+    fuse = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if key in _OWN_OPTIONS:
+            try:
+                own[key] = _OWN_OPTIONS[key](value)
+            except ValueError:
+                raise MountError(f"option {key} needs a number, got {value!r}") from None
+        elif key not in _DROPPED:
+            fuse.add(item)
+    return own, fuse
+
+
+def check_mountpoint(path: str, options: set) -> None:
+    if not os.path.isdir(path):
+        raise MountError(f"mount point {path} does not exist or is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point")
+    if "nonempty" not in options and os.listdir(path):
+        raise MountError(f"mount point {path} is not empty")
+
+
+def run(cluster: str, mountpoint: str, opts: str, foreground: bool, debug: bool,
+        logfile: str | None) -> int:
+    try:
+        config = cluster_config.load(cluster)
+        own, fuse_options = parse_options(opts)
+        mountpoint = os.path.abspath(mountpoint)
+        check_mountpoint(mountpoint, fuse_options)
+    except (MountError, cluster_config.ConfigError, ValueError) as exc:
+        print(f"loomfs mount: {exc}", file=sys.stderr)
+        return 1
+    if foreground:
+        _setup_logging(debug, logfile)
+        return _serve(config, mountpoint, own, fuse_options, ready_fd=None)
+    return _daemonize(config, mountpoint, own, fuse_options, debug, logfile)
+
+
+def _setup_logging(debug: bool, logfile: str | None):
+    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _daemonize(config, mountpoint, own, fuse_options, debug, logfile) -> int:
+    read_fd, write_fd = os.pipe()
+    if os.fork():
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace")
+        if answer == "ok":
+            return 0
+        print(f"loomfs mount: {answer or 'the mount process died before mounting'}",
+              file=sys.stderr)
+        return 1
+    os.close(read_fd)
+    os.setsid()
+    _redirect_stdio()
+    _setup_logging(debug, logfile)
+    code = _serve(config, mountpoint, own, fuse_options, ready_fd=write_fd)
+    os._exit(code)
+
+
+def _redirect_stdio():
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _report(ready_fd, message: str):
+    if ready_fd is not None:
+        os.write(ready_fd, message.encode())
+        os.close(ready_fd)
+
+
+def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
+    try:
+        trio.run(_main, config, mountpoint, own, fuse_options, ready_fd)
+    except MountError as exc:
+        log.error("%s", exc)
+        _report(ready_fd, str(exc))
+        if ready_fd is None:
+            print(f"loomfs mount: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _main(config, mountpoint, own, fuse_options, ready_fd):
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, config, name=f"client@{os.uname().nodename}",
+                          mds_timeout=own["mds_timeout"])
+        try:
+            await cluster.start()
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            raise MountError(f"cannot reach the cluster's metadata servers "
+                             f"{', '.join(config.mds)}: {exc}") from None
+        meta = Meta(cluster)
+        data = DataPath(cluster, nursery, write_window=own["write_window"],
+                        io_timeout=own["io_timeout"])
+        ops = LoomOperations(meta, data, own["attr_timeout"], own["entry_timeout"])
+        options = set(pyfuse3.default_options) | fuse_options
+        options |= {"fsname=loomfs:" + config.cluster_id, "subtype=loomfs"}
+        try:
+            pyfuse3.init(ops, mountpoint, sorted(options))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
+        log.info("mounted %s at %s (options %s)", config.cluster_id, mountpoint,
+                 ",".join(sorted(options)))
+        _tune_mount(mountpoint, own["readahead_kb"])
+        _report(ready_fd, "ok")
+        nursery.start_soon(_stop_on_signal)
+        try:
+            await pyfuse3.main(min_tasks=4, max_tasks=128)
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+            nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal():
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def _tune_mount(mountpoint: str, readahead_kb: int):
+    """Raise the mount's read-ahead, dirty-page share and background queue.
+
+    Found through /proc/self/mountinfo, never by stat() of the mount point:
+    that would send a request to this process, which is not serving yet.
+    """
+    dev = _mount_device(mountpoint)
+    if dev is None:
+        log.warning("cannot find %s in mountinfo; kernel tuning skipped", mountpoint)
+        return
+    minor = dev.split(":")[1]
+    settings = {f"/sys/class/bdi/{dev}/read_ahead_kb": str(readahead_kb),
+                f"/sys/class/bdi/{dev}/max_ratio": "40",
+                f"/sys/fs/fuse/connections/{minor}/max_background": "128",
+                f"/sys/fs/fuse/connections/{minor}/congestion_threshold": "96"}
+    for path, value in settings.items():
+        try:
+            with open(path, "w") as fp:
+                fp.write(value)
+        except OSError as exc:
+            log.info("cannot set %s to %s: %s", path, value, exc)
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """major:minor of the newest mount at `mountpoint` (the last listed)."""
+    with open("/proc/self/mountinfo") as fp:
+        devices = [line.split()[2] for line in fp if line.split()[4] == mountpoint]
+    return devices[-1] if devices else None

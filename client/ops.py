@@ -1,0 +1,345 @@
+"""The FUSE request handlers: thin translations from pyfuse3 calls to `Meta`
+(namespace) and `DataPath` (file contents).
+
+Every handler runs inside `_guarded`: a `LoomError` becomes its errno through
+`loomproto.errors.errno_of`, and any other exception is a bug that is logged
+once with its traceback and answered with EIO, so the mount stays alive.
+
+Caveats:
+- Inode numbers are the cluster's own; lookup counts are not tracked, since
+  the metadata servers decide when an unlinked inode's data goes (open
+  registrations and session leases), not the kernel's forget.
+- setxattr's XATTR_CREATE/REPLACE flags never reach a pyfuse3 filesystem;
+  the kernel emulates them with a getxattr first, so they are not atomic.
+"""
+
+import errno
+import functools
+import inspect
+import itertools
+import logging
+import stat
+import time
+
+import pyfuse3
+
+from loomproto import errors
+from loomproto.layout import Layout
+
+from .data import FileData
+
+log = logging.getLogger(__name__)
+
+COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
+SEQ_BITS = 48
+READDIR_BATCH = 256
+
+
+def _guarded(handler):
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.LoomError as exc:
+            log.debug("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errors.errno_of(exc)) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _guard_all(cls):
+    for name, member in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(member) and not name.startswith("_"):
+            setattr(cls, name, _guarded(member))
+    return cls
+
+
+def _cookie(shard: int, seq: int) -> int:
+    return (shard << SEQ_BITS | seq) + COOKIE_BASE
+
+
+def _uncookie(cookie: int) -> tuple[int, int]:
+    value = cookie - COOKIE_BASE
+    return value >> SEQ_BITS, value & ((1 << SEQ_BITS) - 1)
+
+
+class Handle:
+    __slots__ = ("ino", "fd", "flags")
+
+    def __init__(self, ino, fd, flags):
+        self.ino = ino
+        self.fd = fd
+        self.flags = flags
+
+
+@_guard_all
+class LoomOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0):
+        super().__init__()
+        self.meta = meta
+        self.data = data
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.files: dict[int, FileData] = {}
+        self.handles: dict[int, Handle] = {}
+        self._fhs = itertools.count(1)
+
+    # -- attributes -------------------------------------------------------
+
+    def _entry(self, attr: dict) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attr["ino"]
+        entry.st_mode = attr["mode"]
+        entry.st_nlink = attr["nlink"]
+        entry.st_uid = attr["uid"]
+        entry.st_gid = attr["gid"]
+        entry.st_rdev = attr.get("rdev", 0)
+        entry.st_size = attr["size"]
+        entry.st_atime_ns = attr["atime"]
+        entry.st_mtime_ns = attr["mtime"]
+        entry.st_ctime_ns = attr["ctime"]
+        entry.st_blksize = 1 << 20
+        fd = self.files.get(attr["ino"])
+        if fd is not None and fd.size_dirty:
+            # Our unflushed writes are newer than what the shard knows.
+            entry.st_size = fd.size
+            entry.st_mtime_ns = max(entry.st_mtime_ns, fd.mtime_ns)
+        entry.st_blocks = (entry.st_size + 511) // 512
+        entry.attr_timeout = self.attr_timeout
+        entry.entry_timeout = self.entry_timeout
+        return entry
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        try:
+            return self._entry(await self.meta.lookup(parent_inode, name))
+        except errors.NotFound:
+            # A negative entry the kernel may cache for entry_timeout.
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = 0
+            entry.entry_timeout = self.entry_timeout
+            return entry
+
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self.meta.getattr(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            changes["ctime"] = attr.st_ctime_ns
+        if fields.update_size:
+            changes["size"] = attr.st_size
+            await self._truncate(inode, attr.st_size)
+        caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
+        return self._entry(await self.meta.setattr(inode, changes, caller))
+
+    async def _truncate(self, ino: int, size: int):
+        fd = self.files.get(ino)
+        if fd is None:
+            attr = await self.meta.getattr(ino)
+            if not stat.S_ISREG(attr["mode"]):
+                raise errors.Invalid(f"truncate of non-file ino {ino}")
+            fd = FileData(ino, Layout.from_wire(attr["layout"]), attr["size"])
+        await self.data.truncate(fd, size)
+        fd.size_dirty = False
+
+    # -- namespace --------------------------------------------------------
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        return self._entry(attr)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        return self._entry(await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        return self._entry(attr)
+
+    async def readlink(self, inode, ctx):
+        return await self.meta.readlink(inode)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(await self.meta.link(inode, new_parent_inode, new_name))
+
+    async def unlink(self, parent_inode, name, ctx):
+        await self.meta.unlink(parent_inode, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.meta.rmdir(parent_inode, name)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    async def forget(self, inode_list):
+        for ino, _ in inode_list:
+            if ino not in self.files:
+                self.meta.forget(ino)
+
+    # -- directories ------------------------------------------------------
+
+    async def opendir(self, inode, ctx):
+        attr = await self.meta.getattr(inode)
+        if not stat.S_ISDIR(attr["mode"]):
+            raise errors.NotDir(f"ino {inode} is not a directory")
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        ino = fh
+        if start_id < 1 and not await self._reply_dot(token, ino, b".", ino, 1):
+            return
+        if start_id < 2:
+            parent = (await self.meta.lookup(ino, b".."))["ino"]
+            if not await self._reply_dot(token, ino, b"..", parent, 2):
+                return
+        shard, after = _uncookie(max(start_id, COOKIE_BASE))
+        for shard in range(shard, self.meta.cluster.nshards):
+            if not await self._readdir_shard(token, ino, shard, after):
+                return
+            after = 0
+
+    async def _reply_dot(self, token, ino, name, target, next_id) -> bool:
+        attr = self.meta.attrs.get(target) or await self.meta.getattr(target)
+        return pyfuse3.readdir_reply(token, name, self._entry(attr), next_id)
+
+    async def _readdir_shard(self, token, ino, shard, after) -> bool:
+        while True:
+            reply = await self.meta.readdir(ino, shard, after, READDIR_BATCH)
+            for name, seq, attr in reply["entries"]:
+                if not pyfuse3.readdir_reply(token, name, self._entry(attr),
+                                             _cookie(shard, seq)):
+                    return False
+                after = seq
+            if not reply["more"]:
+                return True
+
+    async def releasedir(self, fh):
+        pass
+
+    async def fsyncdir(self, fh, datasync):
+        pass  # every namespace change is committed on its shard before the reply
+
+    async def statfs(self, ctx):
+        info = await self.meta.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = 4096
+        out.f_blocks = info["bytes_total"] // 4096
+        out.f_bfree = out.f_bavail = max(0, info["bytes_total"] - info["bytes_used"]) // 4096
+        out.f_files = info["inodes_used"] + info["inodes_free"]
+        out.f_ffree = out.f_favail = info["inodes_free"]
+        out.f_namemax = 255
+        return out
+
+    # -- files ------------------------------------------------------------
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), 0,
+                                     ctx.uid, ctx.gid)
+        attr = await self.meta.open(attr["ino"], flags)
+        fi = self._new_handle(attr, flags)
+        return fi, self._entry(attr)
+
+    async def open(self, inode, flags, ctx):
+        cached = self.meta.attrs.get(inode)
+        attr = await self.meta.open(inode, flags)
+        fi = self._new_handle(attr, flags)
+        # Close-to-open: keep the kernel's pages only if nobody changed the file.
+        fi.keep_cache = bool(cached and cached["mtime"] == attr["mtime"]
+                             and cached["size"] == attr["size"])
+        return fi
+
+    def _new_handle(self, attr: dict, flags: int) -> pyfuse3.FileInfo:
+        ino = attr["ino"]
+        fd = self.files.get(ino)
+        if fd is None:
+            layout = Layout.from_wire(attr["layout"]) if attr.get("layout") else Layout()
+            fd = self.files[ino] = FileData(ino, layout, attr["size"])
+            self.meta.cluster.open_inos[ino] = 0
+        elif not fd.size_dirty:
+            fd.size = attr["size"]
+            fd.read_cache.clear()
+        fd.handles += 1
+        self.meta.cluster.open_inos[ino] += 1
+        fh = next(self._fhs)
+        self.handles[fh] = Handle(ino, fd, flags)
+        return pyfuse3.FileInfo(fh=fh)
+
+    async def read(self, fh, off, size):
+        handle = self.handles[fh]
+        return await self.data.read(handle.fd, off, size)
+
+    async def write(self, fh, off, buf):
+        handle = self.handles[fh]
+        return await self.data.write(handle.fd, off, buf, time.time_ns())
+
+    async def flush(self, fh):
+        await self._flush(self.handles[fh].fd)
+
+    async def fsync(self, fh, datasync):
+        fd = self.handles[fh].fd
+        await self._flush(fd)
+        await self.data.sync(fd)
+
+    async def _flush(self, fd: FileData):
+        await self.data.drain(fd)
+        error = self.data.take_error(fd)
+        if error is not None:
+            raise error
+        if fd.size_dirty:
+            await self.meta.commit_size(fd.ino, fd.size, fd.mtime_ns)
+            fd.size_dirty = False
+
+    async def release(self, fh):
+        handle = self.handles.pop(fh)
+        fd = handle.fd
+        fd.handles -= 1
+        open_inos = self.meta.cluster.open_inos
+        open_inos[fd.ino] -= 1
+        if fd.handles:
+            return
+        try:
+            await self._flush(fd)
+        finally:
+            del self.files[fd.ino]
+            del open_inos[fd.ino]
+            await self.meta.close(fd.ino)
+
+    # -- extended attributes ----------------------------------------------
+
+    async def setxattr(self, inode, name, value, ctx):
+        await self.meta.setxattr(inode, name, value)
+
+    async def getxattr(self, inode, name, ctx):
+        return await self.meta.getxattr(inode, name)
+
+    async def listxattr(self, inode, ctx):
+        return await self.meta.listxattr(inode)
+
+    async def removexattr(self, inode, name, ctx):
+        await self.meta.removexattr(inode, name)
+
+
+def _groups(ctx) -> list[int]:
+    try:
+        return sorted(pyfuse3.get_sup_groups(ctx.pid))
+    except (OSError, ValueError):
+        return []
+

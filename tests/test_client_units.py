@@ -1,0 +1,59 @@
+"""Units of the client that need no cluster: buffers, options, cookies, layout math."""
+
+import pytest
+
+from client.data import ChunkBuffer
+from client.mount import MountError, parse_options
+from client.ops import _cookie, _uncookie
+from loomproto.layout import Layout, osd_order, replicas_for_chunk, shard_of_dentry
+
+
+def test_chunk_buffer_merges_extents():
+    buf = ChunkBuffer()
+    buf.put(10, b"abc")
+    buf.put(20, b"xyz")
+    assert buf.extents == [[10, 13], [20, 23]]
+    buf.put(13, b"1234567")
+    assert buf.extents == [[10, 23]]
+    assert bytes(buf.data[10:23]) == b"abc1234567xyz"
+    assert buf.dirty_bytes == 13
+    assert not buf.covers(64)
+    buf.put(0, bytes(64))
+    assert buf.covers(64)
+
+
+def test_parse_options_splits_own_from_fuse():
+    own, fuse = parse_options("allow_other,default_permissions,attr_timeout=5,rw,"
+                              "write_window=0,nofail")
+    assert own["attr_timeout"] == 5.0 and own["write_window"] == 0
+    assert fuse == {"allow_other", "default_permissions"}
+    with pytest.raises(MountError, match="needs a number"):
+        parse_options("attr_timeout=soon")
+
+
+@pytest.mark.parametrize("shard,seq", [(0, 1), (1, 7), (3, (1 << 48) - 1)])
+def test_readdir_cookie_roundtrip(shard, seq):
+    assert _uncookie(_cookie(shard, seq)) == (shard, seq)
+    assert _cookie(shard, seq) > 2  # 1 and 2 belong to "." and ".."
+
+
+def test_layout_chunks_and_placement():
+    layout = Layout(unit=1 << 20, count=4, replicas=2)
+    pieces = list(layout.chunks((1 << 20) - 10, 30))
+    assert pieces == [(0, (1 << 20) - 10, 10), (1, 0, 20)]
+    order = osd_order(12345, [0, 1, 2, 3])
+    primaries = {replicas_for_chunk(layout, 12345, i, order)[0] for i in range(4)}
+    assert primaries == {0, 1, 2, 3}  # one stripe touches every OSD
+    for i in range(16):
+        reps = replicas_for_chunk(layout, 12345, i, order)
+        assert len(set(reps)) == 2
+    with pytest.raises(ValueError):
+        Layout(unit=3000)
+
+
+def test_one_directory_spreads_over_shards():
+    counts = [0, 0, 0, 0]
+    for i in range(20000):
+        counts[shard_of_dentry(77, b"file%d" % i, 4)] += 1
+    mean = sum(counts) / 4
+    assert all(abs(c - mean) < 0.05 * mean for c in counts)
