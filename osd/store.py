@@ -1,0 +1,388 @@
+"""The chunk store: every chunk of one data directory, its index and its open files.
+
+Chunk ``(ino, chunk_index)`` lives at ``chunks/<ino % 256 as 2 hex>/<ino hex>/<chunk_index>``
+under the data directory, in the format of `osd.chunkfile`.
+
+Concurrency rules:
+- Every operation on one chunk runs under that chunk's lock (`KeyedLocks`), for
+  its whole duration including the thread that does the I/O.  An open fd is
+  only used under its chunk's lock, so the LRU may close any fd whose chunk is
+  not locked.
+- Blocking work runs in `trio.to_thread.run_sync` with the store's own
+  `CapacityLimiter`.  Those threads are not abandoned on cancellation, so the
+  in-memory index is always updated right after the thread that changed the
+  disk, with no checkpoint in between.
+- `sync_file` of one inode runs under that inode's sync lock, so a second caller
+  waits for the fsyncs already in flight instead of returning early.
+
+The index (ino -> chunk_index -> length and version) is rebuilt at start by
+reading every chunk header; `stat`, `list_chunks`, `truncate_file` and
+`delete_file` work from it.
+
+Limitations:
+- The index is in memory: about 200 bytes per chunk, and the start-up scan
+  reads every header.  Fine for the chunk counts of a test cluster; a
+  persistent index is the fix when start-up time or memory starts to matter.
+- Reads of one chunk are serialised with each other (one lock per chunk).
+"""
+
+import errno
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import trio
+
+from loomproto import errors
+
+from . import chunkfile
+from .locks import KeyedLocks
+
+log = logging.getLogger(__name__)
+
+CHUNKS_DIR = "chunks"
+IO_THREADS = 8
+MAX_OPEN_FILES = 256
+
+
+@dataclass
+class ChunkMeta:
+    length: int
+    version: int
+    corrupt: bool = False
+
+
+@dataclass
+class _Handle:
+    fd: int
+    header: chunkfile.ChunkHeader
+    path: str
+
+
+def _where(ino: int, chunk_index: int) -> str:
+    return f"ino {ino} chunk {chunk_index}"
+
+
+class ChunkStore:
+    def __init__(self, data_dir: str, io_threads: int = IO_THREADS,
+                 max_open: int = MAX_OPEN_FILES):
+        self.root = os.path.join(data_dir, CHUNKS_DIR)
+        self.max_open = max_open
+        self.index: dict[int, dict[int, ChunkMeta]] = {}
+        self.used = 0
+        self.chunk_count = 0
+        self._limiter = trio.CapacityLimiter(io_threads)
+        self._locks = KeyedLocks()
+        self._sync_locks = KeyedLocks()
+        self._handles: OrderedDict[tuple, _Handle] = OrderedDict()
+        self._dirty: dict[int, set[int]] = {}  # ino -> chunk indexes written since sync
+        self._dirty_dirs: dict[int, set[str]] = {}  # ino -> directories with new entries
+
+    # -- paths and lifecycle --------------------------------------------------
+
+    def ino_dir(self, ino: int) -> str:
+        return os.path.join(self.root, f"{ino % 256:02x}", f"{ino:x}")
+
+    def chunk_path(self, ino: int, chunk_index: int) -> str:
+        return os.path.join(self.ino_dir(ino), str(chunk_index))
+
+    async def open(self) -> None:
+        """Create the chunk directory if needed and rebuild the index from disk."""
+        os.makedirs(self.root, exist_ok=True)
+        found = await trio.to_thread.run_sync(_scan, self.root, limiter=self._limiter)
+        for (ino, chunk_index), meta in found.items():
+            self._set_meta(ino, chunk_index, meta)
+        log.info("chunk store %s: %d chunks, %d bytes", self.root, self.chunk_count, self.used)
+
+    def close(self) -> None:
+        while self._handles:
+            _, handle = self._handles.popitem()
+            os.close(handle.fd)
+
+    # -- index ----------------------------------------------------------------
+
+    def meta(self, ino: int, chunk_index: int) -> ChunkMeta | None:
+        return self.index.get(ino, {}).get(chunk_index)
+
+    def _set_meta(self, ino: int, chunk_index: int, meta: ChunkMeta | None) -> None:
+        chunks = self.index.setdefault(ino, {})
+        old = chunks.pop(chunk_index, None)
+        if old is not None:
+            self.used -= old.length
+            self.chunk_count -= 1
+        if meta is not None:
+            chunks[chunk_index] = meta
+            self.used += meta.length
+            self.chunk_count += 1
+        if not chunks:
+            del self.index[ino]
+
+    def list_chunks(self, ino: int | None, after: tuple | None, limit: int) -> list:
+        if ino is None:
+            keys = sorted((i, c) for i, chunks in self.index.items() for c in chunks)
+        else:
+            keys = [(ino, c) for c in sorted(self.index.get(ino, {}))]
+        if after is not None:
+            keys = [key for key in keys if key > after]
+        rows = []
+        for key in keys[:limit]:
+            meta = self.meta(*key)
+            rows.append([key[0], key[1], meta.length, meta.version])
+        return rows
+
+    # -- blocking work and open files -----------------------------------------
+
+    async def _io(self, path: str, fn, *args):
+        """Run `fn` in an I/O thread and turn OSError into a typed error."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except OSError as exc:
+            raise _typed_os_error(exc, path) from None
+
+    async def _handle(self, ino: int, chunk_index: int, create: bool) -> _Handle | None:
+        """The open file of a chunk; None if it does not exist and `create` is false.
+
+        The caller holds the chunk's lock.
+        """
+        key = (ino, chunk_index)
+        handle = self._handles.get(key)
+        if handle is not None:
+            self._handles.move_to_end(key)
+            return handle
+        path = self.chunk_path(ino, chunk_index)
+        if self.meta(ino, chunk_index) is not None:
+            fd, header = await self._io(path, _open_chunk, path, _where(ino, chunk_index))
+        elif create:
+            fd, header, new_dirs = await self._io(path, _create_chunk, path)
+            self._set_meta(ino, chunk_index, ChunkMeta(0, 0))
+            self._dirty_dirs.setdefault(ino, set()).update(new_dirs)
+        else:
+            return None
+
+        handle = self._handles[key] = _Handle(fd, header, path)
+        self._evict()
+        return handle
+
+    def _evict(self) -> None:
+        """Close least recently used fds of unlocked chunks down to `max_open`."""
+        excess = len(self._handles) - self.max_open
+        for key in list(self._handles):
+            if excess <= 0:
+                break
+            if not self._locks.busy(key):
+                os.close(self._handles.pop(key).fd)
+                excess -= 1
+
+    def _drop_handle(self, key: tuple) -> None:
+        handle = self._handles.pop(key, None)
+        if handle is not None:
+            os.close(handle.fd)
+
+    # -- operations -----------------------------------------------------------
+
+    async def read(self, ino: int, chunk_index: int, offset: int, length: int):
+        """``(data, version)`` of a byte range; ``(b"", 0)`` if the chunk is absent."""
+        async with self._locks.hold((ino, chunk_index)):
+            handle = await self._handle(ino, chunk_index, create=False)
+            if handle is None:
+                return b"", 0
+            where = _where(ino, chunk_index)
+            data = await self._io(handle.path, chunkfile.read, handle.fd, handle.header,
+                                  offset, length, where)
+            return data, handle.header.version
+
+    async def write(self, ino: int, chunk_index: int, offset: int, data,
+                    version: int | None = None) -> int:
+        """Apply a write; returns the chunk's new version (`version` if given)."""
+        async with self._locks.hold((ino, chunk_index)):
+            handle = await self._handle(ino, chunk_index, create=True)
+            if version is None:
+                version = handle.header.version + 1
+            where = _where(ino, chunk_index)
+            header = await self._io(handle.path, chunkfile.write, handle.fd, handle.header,
+                                    offset, data, version, where)
+
+            # No checkpoint from here on: the index follows the disk at once.
+            handle.header = header
+            self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
+            self._dirty.setdefault(ino, set()).add(chunk_index)
+            return header.version
+
+    async def truncate_file(self, ino: int, size: int, unit: int) -> None:
+        """Delete chunks at or past `size`, cut the one across it; idempotent."""
+        for chunk_index in sorted(self.index.get(ino, {})):
+            start = chunk_index * unit
+            if start >= size:
+                await self._remove_chunk(ino, chunk_index)
+            elif start + unit > size:
+                await self._cut_chunk(ino, chunk_index, size - start)
+
+    async def _cut_chunk(self, ino: int, chunk_index: int, size: int) -> None:
+        async with self._locks.hold((ino, chunk_index)):
+            meta = self.meta(ino, chunk_index)
+            if meta is None or meta.length <= size:
+                return
+            handle = await self._handle(ino, chunk_index, create=False)
+            version = handle.header.version + 1
+            where = _where(ino, chunk_index)
+            header = await self._io(handle.path, chunkfile.truncate, handle.fd,
+                                    handle.header, size, version, where)
+
+            handle.header = header
+            self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
+            self._dirty.setdefault(ino, set()).add(chunk_index)
+
+    async def _remove_chunk(self, ino: int, chunk_index: int) -> None:
+        async with self._locks.hold((ino, chunk_index)):
+            if self.meta(ino, chunk_index) is None:
+                return
+            key = (ino, chunk_index)
+            path = self.chunk_path(ino, chunk_index)
+            self._drop_handle(key)
+            await self._io(path, _unlink_quietly, path)
+            self._set_meta(ino, chunk_index, None)
+            self._dirty.get(ino, set()).discard(chunk_index)
+
+    async def delete_file(self, ino: int) -> None:
+        """Remove every chunk of the inode and its directory; idempotent."""
+        for chunk_index in sorted(self.index.get(ino, {})):
+            await self._remove_chunk(ino, chunk_index)
+        if ino not in self.index:
+            self._dirty.pop(ino, None)
+            self._dirty_dirs.pop(ino, None)
+            await self._io(self.ino_dir(ino), _rmdir_quietly, self.ino_dir(ino))
+
+    async def sync_file(self, ino: int) -> None:
+        """fsync every chunk of `ino` written since its last sync, then the new
+        directory entries, deepest first."""
+        async with self._sync_locks.hold(ino):
+            chunks = self._dirty.pop(ino, set())
+            dirs = self._dirty_dirs.pop(ino, set())
+            paths = [self.chunk_path(ino, c) for c in sorted(chunks)]
+            ordered_dirs = sorted(dirs, key=len, reverse=True)
+            try:
+                await self._io(self.ino_dir(ino), _fsync_paths, paths, ordered_dirs)
+            except errors.LoomError:
+                self._dirty.setdefault(ino, set()).update(chunks)
+                self._dirty_dirs.setdefault(ino, set()).update(dirs)
+                raise
+        log.debug("synced ino %d: %d chunks, %d directories", ino, len(paths), len(dirs))
+
+
+def _typed_os_error(exc: OSError, path: str) -> errors.LoomError:
+    if chunkfile.is_no_space(exc):
+        log.warning("no space left writing %s", path)
+        return errors.NoSpace(f"no space left on osd for {os.path.basename(path)}")
+    log.error("I/O error on %s: %s", path, exc)
+    return errors.IOFailure(f"i/o error on osd: {exc.strerror or exc}")
+
+
+# -- blocking helpers (run in I/O threads) ----------------------------------------
+
+
+def _open_chunk(path: str, where: str):
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return fd, chunkfile.load(fd, where)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_dirs(path: str) -> list[str]:
+    """mkdir -p for a chunk's directory; returns the directories whose entries
+    change: `path` itself (the new chunk file) and the parent of each new one."""
+    missing = []
+    probe = path
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass  # a concurrent create of another chunk of the same bucket
+    return [path] + [os.path.dirname(directory) for directory in missing]
+
+
+def _create_chunk(path: str):
+    """Create an empty chunk file; returns ``(fd, header, dirs with new entries)``."""
+    new_dirs = _make_dirs(os.path.dirname(path))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        return fd, chunkfile.create(fd), new_dirs
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        # Absent already, or a concurrent write created a new chunk in it.
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
+
+
+def _fsync_paths(files: list[str], dirs: list[str]) -> None:
+    for path in files:
+        _fsync_path(path, os.O_RDONLY)
+    for path in dirs:
+        _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # deleted since it was written: nothing left to make durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scan(root: str) -> dict:
+    """Read every chunk header under `root`: ``{(ino, chunk_index): ChunkMeta}``."""
+    found = {}
+    for bucket_dir in _subdirs(root):
+        for ino_dir in _subdirs(bucket_dir):
+            ino_name = os.path.basename(ino_dir)
+            for chunk_name in os.listdir(ino_dir):
+                key = _parse_chunk_name(ino_name, chunk_name)
+                if key is None:
+                    log.warning("ignoring stray file %s", os.path.join(ino_dir, chunk_name))
+                    continue
+                found[key] = _scan_one(os.path.join(ino_dir, chunk_name), key)
+    return found
+
+
+def _subdirs(path: str) -> list[str]:
+    return [entry.path for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False)]
+
+
+def _parse_chunk_name(ino_name: str, chunk_name: str):
+    try:
+        return int(ino_name, 16), int(chunk_name, 10)
+    except ValueError:
+        return None
+
+
+def _scan_one(path: str, key: tuple) -> ChunkMeta:
+    try:
+        fd, header = _open_chunk(path, _where(*key))
+    except errors.Corrupt as exc:
+        log.error("corrupt chunk %s: %s", path, exc)
+        return ChunkMeta(0, 0, corrupt=True)
+    os.close(fd)
+    return ChunkMeta(header.length, header.version)

@@ -1,0 +1,162 @@
+"""osd.chunkfile: the on-disk chunk format, synchronously on a temporary file."""
+
+import os
+import random
+import struct
+import zlib
+
+import pytest
+
+from loomproto import errors
+from osd import chunkfile
+from osd.chunkfile import BLOCK_SIZE, HEADER_SIZE, MAX_CHUNK
+
+
+@pytest.fixture
+def chunk(tmp_path):
+    fd = os.open(tmp_path / "0", os.O_RDWR | os.O_CREAT, 0o644)
+    yield fd
+    os.close(fd)
+
+
+class Model:
+    """A chunk file next to the bytes it should hold."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.header = chunkfile.create(fd)
+        self.expect = bytearray()
+
+    def write(self, offset, data):
+        self.header = chunkfile.write(self.fd, self.header, offset, data,
+                                      self.header.version + 1, "t")
+        if data and offset > len(self.expect):
+            self.expect += bytes(offset - len(self.expect))
+        self.expect[offset:offset + len(data)] = data
+
+    def truncate(self, size):
+        self.header = chunkfile.truncate(self.fd, self.header, size, self.header.version + 1, "t")
+        del self.expect[size:]
+
+    def check(self):
+        reloaded = chunkfile.load(self.fd, "t")
+        assert reloaded == self.header
+        assert chunkfile.read(self.fd, reloaded, 0, MAX_CHUNK, "t") == bytes(self.expect)
+        for block in range((len(self.expect) + BLOCK_SIZE - 1) // BLOCK_SIZE):
+            part = self.expect[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
+            assert reloaded.crc_of(block) == zlib.crc32(part), block
+
+
+def test_round_trip(chunk):
+    model = Model(chunk)
+    data = os.urandom(3 * BLOCK_SIZE + 123)
+    model.write(0, data)
+    model.check()
+    assert model.header.version == 1 and model.header.length == len(data)
+    assert chunkfile.read(chunk, model.header, 100, 50, "t") == data[100:150]
+    assert chunkfile.read(chunk, model.header, len(data) - 10, 100, "t") == data[-10:]
+    assert chunkfile.read(chunk, model.header, len(data) + 5, 100, "t") == b""
+
+
+def test_empty_chunk_reads_empty(chunk):
+    header = chunkfile.create(chunk)
+    assert chunkfile.read(chunk, header, 0, 4096, "t") == b""
+    assert chunkfile.load(chunk, "t").length == 0
+
+
+def test_hole_reads_as_zeros(chunk):
+    model = Model(chunk)
+    model.write(0, b"a" * 10)
+    model.write(5 * BLOCK_SIZE + 7, b"b" * 100)
+    model.check()
+    gap = chunkfile.read(chunk, model.header, 10, 5 * BLOCK_SIZE - 3, "t")
+    assert gap == bytes(5 * BLOCK_SIZE - 3)
+
+
+def test_partial_block_writes_keep_crcs_right(chunk):
+    model = Model(chunk)
+    rng = random.Random(7)
+    model.write(0, os.urandom(2 * BLOCK_SIZE))
+    for _ in range(60):
+        offset = rng.randrange(0, 4 * BLOCK_SIZE)
+        model.write(offset, rng.randbytes(rng.randrange(1, BLOCK_SIZE + 500)))
+    model.check()
+
+
+def test_truncate_cuts_and_later_extension_reads_zeros(chunk):
+    model = Model(chunk)
+    model.write(0, b"x" * (2 * BLOCK_SIZE + 100))
+    model.truncate(BLOCK_SIZE + 10)
+    model.check()
+    assert os.fstat(chunk).st_size == HEADER_SIZE + BLOCK_SIZE + 10
+    model.write(3 * BLOCK_SIZE, b"y")
+    model.check()
+    model.truncate(10 ** 9)  # never extends
+    model.check()
+
+
+def test_bit_flip_in_data_detected(chunk):
+    model = Model(chunk)
+    model.write(0, os.urandom(3 * BLOCK_SIZE))
+    where = HEADER_SIZE + 2 * BLOCK_SIZE + 17
+    byte = os.pread(chunk, 1, where)[0]
+    os.pwrite(chunk, bytes([byte ^ 0x10]), where)
+    assert chunkfile.read(chunk, model.header, 0, BLOCK_SIZE, "t")  # other blocks still fine
+    with pytest.raises(errors.Corrupt, match="block 2"):
+        chunkfile.read(chunk, model.header, 2 * BLOCK_SIZE + 1, 10, "t")
+
+
+def test_partial_write_over_damaged_block_refused(chunk):
+    model = Model(chunk)
+    model.write(0, os.urandom(BLOCK_SIZE))
+    os.pwrite(chunk, b"\xff\xfe", HEADER_SIZE + 100)
+    with pytest.raises(errors.Corrupt):
+        model.write(10, b"z")
+
+
+@pytest.mark.parametrize("offset, patch", [
+    (0, b"LOOMCHK2"),  # magic
+    (8, struct.pack("<H", 9)),  # format version
+    (24, b"\x01"),  # length, caught by the header checksum
+])
+def test_bad_header_detected(chunk, offset, patch):
+    Model(chunk).write(0, b"data")
+    os.pwrite(chunk, patch, offset)
+    with pytest.raises(errors.Corrupt):
+        chunkfile.load(chunk, "t")
+
+
+def test_wrong_format_version_with_valid_checksum_named(chunk):
+    header = chunkfile.create(chunk)
+    fixed = bytearray(chunkfile.encode_fixed(header))
+    fixed[8:10] = struct.pack("<H", 2)
+    fixed[32:36] = struct.pack("<I", zlib.crc32(bytes(fixed[:32])))
+    os.pwrite(chunk, bytes(fixed), 0)
+    with pytest.raises(errors.Corrupt, match="chunk format 2"):
+        chunkfile.load(chunk, "t")
+
+
+def test_write_past_chunk_limit_refused(chunk):
+    header = chunkfile.create(chunk)
+    with pytest.raises(errors.Invalid):
+        chunkfile.write(chunk, header, MAX_CHUNK - 1, b"ab", 1, "t")
+
+
+def test_full_chunk_uses_every_crc_slot(chunk):
+    model = Model(chunk)
+    model.write(MAX_CHUNK - BLOCK_SIZE - 3, os.urandom(BLOCK_SIZE + 3))
+    model.check()
+    assert model.header.length == MAX_CHUNK
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_writes_and_truncates_match_a_model(chunk, seed):
+    model = Model(chunk)
+    rng = random.Random(seed)
+    for _ in range(80):
+        if rng.random() < 0.15:
+            model.truncate(rng.randrange(0, 6 * BLOCK_SIZE))
+        else:
+            offset = rng.randrange(0, 8 * BLOCK_SIZE)
+            model.write(offset, rng.randbytes(rng.randrange(0, 2 * BLOCK_SIZE)))
+    model.check()
