@@ -1,7 +1,7 @@
 """The cluster map: which OSDs exist, where they listen, whether they are up and in.
 
-Metadata server 0 owns the map.  It keeps it in its LMDB (key ``m`` in its
-shard's ``sys`` database, see `mdsd.schema`) and raises `epoch` by one with every
+Metadata server 0 owns the map.  It keeps it in its LMDB (in its
+shard's ``sys`` database, key ``map``, see `mdsd.schema`) and raises `epoch` by one with every
 change of membership or state.  OSDs report to it with heartbeats; clients and
 the other daemons fetch the map with ``get_map`` and wait for a newer one with
 ``watch_map`` (a long poll that returns when the epoch passes theirs).

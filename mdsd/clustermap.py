@@ -1,0 +1,133 @@
+"""The cluster map: owned and persisted by mds 0 (`MapKeeper`), followed by the
+other shards (`MapFollower`) which need OSD addresses to reclaim orphans.
+
+Every change of membership or state raises the epoch by one and is written to
+LMDB (``sys`` key ``map``) before it is answered; capacity figures change in
+memory only.  After a restart every OSD starts down (keeping in/out) until it
+heartbeats again.
+"""
+
+import logging
+from functools import partial
+
+import trio
+
+from loomproto import errors
+from loomproto.clustermap import ClusterMap, OsdInfo
+
+from . import args as check
+from . import schema
+
+log = logging.getLogger(__name__)
+
+WATCH_MAX = 30.0
+
+
+class MapKeeper:
+    def __init__(self, store, down_after: float):
+        self.store = store
+        self.down_after = down_after
+        self.map = ClusterMap()
+        self.last_seen: dict[int, float] = {}
+        self._changed = trio.Event()
+
+    async def load(self):
+        raw = self.store.get((schema.SYS, schema.SYS_MAP))
+        if raw is None:
+            return
+        self.map = ClusterMap.from_wire(schema.unpack(raw))
+        if any(osd.up for osd in self.map.osds.values()):
+            for osd in self.map.osds.values():
+                osd.up = False
+            await self._bump()
+        log.info("cluster map epoch %d loaded: %d osds, all down until they report",
+                  self.map.epoch, len(self.map.osds))
+
+    async def _bump(self):
+        self.map.epoch += 1
+        snapshot = schema.pack(self.map.to_wire())  # taken now: writes persist in order
+        await self.store.write(partial(_put_map, self.store.dbs, snapshot))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def heartbeat(self, args: dict) -> dict:
+        osd_id = check.integer(args, "id", 0, check.U32_MAX)
+        addr = args.get("addr")
+        host = args.get("host", "")
+        if not isinstance(addr, str) or not isinstance(host, str) or len(addr) > 256:
+            raise errors.BadRequest("heartbeat needs addr and host strings")
+        capacity = check.integer(args, "capacity", 0, check.U63_MAX, default=0)
+        used = check.integer(args, "used", 0, check.U63_MAX, default=0)
+        self.last_seen[osd_id] = trio.current_time()
+        osd = self.map.osds.get(osd_id)
+        changed = osd is None or osd.addr != addr or not osd.up
+        if osd is None:
+            osd = self.map.osds[osd_id] = OsdInfo(osd_id, addr, host)
+            log.info("osd %d joined at %s", osd_id, addr)
+        elif changed:
+            log.info("osd %d up at %s", osd_id, addr)
+        osd.addr, osd.host, osd.up = addr, host, True
+        osd.capacity, osd.used = capacity, used
+        if changed:
+            await self._bump()
+        return {"epoch": self.map.epoch}
+
+    async def set_in(self, args: dict) -> dict:
+        osd_id = check.integer(args, "id", 0, check.U32_MAX)
+        want = args.get("in")
+        if not isinstance(want, bool):
+            raise errors.BadRequest("argument 'in' must be a boolean")
+        osd = self.map.osds.get(osd_id)
+        if osd is None:
+            raise errors.NotFound(f"no osd {osd_id} in the cluster map")
+        osd.in_ = want
+        await self._bump()
+        log.info("osd %d marked %s", osd_id, "in" if want else "out")
+        return self.map.to_wire()
+
+    async def watch(self, args: dict) -> dict:
+        epoch = check.integer(args, "epoch", 0, check.U63_MAX, default=0)
+        timeout = args.get("timeout", WATCH_MAX)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise errors.BadRequest("argument 'timeout' must be a number")
+        with trio.move_on_after(max(0.0, min(float(timeout), WATCH_MAX))):
+            while self.map.epoch <= epoch:
+                await self._changed.wait()
+        return self.map.to_wire()
+
+    async def down_loop(self):
+        while True:
+            await trio.sleep(min(1.0, self.down_after / 4))
+            now = trio.current_time()
+            for osd in list(self.map.osds.values()):
+                seen = self.last_seen.get(osd.osd_id, float("-inf"))
+                if osd.up and now - seen > self.down_after:
+                    osd.up = False
+                    log.warning("osd %d marked down: silent for %.1fs", osd.osd_id, now - seen)
+                    await self._bump()
+
+
+def _put_map(dbs, snapshot: bytes, txn):
+    txn.put(schema.SYS_MAP, snapshot, db=dbs[schema.SYS])
+
+
+class MapFollower:
+    """A shard other than 0 keeps a copy of the map by long polling mds 0."""
+
+    def __init__(self, peers):
+        self.peers = peers
+        self.map: ClusterMap | None = None
+
+    async def run(self):
+        while True:
+            try:
+                self.map = ClusterMap.from_wire(await self._next_map())
+            except errors.LoomError as exc:
+                log.debug("cluster map from mds 0 not available: %s", exc)
+                await trio.sleep(1.0)
+
+    async def _next_map(self) -> dict:
+        if self.map is None:
+            return await self.peers.call(0, "get_map", {})
+        args = {"epoch": self.map.epoch, "timeout": 20.0}
+        return await self.peers.call(0, "watch_map", args, timeout=30.0)

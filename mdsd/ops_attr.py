@@ -1,0 +1,177 @@
+"""Operations on one inode's attributes: lookup, getattr, setattr,
+commit_size, setstripe, open and close.
+
+setattr follows Linux: any change sets ctime (unless given); a size change
+sets mtime and ctime; chown of a non-directory clears set-user-ID, and
+set-group-ID when group-execute is set, unless the same call sets the mode;
+chmod by a caller outside the file's group (and not root) clears
+set-group-ID.  Permission checks are the kernel's (default_permissions).
+"""
+
+import logging
+import stat
+
+from loomproto import errors
+from loomproto.layout import ROOT_INO
+
+from . import args as check
+from . import schema
+from .attrs import is_dir
+from .namespace import now_ns
+
+log = logging.getLogger(__name__)
+
+_FIELDS = {"mode": (0, check.U32_MAX), "uid": (0, check.U32_MAX), "gid": (0, check.U32_MAX),
+           "size": (0, check.U63_MAX), "atime": (check.I64_MIN, check.U63_MAX),
+           "mtime": (check.I64_MIN, check.U63_MAX), "ctime": (check.I64_MIN, check.U63_MAX)}
+
+
+async def getattr(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    found = await ns.attrs.attrs([ino])
+    if ino not in found:
+        raise errors.NotFound(f"no inode {ino}")
+    return found[ino]
+
+
+async def readlink(ns, args: dict) -> bytes:
+    ino = check.ino(args)
+    (raw,) = await ns.engine.fetch(ns.ino_shard(ino), [schema.inode_key(ino)])
+    if raw is None:
+        raise errors.NotFound(f"no inode {ino}")
+    inode = schema.unpack(raw)
+    if not stat.S_ISLNK(inode["mode"]):
+        raise errors.Invalid(f"inode {ino} is not a symbolic link")
+    return inode["target"]
+
+
+async def lookup(ns, args: dict) -> dict:
+    parent = check.ino(args, "parent")
+    name = args.get("name")
+    if name == b"..":
+        return await _lookup_dotdot(ns, parent)
+    name = check.name(args)
+    shard = ns.entry_shard(parent, name)
+    share_raw, entry_raw = await ns.engine.fetch(
+        shard, [schema.dirstat_key(parent), schema.dentry_key(parent, name)])
+    if entry_raw is None or schema.unpack_share(share_raw)["dead"]:
+        raise errors.NotFound(f"no entry {name!r} in {parent}")
+    ino, _, _ = schema.unpack_dentry(entry_raw)
+    return await getattr(ns, {"ino": ino})
+
+
+async def _lookup_dotdot(ns, parent: int) -> dict:
+    (raw,) = await ns.engine.fetch(ns.ino_shard(parent), [schema.inode_key(parent)])
+    if raw is None:
+        raise errors.NotFound(f"no inode {parent}")
+    inode = schema.unpack(raw)
+    if not is_dir(inode):
+        raise errors.NotDir(f"inode {parent} is not a directory")
+    return await getattr(ns, {"ino": inode.get("parent", ROOT_INO)})
+
+
+def _fields(args: dict) -> dict:
+    fields = args.get("fields")
+    if not isinstance(fields, dict):
+        raise errors.BadRequest("argument 'fields' must be a map")
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise errors.BadRequest(f"unknown setattr fields {sorted(map(str, unknown))}")
+    return {key: check.integer(fields, key, lo, hi) for key, (lo, hi) in _FIELDS.items()
+            if fields.get(key) is not None}
+
+
+def apply_setattr(inode: dict, fields: dict, caller_uid: int, caller_gids: set, now: int):
+    """Change `inode` in place as setattr with `fields` does."""
+    if "uid" in fields or "gid" in fields:
+        inode["uid"] = fields.get("uid", inode["uid"])
+        inode["gid"] = fields.get("gid", inode["gid"])
+        if not is_dir(inode) and "mode" not in fields:
+            inode["mode"] &= ~stat.S_ISUID
+            if inode["mode"] & stat.S_IXGRP:
+                inode["mode"] &= ~stat.S_ISGID
+    if "mode" in fields:
+        inode["mode"] = stat.S_IFMT(inode["mode"]) | (fields["mode"] & 0o7777)
+        if caller_uid != 0 and inode["gid"] not in caller_gids:
+            inode["mode"] &= ~stat.S_ISGID
+    if "size" in fields:
+        inode["size"] = fields["size"]
+        inode["mtime"] = now
+    for key in ("atime", "mtime"):
+        if key in fields:
+            inode[key] = fields[key]
+    if "mtime" in fields and is_dir(inode):
+        inode["set_at"] = now
+    inode["ctime"] = fields.get("ctime", now)
+
+
+async def setattr(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    fields = _fields(args)
+    caller_uid, caller_gids = check.caller(args)
+    rid = check.rid(args)
+
+    async def body(tx):
+        inode = await ns.read_inode(tx, ino)
+        if "size" in fields and is_dir(inode):
+            raise errors.IsDir(f"inode {ino} is a directory: no size change")
+        apply_setattr(inode, fields, caller_uid, caller_gids, now_ns())
+        ns.write_inode(tx, ino, inode)
+        return await ns.attr_of(ino, inode)
+
+    return await ns.engine.run(body, rid)
+
+
+async def commit_size(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    size = check.integer(args, "size", 0, check.U63_MAX)
+    mtime = check.time_ns(args, "mtime", default=0)
+
+    async def body(tx):
+        inode = await ns.read_inode(tx, ino)
+        if size <= inode["size"] and mtime <= inode["mtime"]:
+            return await ns.attr_of(ino, inode)
+        inode["size"] = max(inode["size"], size)
+        inode["mtime"] = max(inode["mtime"], mtime)
+        inode["ctime"] = max(inode["ctime"], now_ns())
+        ns.write_inode(tx, ino, inode)
+        return await ns.attr_of(ino, inode)
+
+    return await ns.engine.run(body)
+
+
+async def setstripe(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    layout = check.layout(args)
+    if layout is None:
+        raise errors.Invalid("setstripe needs a layout")
+    rid = args.get("rid")
+    rid = check.rid(args) if rid is not None else None
+
+    async def body(tx):
+        inode = await ns.read_dir(tx, ino)
+        inode["layout"] = layout
+        inode["ctime"] = now_ns()
+        ns.write_inode(tx, ino, inode)
+        return await ns.attr_of(ino, inode)
+
+    return await ns.engine.run(body, rid)
+
+
+async def open_(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    session = check.session(args)
+    check.integer(args, "flags", 0, check.U32_MAX, default=0)
+    ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between
+    try:
+        return await getattr(ns, {"ino": ino})
+    except errors.LoomError:
+        ns.sessions.close(ino, session)
+        raise
+
+
+async def close(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    session = check.session(args)
+    ns.sessions.close(ino, session)
+    return {}

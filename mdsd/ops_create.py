@@ -1,0 +1,125 @@
+"""Operations that add a name: mknod, mkdir, symlink, link.
+
+The new inode is allocated on the shard that runs the operation, which the
+client picks as the shard of the new entry, so a create touches one shard.
+All carry a request id: a retry returns the stored reply.
+"""
+
+import logging
+import stat
+
+from loomproto import errors
+
+from . import args as check
+from .attrs import build_attr
+from .namespace import new_inode, now_ns
+
+log = logging.getLogger(__name__)
+
+_MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+def _owner(args: dict, setgid_parent: bool) -> tuple[int, int]:
+    uid = check.integer(args, "uid", 0, check.U32_MAX)
+    gid = check.integer(args, "gid", 0, check.U32_MAX)
+    if setgid_parent:
+        gid = check.integer(args, "parent_gid", 0, check.U32_MAX)
+    return uid, gid
+
+
+def _setgid_parent(args: dict) -> bool:
+    parent_mode = check.integer(args, "parent_mode", 0, check.U32_MAX, default=0)
+    return bool(parent_mode & stat.S_ISGID)
+
+
+async def _create(ns, args: dict, inode: dict):
+    """Shared body of every create: the entry must be free, the parent alive."""
+    parent = check.ino(args, "parent")
+    name = check.name(args)
+    rid = check.rid(args)
+    ino = await ns.inos.alloc()  # a retried request wastes one number: harmless
+
+    async def body(tx):
+        if await ns.read_entry(tx, parent, name) is not None:
+            raise errors.Exists(f"entry {name!r} exists in {parent}")
+        await ns.check_parent_alive(tx, parent, name)
+        fresh = dict(inode)
+        if stat.S_ISDIR(fresh["mode"]):
+            fresh["parent"] = parent
+        ns.write_inode(tx, ino, fresh)
+        ns.add_entry(tx, parent, name, ino, stat.S_IFMT(fresh["mode"]), fresh["ctime"])
+        return build_attr(ino, fresh)  # a new directory has no shares yet
+
+    return await ns.engine.run(body, rid)
+
+
+async def mknod(ns, args: dict) -> dict:
+    mode = check.integer(args, "mode", 0, check.U32_MAX)
+    if stat.S_IFMT(mode) == 0:
+        mode |= stat.S_IFREG
+    if stat.S_IFMT(mode) not in _MKNOD_TYPES:
+        raise errors.Invalid(f"mknod cannot make file type {stat.S_IFMT(mode):o}")
+    uid, gid = _owner(args, _setgid_parent(args))
+    rdev = check.integer(args, "rdev", 0, check.U63_MAX, default=0)
+    extra = {"rdev": rdev}
+    if stat.S_ISREG(mode):
+        extra["layout"] = _layout(ns, args)
+    inode = new_inode(stat.S_IFMT(mode) | (mode & 0o7777), uid, gid, now_ns(), **extra)
+    return await _create(ns, args, inode)
+
+
+async def mkdir(ns, args: dict) -> dict:
+    mode = check.integer(args, "mode", 0, check.U32_MAX)
+    setgid = _setgid_parent(args)
+    uid, gid = _owner(args, setgid)
+    perm = (mode & 0o7777) | (stat.S_ISGID if setgid else 0)
+    now = now_ns()
+    inode = new_inode(stat.S_IFDIR | perm, uid, gid, now, nlink=2, layout=_layout(ns, args),
+                      set_at=0)
+    return await _create(ns, args, inode)
+
+
+async def symlink(ns, args: dict) -> dict:
+    target = args.get("target")
+    if not isinstance(target, bytes):
+        raise errors.BadRequest("argument 'target' must be bytes")
+    if len(target) > check.TARGET_MAX:
+        raise errors.NameTooLong(f"symlink target of {len(target)} bytes exceeds 4095")
+    if not target:
+        raise errors.NotFound("symlink target is empty")
+    if b"\0" in target:
+        raise errors.Invalid("symlink target contains NUL")
+    uid, gid = _owner(args, _setgid_parent(args))
+    inode = new_inode(stat.S_IFLNK | 0o777, uid, gid, now_ns(), size=len(target),
+                      target=target)
+    return await _create(ns, args, inode)
+
+
+def _layout(ns, args: dict) -> list:
+    layout = check.layout(args, default=None)
+    return layout if layout is not None else ns.config.layout.to_wire()
+
+
+async def link(ns, args: dict) -> dict:
+    ino = check.ino(args)
+    parent = check.ino(args, "parent")
+    name = check.name(args)
+    rid = check.rid(args)
+
+    async def body(tx):
+        if await ns.read_entry(tx, parent, name) is not None:
+            raise errors.Exists(f"entry {name!r} exists in {parent}")
+        await ns.check_parent_alive(tx, parent, name)
+        inode = await ns.read_inode(tx, ino)
+        if stat.S_ISDIR(inode["mode"]):
+            raise errors.NotPermitted(f"inode {ino} is a directory: no hard links")
+        if inode["nlink"] == 0:
+            raise errors.NotFound(f"inode {ino} has no names left")
+        now = now_ns()
+        inode["nlink"] += 1
+        inode["ctime"] = now
+        ns.write_inode(tx, ino, inode)
+        ns.add_entry(tx, parent, name, ino, stat.S_IFMT(inode["mode"]), now)
+        return await ns.attr_of(ino, inode)
+
+    return await ns.engine.run(body, rid)

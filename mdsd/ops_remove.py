@@ -1,0 +1,67 @@
+"""Operations that remove a name: unlink and rmdir.
+
+unlink of a file whose inode lives on the entry's shard is one local
+transaction; otherwise, and always for rmdir (which tombstones the
+directory's share on every shard so that a racing create into it fails), the
+transaction spans shards.
+"""
+
+import logging
+import stat
+
+from loomproto import errors
+
+from . import args as check
+from .namespace import now_ns
+
+log = logging.getLogger(__name__)
+
+
+async def unlink(ns, args: dict) -> dict:
+    parent = check.ino(args, "parent")
+    name = check.name(args)
+    rid = check.rid(args)
+
+    async def body(tx):
+        entry = await ns.read_entry(tx, parent, name)
+        if entry is None:
+            raise errors.NotFound(f"no entry {name!r} in {parent}")
+        ino, type_bits = entry
+        if type_bits == stat.S_IFDIR:
+            raise errors.IsDir(f"entry {name!r} in {parent} is a directory")
+        now = now_ns()
+        ns.remove_entry(tx, parent, name, type_bits, now)
+        try:
+            inode = await ns.read_inode(tx, ino)
+        except errors.NotFound:
+            log.warning("entry %r in %d names missing inode %d: removing the entry",
+                        name, parent, ino)
+            return {"ino": ino, "nlink": 0}
+        ns.drop_link(tx, ino, inode, now)
+        return {"ino": ino, "nlink": inode["nlink"]}
+
+    result = await ns.engine.run(body, rid)
+    if result["nlink"] == 0:
+        ns.sessions.orphan_added(result["ino"])
+    return result
+
+
+async def rmdir(ns, args: dict) -> dict:
+    parent = check.ino(args, "parent")
+    name = check.name(args)
+    rid = check.rid(args)
+
+    async def body(tx):
+        entry = await ns.read_entry(tx, parent, name)
+        if entry is None:
+            raise errors.NotFound(f"no entry {name!r} in {parent}")
+        ino, type_bits = entry
+        if type_bits != stat.S_IFDIR:
+            raise errors.NotDir(f"entry {name!r} in {parent} is not a directory")
+        await ns.read_inode(tx, ino)
+        await ns.check_empty(tx, ino)
+        ns.remove_dir_inode(tx, ino)
+        ns.remove_entry(tx, parent, name, type_bits, now_ns())
+        return {}
+
+    return await ns.engine.run(body, rid)

@@ -1,0 +1,211 @@
+"""The RPC face of one metadata shard: thin ``rpc_*`` methods that check the
+request and delegate to the operation modules (client RPCs, see
+docs/design.md "Metadata RPCs") and to the transaction machinery (peer RPCs,
+see `mdsd.peers`).
+"""
+
+import logging
+
+from loomproto import errors
+
+from . import args as check
+from . import ops_attr, ops_create, ops_readdir, ops_remove, ops_rename, ops_xattr, schema
+from .apply import MUTATION_NAMES
+
+log = logging.getLogger(__name__)
+
+INODES_FREE = 1 << 48
+KEY_MAX = 511
+
+
+class MdsService:
+    def __init__(self, shard):
+        self.shard = shard
+        self.ns = shard.ns
+
+    # -- namespace --------------------------------------------------------------
+
+    async def rpc_lookup(self, args, payload, peer):
+        return await ops_attr.lookup(self.ns, args)
+
+    async def rpc_getattr(self, args, payload, peer):
+        return await ops_attr.getattr(self.ns, args)
+
+    async def rpc_readlink(self, args, payload, peer):
+        return await ops_attr.readlink(self.ns, args)
+
+    async def rpc_setattr(self, args, payload, peer):
+        return await ops_attr.setattr(self.ns, args)
+
+    async def rpc_mknod(self, args, payload, peer):
+        return await ops_create.mknod(self.ns, args)
+
+    async def rpc_mkdir(self, args, payload, peer):
+        return await ops_create.mkdir(self.ns, args)
+
+    async def rpc_symlink(self, args, payload, peer):
+        return await ops_create.symlink(self.ns, args)
+
+    async def rpc_link(self, args, payload, peer):
+        return await ops_create.link(self.ns, args)
+
+    async def rpc_unlink(self, args, payload, peer):
+        return await ops_remove.unlink(self.ns, args)
+
+    async def rpc_rmdir(self, args, payload, peer):
+        return await ops_remove.rmdir(self.ns, args)
+
+    async def rpc_rename(self, args, payload, peer):
+        return await ops_rename.rename(self.ns, args)
+
+    async def rpc_readdir(self, args, payload, peer):
+        return await ops_readdir.readdir(self.ns, args)
+
+    async def rpc_commit_size(self, args, payload, peer):
+        return await ops_attr.commit_size(self.ns, args)
+
+    async def rpc_setstripe(self, args, payload, peer):
+        return await ops_attr.setstripe(self.ns, args)
+
+    async def rpc_getxattr(self, args, payload, peer):
+        return await ops_xattr.getxattr(self.ns, args)
+
+    async def rpc_setxattr(self, args, payload, peer):
+        return await ops_xattr.setxattr(self.ns, args)
+
+    async def rpc_listxattr(self, args, payload, peer):
+        return await ops_xattr.listxattr(self.ns, args)
+
+    async def rpc_removexattr(self, args, payload, peer):
+        return await ops_xattr.removexattr(self.ns, args)
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def rpc_open(self, args, payload, peer):
+        return await ops_attr.open_(self.ns, args)
+
+    async def rpc_close(self, args, payload, peer):
+        return await ops_attr.close(self.ns, args)
+
+    async def rpc_session_renew(self, args, payload, peer):
+        session = check.session(args)
+        inos = check.ino_list(args, "inos") if args.get("inos") is not None else []
+        self.shard.sessions.renew(session, inos)
+        return {"lease": self.shard.sessions.timeout}
+
+    # -- cluster map and status ---------------------------------------------------
+
+    def _keeper(self):
+        if self.shard.keeper is None:
+            raise errors.Invalid(f"the cluster map is kept by mds 0, not mds {self.shard.mds_id}")
+        return self.shard.keeper
+
+    async def rpc_get_map(self, args, payload, peer):
+        return self._keeper().map.to_wire()
+
+    async def rpc_watch_map(self, args, payload, peer):
+        return await self._keeper().watch(args)
+
+    async def rpc_osd_heartbeat(self, args, payload, peer):
+        return await self._keeper().heartbeat(args)
+
+    async def rpc_osd_set(self, args, payload, peer):
+        return await self._keeper().set_in(args)
+
+    async def rpc_shard_info(self, args, payload, peer):
+        store = self.shard.store
+        return {"mds_id": self.shard.mds_id, "nshards": self.ns.nshards,
+                "inodes": store.entries(schema.INODE), "entries": store.entries(schema.DENTRY)}
+
+    async def rpc_statfs(self, args, payload, peer):
+        if self.shard.keeper is not None:
+            osds = self.shard.keeper.map.osds.values()
+        else:
+            osds = [o for o in (await self.ns.peers.call(0, "get_map", {}))["osds"]]
+            osds = [_Figures(o) for o in osds]
+        infos = await self.ns.peers.call_all("shard_info", {})
+        inodes = self.shard.store.entries(schema.INODE) + sum(i["inodes"] for i in infos.values())
+        return {"bytes_total": sum(o.capacity for o in osds),
+                "bytes_used": sum(o.used for o in osds),
+                "inodes_used": inodes, "inodes_free": INODES_FREE}
+
+    # -- peers --------------------------------------------------------------------
+
+    async def rpc_peer_read(self, args, payload, peer):
+        keys = _wire_keys(args.get("keys"))
+        return await self.ns.engine.fetch(self.shard.mds_id, keys)
+
+    async def rpc_peer_dirstat(self, args, payload, peer):
+        return self.ns.attrs.local_shares(check.ino_list(args))
+
+    async def rpc_peer_attrs(self, args, payload, peer):
+        found = await self.ns.attrs.local_attrs(check.ino_list(args))
+        return [[ino, attr] for ino, attr in found.items()]
+
+    async def rpc_txn_prepare(self, args, payload, peer):
+        txid = _txid(args)
+        coord = check.integer(args, "coord", 0, self.ns.nshards - 1)
+        reads = _wire_reads(args.get("reads"))
+        mutations = _wire_mutations(args.get("mutations"))
+        await self.shard.participant.prepare(txid, coord, reads, mutations)
+        return {}
+
+    async def rpc_txn_commit(self, args, payload, peer):
+        await self.shard.participant.finish(_txid(args), True)
+        return {}
+
+    async def rpc_txn_abort(self, args, payload, peer):
+        await self.shard.participant.finish(_txid(args), False)
+        return {}
+
+    async def rpc_txn_status(self, args, payload, peer):
+        return {"state": self.ns.engine.status(_txid(args))}
+
+
+class _Figures:
+    def __init__(self, wire: dict):
+        self.capacity = int(wire.get("capacity", 0))
+        self.used = int(wire.get("used", 0))
+
+
+def _txid(args: dict) -> bytes:
+    txid = args.get("txid")
+    if not isinstance(txid, bytes) or len(txid) != 16:
+        raise errors.BadRequest("argument 'txid' must be 16 bytes")
+    return txid
+
+
+def _wire_key(item) -> tuple[str, bytes]:
+    if not (isinstance(item, list) and len(item) >= 2 and item[0] in schema.TXN_DATABASES
+            and isinstance(item[1], bytes) and 0 < len(item[1]) <= KEY_MAX):
+        raise errors.BadRequest("bad key in peer request")
+    return item[0], item[1]
+
+
+def _wire_keys(value) -> list:
+    if not isinstance(value, list):
+        raise errors.BadRequest("argument 'keys' must be a list")
+    return [_wire_key(item) for item in value]
+
+
+def _wire_reads(value) -> list:
+    if not isinstance(value, list):
+        raise errors.BadRequest("argument 'reads' must be a list")
+    reads = []
+    for item in value:
+        db, raw = _wire_key(item)
+        if len(item) != 3 or not isinstance(item[2], (bytes, type(None))):
+            raise errors.BadRequest("bad read in txn_prepare")
+        reads.append([db, raw, item[2]])
+    return reads
+
+
+def _wire_mutations(value) -> list:
+    if not isinstance(value, list):
+        raise errors.BadRequest("argument 'mutations' must be a list")
+    for item in value:
+        if not isinstance(item, list) or not item or item[0] not in MUTATION_NAMES:
+            raise errors.BadRequest("bad mutation in txn_prepare")
+        if item[0] in ("put", "del"):
+            _wire_key(item[1:])
+    return value

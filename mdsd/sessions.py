@@ -1,0 +1,190 @@
+"""Client sessions, the registry of open inodes, and orphan reclaim.
+
+The open registry lives in memory: clients renew their session on every
+shard (``session_renew``) with the inodes they hold open there, which rebuilds
+the registry after a restart.  A session not renewed within the session
+timeout expires and its opens are dropped.
+
+An orphan (nlink 0, recorded in the ``orphan`` family) is reclaimed once
+nobody has it open: first its inode record and xattrs are dropped and the OSDs
+to clean are written into the orphan record (one transaction), then
+``delete_file`` goes to each of them; the record goes when all acknowledged.
+A down or unreachable OSD is tried again later.  After a start, reclaim waits
+one session timeout so that clients can register their opens again.
+"""
+
+import logging
+import time
+from functools import partial
+
+import trio
+
+from loomproto import errors, rpc
+
+from . import apply, schema
+
+log = logging.getLogger(__name__)
+
+RECENT_OPEN = 10.0  # an open younger than this survives a renew that omits it
+RECLAIM_INTERVAL = 2.0
+
+
+class Sessions:
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.expires: dict = {}  # session -> trio deadline
+        self.opens: dict[int, dict] = {}  # ino -> {session: time opened}
+        self.wake = trio.Event()
+
+    def open(self, ino: int, session):
+        self.expires[session] = max(self.expires.get(session, 0), self._deadline())
+        self.opens.setdefault(ino, {})[session] = trio.current_time()
+
+    def close(self, ino: int, session):
+        holders = self.opens.get(ino)
+        if holders is not None:
+            holders.pop(session, None)
+            if not holders:
+                del self.opens[ino]
+                self.wake.set()
+
+    def renew(self, session, inos: list[int]):
+        self.expires[session] = self._deadline()
+        keep = set(inos)
+        recent = trio.current_time() - RECENT_OPEN
+        for ino, holders in list(self.opens.items()):
+            opened = holders.get(session)
+            if opened is not None and ino not in keep and opened < recent:
+                self.close(ino, session)
+        for ino in keep:
+            self.opens.setdefault(ino, {}).setdefault(session, trio.current_time())
+
+    def is_open(self, ino: int) -> bool:
+        return ino in self.opens
+
+    def orphan_added(self, ino: int):
+        self.wake.set()
+
+    def _deadline(self) -> float:
+        return trio.current_time() + self.timeout
+
+    def expire(self):
+        now = trio.current_time()
+        for session in [s for s, deadline in self.expires.items() if deadline < now]:
+            del self.expires[session]
+            log.info("session %r expired", session)
+            for ino, holders in list(self.opens.items()):
+                if session in holders:
+                    self.close(ino, session)
+
+    async def expire_loop(self):
+        while True:
+            self.expire()
+            await trio.sleep(1.0)
+
+
+class Reclaimer:
+    """Deletes orphans nobody has open; `map_source()` gives the current ClusterMap."""
+
+    def __init__(self, store, sessions: Sessions, map_source, nursery, config, name: str):
+        self.store = store
+        self.sessions = sessions
+        self.map_source = map_source
+        self.nursery = nursery
+        self.config = config
+        self.name = name
+        self.osd_clients: dict[str, rpc.RpcClient] = {}
+
+    async def run(self, grace: float):
+        await trio.sleep(grace)
+        log.info("orphan reclaim active")
+        while True:
+            self.sessions.wake = trio.Event()
+            await self.reclaim_once()
+            with trio.move_on_after(RECLAIM_INTERVAL):
+                await self.sessions.wake.wait()
+
+    async def reclaim_once(self):
+        cluster_map = self.map_source()
+        if cluster_map is None:
+            return
+        for ino, record in self.store.read(partial(_orphans, self.store.dbs)):
+            if not record["dropped"]:
+                if self.sessions.is_open(ino):
+                    continue
+                record = await self._drop(ino, cluster_map)
+                if record is None:
+                    continue
+            await self._clean_osds(ino, record, cluster_map)
+
+    async def _drop(self, ino: int, cluster_map):
+        pending = sorted(cluster_map.osds)
+        step = partial(_drop_orphan, self.store, ino, pending)
+        try:
+            record = await self.store.write(step)
+        except errors.Conflict as exc:
+            log.debug("orphan %d busy: %s", ino, exc.message)
+            return None
+        if record is not None:
+            log.debug("orphan %d dropped; data on osds %s", ino, pending)
+        return record
+
+    async def _clean_osds(self, ino: int, record: dict, cluster_map):
+        done = []
+        for osd_id in record["pending"]:
+            info = cluster_map.osds.get(osd_id)
+            if info is None:
+                done.append(osd_id)  # gone from the map: nothing left to clean
+            elif info.up and await self._delete_on(ino, info):
+                done.append(osd_id)
+        if done or not record["pending"]:
+            await self.store.write(partial(_osds_done, self.store.dbs, ino, done))
+
+    async def _delete_on(self, ino: int, info) -> bool:
+        client = self.osd_clients.get(info.addr)
+        if client is None:
+            client = rpc.RpcClient(self.nursery, info.addr, self.config.cluster_id,
+                                   self.config.key, self.name)
+            self.osd_clients[info.addr] = client
+        try:
+            with trio.fail_after(10.0):
+                await client.call("delete_file", {"ino": ino})
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("delete_file of orphan %d on osd %d failed: %s", ino, info.osd_id, exc)
+            return False
+        return True
+
+
+def _orphans(dbs, txn) -> list:
+    return [(schema.from_be64(key), schema.unpack(raw))
+            for key, raw in txn.cursor(db=dbs[schema.ORPHAN])]
+
+
+def _drop_orphan(store, ino: int, pending: list, txn):
+    """Drop the inode of an orphan; the record then lists the OSDs to clean."""
+    ap = apply.Applier(store, txn)
+    raw = ap.get(schema.orphan_key(ino))
+    if raw is None:
+        return None
+    inode_raw = ap.get(schema.inode_key(ino))
+    if inode_raw is not None and schema.unpack(inode_raw)["nlink"] > 0:
+        ap.delete(schema.orphan_key(ino))  # linked again: not an orphan any more
+        return None
+    ap.apply([["inode_drop", ino]])
+    record = {"since": schema.unpack(raw)["since"], "dropped": True, "pending": pending,
+              "dropped_at": time.time_ns()}
+    ap.put(schema.orphan_key(ino), schema.pack(record))
+    return record
+
+
+def _osds_done(dbs, ino: int, done: list, txn):
+    db, key = schema.orphan_key(ino)
+    raw = txn.get(key, db=dbs[db])
+    if raw is None:
+        return
+    record = schema.unpack(raw)
+    record["pending"] = [osd for osd in record["pending"] if osd not in done]
+    if record["pending"]:
+        txn.put(key, schema.pack(record), db=dbs[db])
+    else:
+        txn.delete(key, db=dbs[db])

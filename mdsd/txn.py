@@ -1,0 +1,244 @@
+"""Optimistic transactions over keys on several shards (coordinator side).
+
+An operation is a *body*: ``async def body(tx) -> result`` that reads keys with
+`Txn.read` (validated at commit) or `Txn.peek` (not validated), and records
+writes as mutations (`Txn.put`, `Txn.delete`, `Txn.mutate`, see `mdsd.apply`).
+`TxnEngine.run` executes the body and commits:
+
+- every key on this shard: one local write transaction validates the reads,
+  applies the mutations and stores the reply under the request id;
+- otherwise two-phase commit: ``txn_prepare`` on every other shard involved
+  (validates, locks, records the prepared writes durably), then this shard's
+  own part and the durable commit decision in one local transaction, then
+  ``txn_commit`` to the participants.  Any failure before the decision sends
+  ``txn_abort``.  Presumed abort: a txid this process is not running and has
+  no decision for is aborted (`TxnEngine.status`).
+
+A `Conflict` (a read changed, a key is locked by a prepared transaction, a
+participant unreachable) runs the body again, with backoff, for a bounded time.
+Participants and restart recovery live in `mdsd.recovery`.
+
+Fault injection: `crash_point` exits the process (status 137) when the
+environment variable LOOMFS_CRASH_AT names the step: ``coord_after_prepare``,
+``coord_after_decide``, ``participant_after_prepare``,
+``participant_before_finish``.
+"""
+
+import logging
+import os
+import random
+from collections import defaultdict
+from functools import partial
+
+import trio
+
+from loomproto import errors
+
+from . import apply, schema
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 15.0
+PREPARE_TIMEOUT = 5.0
+COMMIT_TIMEOUT = 5.0
+
+
+def crash_point(name: str):
+    """Fault-injection hook: exits the process at the step named by LOOMFS_CRASH_AT."""
+    if os.environ.get("LOOMFS_CRASH_AT") == name:
+        log.warning("crash point %s reached: exiting", name)
+        os._exit(137)
+
+
+class Txn:
+    """Reads and mutations of one attempt of an operation."""
+
+    def __init__(self, engine: "TxnEngine"):
+        self.engine = engine
+        self.reads: dict[tuple[int, schema.Key], bytes | None] = {}
+        self.mutations: dict[int, list] = defaultdict(list)
+
+    async def read(self, shard: int, key: schema.Key) -> bytes | None:
+        """Read a key; the commit fails with Conflict if it changed meanwhile."""
+        if (shard, key) in self.reads:
+            return self.reads[(shard, key)]
+        (value,) = await self.engine.fetch(shard, [key])
+        self.reads[(shard, key)] = value
+        return value
+
+    async def peek(self, shard: int, key: schema.Key) -> bytes | None:
+        if (shard, key) in self.reads:
+            return self.reads[(shard, key)]
+        (value,) = await self.engine.fetch(shard, [key])
+        return value
+
+    def put(self, shard: int, key: schema.Key, value: bytes):
+        self.mutations[shard].append(["put", key[0], key[1], value])
+
+    def delete(self, shard: int, key: schema.Key):
+        self.mutations[shard].append(["del", key[0], key[1]])
+
+    def mutate(self, shard: int, mutation: list):
+        self.mutations[shard].append(mutation)
+
+    def shards(self) -> set[int]:
+        return {shard for shard, _ in self.reads} | set(self.mutations)
+
+    def reads_of(self, shard: int) -> list[list]:
+        return [[key[0], key[1], value] for (s, key), value in self.reads.items() if s == shard]
+
+
+class TxnEngine:
+    def __init__(self, store, peers, mds_id: int, boot: int, nursery):
+        self.store = store
+        self.peers = peers
+        self.mds_id = mds_id
+        self.boot = boot
+        self.nursery = nursery
+        self.active: set[bytes] = set()
+
+    # -- reads ----------------------------------------------------------------
+
+    async def fetch(self, shard: int, keys: list[schema.Key]) -> list[bytes | None]:
+        if shard == self.mds_id:
+            return self.store.read(partial(_get_many, self.store.dbs, keys))
+        wire_keys = [[db, raw] for db, raw in keys]
+        values = await self.peers.call(shard, "peer_read", {"keys": wire_keys})
+        return list(values)
+
+    # -- running operations ---------------------------------------------------
+
+    def stored_reply(self, rid: bytes | None):
+        return self.store.read(lambda txn: apply.stored_reply(txn, self.store.dbs, rid))
+
+    async def run(self, body, rid: bytes | None = None):
+        """Run `body` until it commits; the reply is stored under `rid` if given."""
+        stored = self.stored_reply(rid)
+        if stored is not None:
+            return _replay(stored)
+        deadline = trio.current_time() + RETRY_SECONDS
+        delay = 0.002
+        while True:
+            tx = Txn(self)
+            try:
+                result = await body(tx)
+                return await self._commit(tx, result, rid)
+            except errors.Conflict as exc:
+                if trio.current_time() + delay > deadline:
+                    raise errors.TryAgain(f"transaction kept conflicting: {exc.message}") from None
+                log.debug("retrying after conflict: %s", exc.message)
+            except apply.AlreadyDone as done:
+                return _replay(done.stored)
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.25)
+
+    async def _commit(self, tx: Txn, result, rid):
+        shards = tx.shards()
+        if shards <= {self.mds_id}:
+            step = partial(apply.commit_local, self.store, tx.reads_of(self.mds_id),
+                           tx.mutations.get(self.mds_id, []), rid, result)
+            return await self.store.write(step)
+        return await self._two_phase(tx, shards, result, rid)
+
+    async def _two_phase(self, tx: Txn, shards: set[int], result, rid):
+        txid = os.urandom(16)
+        remote = sorted(shards - {self.mds_id})
+        self.active.add(txid)
+        try:
+            await self._prepare_and_decide(txid, tx, remote, result, rid)
+        finally:
+            self.active.discard(txid)
+        crash_point("coord_after_decide")
+        await self.commit_participants(txid, remote)
+        return result
+
+    async def _prepare_and_decide(self, txid, tx: Txn, remote, result, rid):
+        try:
+            await self._prepare_all(txid, tx, remote)
+            crash_point("coord_after_prepare")
+            step = partial(apply.decide, self.store, txid, remote, tx.reads_of(self.mds_id),
+                           tx.mutations.get(self.mds_id, []), rid, result)
+            await self.store.write(step)
+        except BaseException:
+            # Not decided: nothing of ours was written; release the participants.
+            with trio.CancelScope(shield=True):
+                await self._abort_all(txid, remote)
+            raise
+
+    async def _prepare_all(self, txid, tx: Txn, remote):
+        failures = []
+
+        async def one(shard):
+            args = {"txid": txid, "coord": self.mds_id,
+                    "reads": tx.reads_of(shard), "mutations": tx.mutations.get(shard, [])}
+            try:
+                await self.peers.call(shard, "txn_prepare", args, timeout=PREPARE_TIMEOUT)
+            except errors.LoomError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for shard in remote:
+                nursery.start_soon(one, shard)
+        if failures:
+            raise _worst(failures)
+
+    async def _abort_all(self, txid, remote):
+        async def one(shard):
+            try:
+                await self.peers.call(shard, "txn_abort", {"txid": txid}, timeout=2.0)
+            except errors.LoomError as exc:
+                log.debug("abort of txn %s on shard %d not delivered: %s", txid.hex(), shard, exc)
+
+        async with trio.open_nursery() as nursery:
+            for shard in remote:
+                nursery.start_soon(one, shard)
+
+    async def commit_participants(self, txid: bytes, remote) -> bool:
+        """Send txn_commit to every participant; forget the decision once all acked."""
+        missing = []
+
+        async def one(shard):
+            try:
+                await self.peers.call(shard, "txn_commit", {"txid": txid}, timeout=COMMIT_TIMEOUT)
+            except errors.LoomError as exc:
+                log.warning("commit of txn %s on shard %d pending: %s", txid.hex(), shard, exc)
+                missing.append(shard)
+
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for shard in remote:
+                    nursery.start_soon(one, shard)
+            if missing:
+                return False
+            await self.store.write(partial(apply.forget_decision, self.store, txid))
+        return True
+
+    def status(self, txid: bytes) -> str:
+        """What a participant should do with a prepared `txid`."""
+        if txid in self.active:
+            return "pending"
+        decided = self.store.get((schema.DECIDED, txid))
+        return "commit" if decided is not None else "abort"
+
+
+def _get_many(dbs, keys, txn):
+    return [txn.get(raw, db=dbs[db]) for db, raw in keys]
+
+
+def _worst(failures: list[errors.LoomError]) -> errors.LoomError:
+    """A definite answer (NotEmpty, Exists...) beats a conflict or a transport failure."""
+    for exc in failures:
+        if not isinstance(exc, (errors.Conflict, errors.TransportError, errors.TryAgain)):
+            return exc
+    for exc in failures:
+        if isinstance(exc, errors.TransportError):
+            return errors.Conflict(f"participant unreachable: {exc.message}")
+    return failures[0]
+
+
+def _replay(stored):
+    _, ok, result = stored
+    if ok:
+        return result
+    code, message = result
+    raise errors.from_wire(code, message)

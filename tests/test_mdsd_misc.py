@@ -1,0 +1,132 @@
+"""xattrs, setstripe, the cluster map, sessions, statfs and the command line."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from loomproto import errors
+from loomproto.config import create as create_config
+from loomproto.layout import Layout
+from test_mdsd_harness import ROOT, MdsCluster, free_ports, no_log_warnings  # noqa: F401
+
+
+@pytest.fixture
+async def mds(tmp_path, nursery):
+    cluster = MdsCluster(tmp_path, nursery, 2, down_after=0.3)
+    await cluster.start_all()
+    return cluster
+
+
+async def test_xattr_flags_and_values(mds):
+    f = await mds.create(ROOT, b"x")
+    ino = f["ino"]
+    call = mds.call_ino
+    with pytest.raises(errors.NoData):
+        await call("getxattr", ino, name=b"user.a")
+    with pytest.raises(errors.NoData):
+        await call("setxattr", ino, name=b"user.a", value=b"1", flags=2)
+    await call("setxattr", ino, name=b"user.a", value=b"", flags=1)
+    with pytest.raises(errors.Exists):
+        await call("setxattr", ino, name=b"user.a", value=b"2", flags=1)
+    await call("setxattr", ino, name=b"user.a", value=b"\0bin\0", flags=2)
+    assert await call("getxattr", ino, name=b"user.a") == b"\0bin\0"
+    await call("setxattr", ino, name=b"user.b", value=b"", flags=0)
+    assert await call("getxattr", ino, name=b"user.b") == b""
+    assert sorted(await call("listxattr", ino)) == [b"user.a", b"user.b"]
+    await call("removexattr", ino, name=b"user.a")
+    with pytest.raises(errors.NoData):
+        await call("removexattr", ino, name=b"user.a")
+    with pytest.raises(errors.Range):
+        await call("setxattr", ino, name=b"n" * 256, value=b"", flags=0)
+    with pytest.raises(errors.Range):
+        await call("setxattr", ino, name=b"user.big", value=b"v" * 65537, flags=0)
+    assert (await mds.getattr(ino))["ctime"] > f["ctime"]
+    with pytest.raises(errors.NotFound):
+        await call("getxattr", ino + 1000, name=b"user.a")
+
+
+async def test_setstripe(mds):
+    d = await mds.mkdir(ROOT, b"striped")
+    out = await mds.call_ino("setstripe", d["ino"], layout=[1 << 16, 8, 3])
+    assert out["layout"] == [1 << 16, 8, 3]
+    with pytest.raises(errors.Invalid):
+        await mds.call_ino("setstripe", d["ino"], layout=[1000, 8, 3])
+    f = await mds.create(ROOT, b"file")
+    with pytest.raises(errors.NotDir):
+        await mds.call_ino("setstripe", f["ino"], layout=[1 << 16, 8, 3])
+
+
+@pytest.mark.allow_log_errors  # "osd 3 marked down" is expected
+async def test_cluster_map_heartbeats_and_down(mds):
+    mds0 = mds.client(0)
+    first = await mds0.call("get_map", {})
+    hb = {"id": 3, "addr": "127.0.0.1:9", "host": "h", "capacity": 1000, "used": 10}
+    epoch = (await mds0.call("osd_heartbeat", hb))["epoch"]
+    assert epoch == first["epoch"] + 1
+    assert (await mds0.call("osd_heartbeat", hb))["epoch"] == epoch
+    with trio.fail_after(5):
+        down = await mds0.call("watch_map", {"epoch": epoch, "timeout": 5})
+    assert down["epoch"] == epoch + 1 and not down["osds"][0]["up"]
+    out = await mds0.call("osd_set", {"id": 3, "in": False})
+    assert out["epoch"] == epoch + 2 and not out["osds"][0]["in"]
+    quick = await mds0.call("watch_map", {"epoch": out["epoch"], "timeout": 0.05})
+    assert quick["epoch"] == out["epoch"]
+    with pytest.raises(errors.Invalid):
+        await mds.client(1).call("get_map", {})
+    stats = await mds.client(1).call("statfs", {})
+    assert stats["bytes_total"] == 1000 and stats["inodes_used"] >= 1
+    await mds.stop(0)
+    await mds.start(0)
+    again = await mds.client(0).call("get_map", {})
+    assert again["epoch"] >= out["epoch"]
+    assert not again["osds"][0]["up"] and not again["osds"][0]["in"]
+
+
+async def test_session_expiry_drops_opens(tmp_path, nursery):
+    mds = MdsCluster(tmp_path, nursery, 1, session_timeout=0.3, reclaim_grace=0)
+    await mds.start_all()
+    f = await mds.create(ROOT, b"held")
+    lease = await mds.client(0).call("session_renew", {"session": b"s", "inos": [f["ino"]]})
+    assert lease["lease"] == 0.3
+    await mds.unlink(ROOT, b"held")
+    with trio.fail_after(10):
+        while True:
+            try:
+                await mds.getattr(f["ino"])
+            except errors.NotFound:
+                break
+            await trio.sleep(0.05)
+
+
+def _run_mdsd(cfg, data, *extra):
+    cmd = [sys.executable, "-m", "mdsd.main", "--cluster", cfg, "--id", "0", "--data", data,
+           *extra]
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+async def test_command_line_serves_and_stops_on_sigterm(tmp_path):
+    port = free_ports(1)[0]
+    cfg = create_config(str(tmp_path / "cfg"), [f"127.0.0.1:{port}"], Layout())
+    proc = _run_mdsd(cfg, str(tmp_path / "data"))
+    try:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    await stream.aclose()
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stderr.read()
+                    await trio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = await trio.to_thread.run_sync(proc.wait, 20)
+        assert rc == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

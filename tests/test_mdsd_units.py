@@ -1,0 +1,171 @@
+"""Units: key encoders, the store's group commit, the transaction engine on one
+shard, and two-phase-commit recovery between two in-process shards."""
+
+import os
+import stat
+
+import pytest
+import trio
+
+from loomproto import errors
+from mdsd import apply, recovery, schema
+from mdsd.store import Store, StoreError
+from test_mdsd_harness import ROOT, MdsCluster, name_on_shard, no_log_warnings  # noqa: F401
+
+
+def test_key_encoders_sort_numerically():
+    assert schema.inode_key(1) == ("inode", b"\0" * 7 + b"\1")
+    assert schema.inode_key(255)[1] < schema.inode_key(256)[1]
+    assert schema.dentry_key(5, b"ab") == ("dentry", schema.be64(5) + b"ab")
+    db, key = schema.dirseq_key(7, 300)
+    assert db == "dirseq" and schema.dirseq_parse(key) == (7, 300)
+    assert schema.dirseq_key(7, 2)[1] < schema.dirseq_key(7, 10)[1] < schema.dirseq_key(8, 1)[1]
+    assert schema.lock_key(("inode", b"k")) == ("lock", b"inode\0k")
+    assert schema.unpack_share(None) == schema.empty_share()
+    assert schema.unpack_dentry(schema.pack_dentry(9, stat.S_IFDIR, 3)) == (9, stat.S_IFDIR, 3)
+
+
+async def test_store_group_commit_isolates_failures(tmp_path):
+    store = await Store.open(str(tmp_path / "db"))
+    try:
+        def good(i, txn):
+            txn.put(schema.be64(i), b"v", db=store.dbs["inode"])
+            return i
+
+        def bad(txn):
+            txn.put(b"bad", b"v", db=store.dbs["inode"])
+            raise errors.Exists("no")
+
+        results = []
+
+        async def one(fn):
+            try:
+                results.append(await store.write(fn))
+            except errors.Exists:
+                results.append("exists")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(one, lambda txn, i=i: good(i, txn))
+            nursery.start_soon(one, bad)
+        assert sorted(r for r in results if r != "exists") == list(range(50))
+        assert results.count("exists") == 1
+        assert store.get(("inode", b"bad")) is None
+        assert store.entries("inode") == 50
+    finally:
+        store.close()
+
+
+async def test_store_refuses_other_format(tmp_path):
+    path = str(tmp_path / "db")
+    store = await Store.open(path)
+    await store.write(lambda txn: txn.put(schema.SYS_FORMAT, b"99", db=store.dbs["sys"]))
+    store.close()
+    with pytest.raises(StoreError, match="format"):
+        await Store.open(path)
+
+
+async def test_local_commit_validates_reads_and_locks(tmp_path):
+    store = await Store.open(str(tmp_path / "db"))
+    try:
+        key = schema.inode_key(4)
+        await store.write(lambda txn: apply.commit_local(
+            store, [], [["put", "inode", key[1], b"one"]], None, "r", txn))
+        stale = [["inode", key[1], None]]
+        with pytest.raises(errors.Conflict):
+            await store.write(lambda txn: apply.commit_local(store, stale, [], None, "r", txn))
+        txid = os.urandom(16)
+        await store.write(lambda txn: apply.prepare(
+            store, txid, 1, 1, [["inode", key[1], b"one"]],
+            [["put", "inode", key[1], b"two"]], txn))
+        with pytest.raises(errors.Conflict, match="locked"):
+            await store.write(lambda txn: apply.commit_local(
+                store, [], [["put", "inode", key[1], b"three"]], None, "r", txn))
+        assert store.get(key) == b"one"
+        assert await store.write(lambda txn: apply.finish_prepared(store, txid, True, txn))
+        assert store.get(key) == b"two"
+        assert store.entries("lock") == 0 and store.entries("prepared") == 0
+        rid = os.urandom(16)
+        await store.write(lambda txn: apply.commit_local(store, [], [], rid, {"x": 1}, txn))
+        with pytest.raises(apply.AlreadyDone):
+            await store.write(lambda txn: apply.commit_local(store, [], [], rid, {}, txn))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def fast_recovery(monkeypatch):
+    monkeypatch.setattr(recovery, "RESOLVE_AFTER", 0.2)
+    monkeypatch.setattr(recovery, "SCAN_INTERVAL", 0.05)
+
+
+async def _wait_for(predicate, seconds=10.0):
+    with trio.fail_after(seconds):
+        while not await predicate():
+            await trio.sleep(0.02)
+
+
+async def test_orphaned_prepare_is_aborted_and_unlocks(tmp_path, nursery, fast_recovery):
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    f = await mds.create(ROOT, name_on_shard(mds, ROOT, 1))
+    key = schema.xattr_key(f["ino"], b"user.k")
+    prepare = {"txid": os.urandom(16), "coord": 0, "reads": [],
+               "mutations": [["put", key[0], key[1], b"never"]]}
+    await mds.client(1).call("txn_prepare", prepare)  # coordinator 0 never heard of it
+    await mds.call_ino("setxattr", f["ino"], name=b"user.k", value=b"mine", flags=0)
+    assert await mds.call_ino("getxattr", f["ino"], name=b"user.k") == b"mine"
+    info = await mds.client(1).call("shard_info", {})
+    assert info["inodes"] >= 1
+
+
+async def test_lost_commit_is_redriven(tmp_path, nursery, fast_recovery):
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    engine = mds.handles[0].shard.engine
+    real = engine.commit_participants
+    dropped = []
+
+    async def drop_first(txid, remote):
+        if not dropped:
+            dropped.append(txid)
+            return False  # as if every txn_commit message were lost
+        return await real(txid, remote)
+
+    engine.commit_participants = drop_first
+    d = await mds.mkdir(ROOT, name_on_shard(mds, ROOT, 0, "d"))
+    name = name_on_shard(mds, d["ino"], 1)
+    await mds.call_entry("mknod", d["ino"], name, mode=0o100644, uid=0, gid=0)
+    # rmdir from shard 0 kills the share on shard 1 too: a two-phase commit.
+    with pytest.raises(errors.NotEmpty):
+        await mds.rmdir(ROOT, name_on_shard(mds, ROOT, 0, "d"))
+    await mds.unlink(d["ino"], name)
+    await mds.rmdir(ROOT, name_on_shard(mds, ROOT, 0, "d"))
+    assert dropped
+
+    async def settled():
+        return mds.handles[0].shard.store.entries("decided") == 0 and \
+            mds.handles[1].shard.store.entries("prepared") == 0
+
+    await _wait_for(settled)
+    with pytest.raises(errors.NotFound):
+        await mds.call_entry("mknod", d["ino"], b"late", mode=0o100644, uid=0, gid=0)
+
+
+async def test_prepared_txn_survives_participant_restart(tmp_path, nursery, fast_recovery):
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    f = await mds.create(ROOT, name_on_shard(mds, ROOT, 1))
+    key = schema.xattr_key(f["ino"], b"user.k")
+    txid = os.urandom(16)
+    await mds.client(1).call("txn_prepare", {"txid": txid, "coord": 0, "reads": [],
+                                             "mutations": [["put", key[0], key[1], b"v"]]})
+    await mds.stop(1)
+    await mds.start(1)
+
+    async def resolved():
+        return mds.handles[1].shard.store.entries("prepared") == 0
+
+    await _wait_for(resolved)
+    with pytest.raises(errors.NoData):
+        await mds.call_ino("getxattr", f["ino"], name=b"user.k")
