@@ -70,12 +70,6 @@ def main(argv=None) -> int:
     except cluster_config.ConfigError as exc:
         print(f"loomfs: {exc}", file=sys.stderr)
         return 2
-    except errors.LoomError as exc:
-        print(f"loomfs {args.command}: {exc.message}", file=sys.stderr)
-        return 1
-    except trio.TooSlowError:
-        print(f"loomfs {args.command}: the cluster did not answer in time", file=sys.stderr)
-        return 1
 
 
 async def _admin(config, args) -> int:
@@ -85,6 +79,12 @@ async def _admin(config, args) -> int:
             await cluster.start(check_shards=args.command != "status")
             handler = _HANDLERS[args.command]
             return await handler(cluster, args)
+        except errors.LoomError as exc:
+            print(f"loomfs {args.command}: {exc.message}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"loomfs {args.command}: {exc}", file=sys.stderr)
+            return 1
         finally:
             nursery.cancel_scope.cancel()
 

@@ -124,6 +124,9 @@ class Cluster:
             except errors.LoomError as exc:
                 log.debug("map watch failed: %s", exc)
                 await trio.sleep(1.0)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("undecodable cluster map from %s: %r", self.config.mds[0], exc)
+                await trio.sleep(1.0)
 
     async def _renew_session(self):
         while True:

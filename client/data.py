@@ -160,6 +160,10 @@ class DataPath:
         except errors.LoomError as exc:
             log.error("write of ino %d chunk %d failed: %s", fd.ino, chunk_index, exc)
             fd.error = fd.error or errors.IOFailure(str(exc))
+        except Exception:
+            # A bug here must fail this file's next flush, not the whole mount.
+            log.exception("write of ino %d chunk %d failed unexpectedly", fd.ino, chunk_index)
+            fd.error = fd.error or errors.IOFailure(f"internal error writing ino {fd.ino}")
         finally:
             fd.dirty_bytes -= buf.dirty_bytes
             fd.in_flight -= 1

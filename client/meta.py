@@ -31,17 +31,38 @@ def check_name(name: bytes) -> None:
 
 
 class Meta:
+    """Attribute replies are ordered by a local clock, as the kernel orders
+    its own: a reply to a request sent before this client changed the inode
+    (a size commit, a setattr) is older than what we know and is replaced by
+    the newer attributes.  Without this a `stat` racing a close could hand
+    the kernel a size from before the close, and the next O_APPEND write
+    would land at that stale offset.
+    """
+
     def __init__(self, cluster):
         self.cluster = cluster
         self.attrs: OrderedDict[int, dict] = OrderedDict()
+        self.clock = 0
+        self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
 
-    def remember(self, attr: dict) -> dict:
+    def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
+        if sent_at is not None and self.changed.get(ino, -1) > sent_at and ino in self.attrs:
+            return self.attrs[ino]
         self.attrs[ino] = attr
         self.attrs.move_to_end(ino)
         if len(self.attrs) > CACHE_ENTRIES:
             self.attrs.popitem(last=False)
         return attr
+
+    def _changed(self, attr: dict) -> dict:
+        """Record attributes that result from this client's own change."""
+        self.clock += 1
+        self.changed[attr["ino"]] = self.clock
+        self.changed.move_to_end(attr["ino"])
+        if len(self.changed) > CACHE_ENTRIES:
+            self.changed.popitem(last=False)
+        return self.remember(attr)
 
     def forget(self, ino: int) -> None:
         self.attrs.pop(ino, None)
@@ -63,25 +84,29 @@ class Meta:
 
     async def lookup(self, parent: int, name: bytes) -> dict:
         check_name(name)
+        sent_at = self.clock
         attr = await self._at_entry(parent, name, "lookup", {"parent": parent, "name": name})
-        return self.remember(attr)
+        return self.remember(attr, sent_at)
 
     async def getattr(self, ino: int) -> dict:
-        return self.remember(await self._at_ino(ino, "getattr", {"ino": ino}))
+        sent_at = self.clock
+        return self.remember(await self._at_ino(ino, "getattr", {"ino": ino}), sent_at)
 
     async def readlink(self, ino: int) -> bytes:
         return await self._at_ino(ino, "readlink", {"ino": ino})
 
     async def readdir(self, ino: int, shard: int, after: int, limit: int) -> dict:
+        sent_at = self.clock
         reply = await self.cluster.mds(
             shard, "readdir", {"ino": ino, "shard_after": after, "limit": limit})
         for entry in reply["entries"]:
-            self.remember(entry[2])
+            entry[2] = self.remember(entry[2], sent_at)
         return reply
 
     async def open(self, ino: int, flags: int) -> dict:
         args = {"ino": ino, "session": self.cluster.session, "flags": flags}
-        return self.remember(await self._at_ino(ino, "open", args))
+        sent_at = self.clock
+        return self.remember(await self._at_ino(ino, "open", args), sent_at)
 
     async def close(self, ino: int) -> None:
         await self._at_ino(ino, "close", {"ino": ino, "session": self.cluster.session})
@@ -93,11 +118,11 @@ class Meta:
 
     async def setattr(self, ino: int, fields: dict, caller: dict) -> dict:
         args = {"ino": ino, "fields": fields, "caller": caller, "rid": _rid()}
-        return self.remember(await self._at_ino(ino, "setattr", args))
+        return self._changed(await self._at_ino(ino, "setattr", args))
 
     async def commit_size(self, ino: int, size: int, mtime: int) -> dict:
         args = {"ino": ino, "size": size, "mtime": mtime}
-        return self.remember(await self._at_ino(ino, "commit_size", args))
+        return self._changed(await self._at_ino(ino, "commit_size", args))
 
     async def mknod(self, parent, name, mode, rdev, uid, gid) -> dict:
         check_name(name)

@@ -129,15 +129,18 @@ def _report(ready_fd, message: str):
 
 
 def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
+    failure = None
     try:
         trio.run(_main, config, mountpoint, own, fuse_options, ready_fd)
-    except MountError as exc:
-        log.error("%s", exc)
-        _report(ready_fd, str(exc))
-        if ready_fd is None:
-            print(f"loomfs mount: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* MountError as group:
+        failure = group.exceptions[0]
+    if failure is None:
+        return 0
+    log.error("%s", failure)
+    _report(ready_fd, str(failure))
+    if ready_fd is None:
+        print(f"loomfs mount: {failure}", file=sys.stderr)
+    return 1
 
 
 async def _main(config, mountpoint, own, fuse_options, ready_fd):

@@ -22,6 +22,7 @@ import stat
 import time
 
 import pyfuse3
+import trio
 
 from loomproto import errors
 from loomproto.layout import Layout
@@ -45,10 +46,29 @@ def _guarded(handler):
         except errors.LoomError as exc:
             log.debug("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(errors.errno_of(exc)) from None
+        except trio.TooSlowError:
+            log.warning("%s: timed out", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except ExceptionGroup as group:
+            # Parallel stripe and replica calls fail together; the first typed
+            # error decides the errno when every failure is a typed one.
+            leaves = _leaves(group)
+            if all(isinstance(e, errors.LoomError) for e in leaves):
+                log.debug("%s: %s", handler.__name__, leaves[0])
+                raise pyfuse3.FUSEError(errors.errno_of(leaves[0])) from None
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("unexpected error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _guard_all(cls):
@@ -144,6 +164,13 @@ class LoomOperations(pyfuse3.Operations):
             changes["mtime"] = attr.st_mtime_ns
         if fields.update_ctime:
             changes["ctime"] = attr.st_ctime_ns
+        fd = self.files.get(inode)
+        if fd is not None:
+            # Pending writes land (and their size and mtime) before the change,
+            # so an explicit mtime or size is not overtaken by older writes.
+            await self._flush(fd)
+            if fields.update_mtime:
+                fd.mtime_ns = 0
         if fields.update_size:
             changes["size"] = attr.st_size
             await self._truncate(inode, attr.st_size)
@@ -318,9 +345,12 @@ class LoomOperations(pyfuse3.Operations):
         try:
             await self._flush(fd)
         finally:
-            del self.files[fd.ino]
-            del open_inos[fd.ino]
-            await self.meta.close(fd.ino)
+            # The kernel does not wait for release: a new open of the same
+            # file may have taken this FileData while we flushed.
+            if fd.handles == 0:
+                del self.files[fd.ino]
+                del open_inos[fd.ino]
+                await self.meta.close(fd.ino)
 
     # -- extended attributes ----------------------------------------------
 
