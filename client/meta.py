@@ -124,10 +124,13 @@ class Meta:
         args = {"ino": ino, "size": size, "mtime": mtime}
         return self._changed(await self._at_ino(ino, "commit_size", args))
 
-    async def mknod(self, parent, name, mode, rdev, uid, gid) -> dict:
+    async def mknod(self, parent, name, mode, rdev, uid, gid, open_it=False) -> dict:
+        """Make a non-directory; `open_it` also registers an open (create(2))."""
         check_name(name)
         args = {"parent": parent, "name": name, "mode": mode, "rdev": rdev, "uid": uid,
                 "gid": gid, "rid": _rid(), **await self.parent_info(parent)}
+        if open_it:
+            args["session"] = self.cluster.session
         return self.remember(await self._at_entry(parent, name, "mknod", args))
 
     async def mkdir(self, parent, name, mode, uid, gid) -> dict:

@@ -279,8 +279,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), 0,
-                                     ctx.uid, ctx.gid)
-        attr = await self.meta.open(attr["ino"], flags)
+                                     ctx.uid, ctx.gid, open_it=True)
         fi = self._new_handle(attr, flags)
         return fi, self._entry(attr)
 

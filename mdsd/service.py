@@ -38,7 +38,11 @@ class MdsService:
         return await ops_attr.setattr(self.ns, args)
 
     async def rpc_mknod(self, args, payload, peer):
-        return await ops_create.mknod(self.ns, args)
+        attr = await ops_create.mknod(self.ns, args)
+        if args.get("session") is not None:
+            # create(2): the new inode is local to this shard and opened at once.
+            self.shard.sessions.open(attr["ino"], check.session(args))
+        return attr
 
     async def rpc_mkdir(self, args, payload, peer):
         return await ops_create.mkdir(self.ns, args)
