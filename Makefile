@@ -1,0 +1,39 @@
+# LoomFS developer commands.  `make up` starts a local cluster and mounts it at ./mnt,
+# `make down` stops it, `make test` runs the whole test suite (it starts its own clusters).
+# The mount options (allow_other,default_permissions) are scripts/cluster's default;
+# MOUNT_OPTS=... overrides them for `make up`.
+
+MDS ?= 2
+OSD ?= 4
+REPLICAS ?= 2
+MNT ?= ./mnt
+STATE ?= ./.loomfs
+MOUNT_OPTS ?=
+PYTEST_ARGS ?=
+
+PYTHON := .venv/bin/python
+CLUSTER = $(PYTHON) scripts/cluster --state $(STATE)
+OPTS_ARG = $(if $(MOUNT_OPTS),--mount-opts $(MOUNT_OPTS))
+
+.PHONY: deps up down status test
+
+deps:
+	scripts/install-deps
+
+up: deps
+	$(CLUSTER) up --mds $(MDS) --osd $(OSD) --replicas $(REPLICAS) --mount $(MNT) $(OPTS_ARG)
+	@echo
+	@echo "LoomFS is mounted at $(MNT) (config $(STATE)/cluster.json, logs in $(STATE)/logs)."
+	@echo "  ls $(MNT); cp -r some/dir $(MNT)/"
+	@echo "  .venv/bin/loomfs status --cluster $(STATE)/cluster.json"
+	@echo "  make status     # nodes, pids, alive or dead"
+	@echo "  make down       # unmount and stop every node (data stays in $(STATE))"
+
+down:
+	@if [ -x $(PYTHON) ]; then $(CLUSTER) down; else echo "no .venv: nothing was started"; fi
+
+status:
+	$(CLUSTER) status
+
+test: deps
+	$(PYTHON) -m pytest -q -rs tests $(PYTEST_ARGS)
