@@ -15,7 +15,7 @@ PYTHON := .venv/bin/python
 CLUSTER = $(PYTHON) scripts/cluster --state $(STATE)
 OPTS_ARG = $(if $(MOUNT_OPTS),--mount-opts $(MOUNT_OPTS))
 
-.PHONY: deps up down status test
+.PHONY: deps up down status test bench bench-quick
 
 deps:
 	scripts/install-deps
@@ -37,3 +37,15 @@ status:
 
 test: deps
 	$(PYTHON) -m pytest -q -rs tests $(PYTEST_ARGS)
+
+# Benchmarks, not tests: LoomFS (REPLICAS=1 and 2) beside a local disk, the pyfuse3
+# passthrough and GlusterFS, measured by ../shared/bench/fsbench in one run.
+# BENCH_TARGETS=local,loomfs-r1 narrows it; results land in results/bench-*/.
+BENCH_TARGETS ?= local,passthrough,gluster,loomfs-r1,loomfs-r2
+BENCH_ARGS ?=
+
+bench: deps
+	$(PYTHON) scripts/bench --targets $(BENCH_TARGETS) $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
+
+bench-quick: deps
+	$(PYTHON) scripts/bench --quick --targets $(BENCH_TARGETS) $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
