@@ -1,0 +1,109 @@
+"""Helpers shared by the tests/test_posix_*.py mount tests.
+
+- `as_user(uid, gid, fn, *args, groups=())` runs `fn(*args)` in a forked child that
+  switched to an unprivileged identity; returns its result, or raises the OSError
+  it raised (same errno), so permission checks read like ordinary calls.
+- `wait_until(predicate, timeout, what)` polls a condition with a deadline.
+- `errno_of(fn, *args)` is 0 when the call succeeds, else its errno.
+"""
+
+import os
+import pickle
+import time
+
+USER = 4321
+GROUP = 4321
+OTHER_USER = 4322
+OTHER_GROUP = 4322
+
+
+def as_user(uid, gid, fn, *args, groups=()):
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: switch identity, run, report, exit without cleanup
+        os.close(read_fd)
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            result = ("ok", fn(*args))
+        except OSError as exc:
+            result = ("oserror", exc.errno, str(exc))
+        except BaseException as exc:  # report, never run the parent's code
+            result = ("error", repr(exc))
+        try:
+            data = pickle.dumps(result)
+        except Exception as exc:  # an unpicklable result
+            data = pickle.dumps(("error", repr(exc)))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(data)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    result = pickle.loads(data)
+    if result[0] == "ok":
+        return result[1]
+    if result[0] == "oserror":
+        raise OSError(result[1], result[2])
+    raise AssertionError(f"child as uid {uid} failed: {result[1]}")
+
+
+def errno_of(fn, *args, **kwargs) -> int:
+    try:
+        fn(*args, **kwargs)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def user_errno(uid, gid, fn, *args, groups=()) -> int:
+    def call():
+        result = fn(*args)
+        if hasattr(result, "close"):
+            result.close()
+
+    try:
+        as_user(uid, gid, call, groups=groups)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def wait_until(predicate, timeout, what, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout:g}s for {what}")
+        time.sleep(interval)  # polling a condition, not ordering events
+
+
+def osd_chunk_files(cluster, ino=None) -> list[str]:
+    """Chunk files on every OSD of `cluster` (of one inode when `ino` is given)."""
+    found = []
+    for name, node in cluster.nodes().items():
+        if node["kind"] != "osd":
+            continue
+        root = os.path.join(node["data"], "chunks")
+        if ino is not None:
+            root = os.path.join(root, f"{ino % 256:02x}", f"{ino:x}")
+        for dirpath, _, files in os.walk(root):
+            found.extend(os.path.join(dirpath, f) for f in files)
+    return found
+
+
+def let_others_through(path):
+    """Give everyone search permission on the directories above `path` (pytest makes
+    its temporary directories 0700), so an unprivileged child can reach the mount."""
+    path = os.path.realpath(path)
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        mode = os.stat(parent).st_mode
+        if mode & 0o011 != 0o011:
+            os.chmod(parent, (mode & 0o7777) | 0o011)
+        parent = os.path.dirname(parent)
+    os.chmod(path, (os.stat(path).st_mode & 0o7777) | 0o011)
