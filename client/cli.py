@@ -17,7 +17,7 @@ from loomproto import config as cluster_config
 from loomproto import errors
 from loomproto.layout import Layout, osd_order, replicas_for_chunk
 
-from . import mount
+from . import bench, mount
 from .cluster import Cluster
 
 DEFAULT_CLUSTER = ".loomfs"
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench", help="measure a mounted directory (big file, small files, "
+                       "metadata) and print a table")
+    p.add_argument("path")
+    p.add_argument("--size-mib", type=int, default=1024, help="big file size (default 1024)")
+    p.add_argument("--small-files", type=int, default=1000)
+    p.add_argument("--md-files", type=int, default=2000)
+
     p = sub.add_parser("getstripe", help="show a file's or directory's layout")
     p.add_argument("path")
     p = sub.add_parser("setstripe", help="set the layout new files under DIR inherit")
@@ -53,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("osd_id", type=int)
 
     for p in sub.choices.values():
-        if p.prog.split()[-1] != "mount":
+        if p.prog.split()[-1] not in ("mount", "bench"):
             p.add_argument("--cluster", default=DEFAULT_CLUSTER,
                            help="cluster.json or its directory (default ./.loomfs)")
     return parser
@@ -64,6 +71,8 @@ def main(argv=None) -> int:
     if args.command == "mount":
         return mount.run(args.cluster, args.mountpoint, args.options, args.foreground,
                          args.debug, args.log)
+    if args.command == "bench":
+        return _bench(args)
     try:
         config = cluster_config.load(args.cluster)
         return trio.run(_admin, config, args)
@@ -168,6 +177,15 @@ async def _setstripe(cluster, args) -> int:
 async def _osd(cluster, args) -> int:
     await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
     print(f"osd{args.osd_id} marked {args.action}")
+    return 0
+
+
+def _bench(args) -> int:
+    if not os.path.isdir(args.path):
+        print(f"loomfs bench: {args.path} is not a directory", file=sys.stderr)
+        return 1
+    rows = bench.run(args.path, args.size_mib, args.small_files, md_files=args.md_files)
+    print(bench.render(rows))
     return 0
 
 

@@ -1,5 +1,7 @@
 """Units of the client that need no cluster: buffers, options, cookies, layout math."""
 
+import os
+
 import pytest
 
 from client.data import ChunkBuffer
@@ -57,3 +59,14 @@ def test_one_directory_spreads_over_shards():
         counts[shard_of_dentry(77, b"file%d" % i, 4)] += 1
     mean = sum(counts) / 4
     assert all(abs(c - mean) < 0.05 * mean for c in counts)
+
+
+def test_bench_command_measures_a_directory(tmp_path, capsys):
+    from client import cli
+
+    assert cli.main(["bench", str(tmp_path), "--size-mib", "8", "--small-files", "10",
+                     "--md-files", "20"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("write", "read", "small write", "create", "stat", "unlink"):
+        assert phase in out
+    assert os.listdir(tmp_path) == []  # its work directory is gone
