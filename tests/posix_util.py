@@ -7,6 +7,8 @@
 - `errno_of(fn, *args)` is 0 when the call succeeds, else its errno.
 """
 
+import contextlib
+import itertools
 import os
 import pickle
 import time
@@ -107,3 +109,18 @@ def let_others_through(path):
             os.chmod(parent, (mode & 0o7777) | 0o011)
         parent = os.path.dirname(parent)
     os.chmod(path, (os.stat(path).st_mode & 0o7777) | 0o011)
+
+
+@contextlib.contextmanager
+def extra_mount(cluster, opts):
+    """One more client of `cluster` mounted with mount options `opts`; yields its path."""
+    mnt = cluster.base / f"mnt-{os.getpid()}-{next(_mount_numbers)}"
+    done = cluster.run("mount", mnt, "--mount-opts", opts)
+    name = done.stdout.strip().splitlines()[-1]
+    try:
+        yield mnt
+    finally:
+        cluster.run("umount", name)
+
+
+_mount_numbers = itertools.count(1)
