@@ -129,12 +129,16 @@ class Cluster:
                 await trio.sleep(1.0)
 
     async def _renew_session(self):
+        interval = SESSION_RENEW_SECONDS
         while True:
             for shard in range(self.nshards):
                 inos = [ino for ino in self.open_inos if self.shard_of_ino(ino) == shard]
                 try:
-                    await self._mds[shard].call(
+                    reply = await self._mds[shard].call(
                         "session_renew", {"session": self.session, "inos": inos})
+                    # Renew three times per lease, so a shard started with a short
+                    # --session-timeout does not expire a live client.
+                    interval = min(SESSION_RENEW_SECONDS, reply["lease"] / 3)
                 except errors.LoomError as exc:
                     log.debug("session renew on shard %d failed: %s", shard, exc)
-            await trio.sleep(SESSION_RENEW_SECONDS)
+            await trio.sleep(interval)

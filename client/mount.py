@@ -21,6 +21,7 @@ default_permissions, ro, ...) is passed to FUSE.  The defaults used by
 import logging
 import os
 import signal
+import subprocess
 import sys
 
 import pyfuse3
@@ -171,7 +172,9 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         meta = Meta(cluster)
         data = DataPath(cluster, nursery, write_window=own["write_window"],
                         io_timeout=own["io_timeout"])
-        ops = LoomOperations(meta, data, own["attr_timeout"], own["entry_timeout"])
+        ops = LoomOperations(meta, data, own["attr_timeout"], own["entry_timeout"],
+                             on_init=lambda: nursery.start_soon(
+                                 _tune_mount, mountpoint, own["readahead_kb"]))
         options = set(pyfuse3.default_options) | fuse_options
         options |= {"fsname=loomfs:" + config.cluster_id, "subtype=loomfs"}
         try:
@@ -180,7 +183,6 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
             raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
         log.info("mounted %s at %s (options %s)", config.cluster_id, mountpoint,
                  ",".join(sorted(options)))
-        _tune_mount(mountpoint, own["readahead_kb"])
         _report(ready_fd, "ok")
         nursery.start_soon(_stop_on_signal)
         try:
@@ -199,17 +201,18 @@ async def _stop_on_signal():
             return
 
 
-def _tune_mount(mountpoint: str, readahead_kb: int):
+async def _tune_mount(mountpoint: str, readahead_kb: int):
     """Raise the mount's read-ahead, dirty-page share and background queue.
 
     Found through /proc/self/mountinfo, never by stat() of the mount point:
-    that would send a request to this process, which is not serving yet.
+    that would send a request to this process from its own event loop.
     """
     dev = _mount_device(mountpoint)
     if dev is None:
         log.warning("cannot find %s in mountinfo; kernel tuning skipped", mountpoint)
         return
     minor = dev.split(":")[1]
+    _mount_fusectl()
     settings = {f"/sys/class/bdi/{dev}/read_ahead_kb": str(readahead_kb),
                 f"/sys/class/bdi/{dev}/max_ratio": "40",
                 f"/sys/fs/fuse/connections/{minor}/max_background": "128",
@@ -220,6 +223,17 @@ def _tune_mount(mountpoint: str, readahead_kb: int):
                 fp.write(value)
         except OSError as exc:
             log.info("cannot set %s to %s: %s", path, value, exc)
+
+
+def _mount_fusectl():
+    """The per-connection knobs live in the fusectl filesystem; mount it if absent."""
+    connections = "/sys/fs/fuse/connections"
+    if not os.path.isdir(connections) or os.listdir(connections):
+        return
+    result = subprocess.run(["mount", "-t", "fusectl", "fusectl", connections],
+                            capture_output=True, text=True)
+    if result.returncode:
+        log.info("cannot mount fusectl: %s", result.stderr.strip())
 
 
 def _mount_device(mountpoint: str) -> str | None:

@@ -102,8 +102,10 @@ class LoomOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0):
+    def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 on_init=None):
         super().__init__()
+        self.on_init = on_init
         self.meta = meta
         self.data = data
         self.attr_timeout = attr_timeout
@@ -111,6 +113,12 @@ class LoomOperations(pyfuse3.Operations):
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
+
+    def init(self):
+        # Called while libfuse answers the kernel's INIT; the kernel applies
+        # its own read-ahead from that answer, so tuning must come after.
+        if self.on_init is not None:
+            self.on_init()
 
     # -- attributes -------------------------------------------------------
 
