@@ -161,8 +161,9 @@ class LiveCluster(Harness):
         self.allowed_dead = set()
         self._mount_numbers = itertools.count(1)
 
-    def up(self):
-        self.run("up", "--mds", 2, "--osd", 4, "--replicas", 2, "--mount", self.mnt)
+    def up(self, *extra):
+        """Start it; `extra` are more arguments of `scripts/cluster up`."""
+        self.run("up", "--mds", 2, "--osd", 4, "--replicas", 2, "--mount", self.mnt, *extra)
 
     def dead_daemons(self):
         return [name for name, node in self.nodes().items()
