@@ -139,11 +139,11 @@ def _inode_drop(ap: Applier, ino):
     key = schema.inode_key(ino)
     if ap.get(key) is not None:
         ap.delete(key)
-    for raw in _keys_with_prefix(ap, schema.XATTR, schema.xattr_prefix(ino)):
+    for raw in keys_with_prefix(ap, schema.XATTR, schema.xattr_prefix(ino)):
         ap.delete((schema.XATTR, raw))
 
 
-def _keys_with_prefix(ap: Applier, db: str, prefix: bytes) -> list[bytes]:
+def keys_with_prefix(ap: Applier, db: str, prefix: bytes) -> list[bytes]:
     keys = []
     with ap.txn.cursor(db=ap.dbs[db]) as cursor:
         if cursor.set_range(prefix):

@@ -45,6 +45,7 @@ class Participant:
         crash_point("participant_before_finish")
         step = partial(apply.finish_prepared, self.store, txid, commit)
         found = await self.store.write(step)
+        crash_point("participant_after_finish")
         if found:
             log.debug("txn %s %s", txid.hex(), "committed" if commit else "aborted")
 

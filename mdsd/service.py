@@ -10,7 +10,9 @@ from loomproto import errors
 
 from . import args as check
 from . import ops_attr, ops_create, ops_readdir, ops_remove, ops_rename, ops_xattr, schema
+from . import repair, scan
 from .apply import MUTATION_NAMES
+from .backup import BackupAgent
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ class MdsService:
     def __init__(self, shard):
         self.shard = shard
         self.ns = shard.ns
+        self.backup = BackupAgent(shard.store, shard.mds_id)
 
     # -- namespace --------------------------------------------------------------
 
@@ -132,6 +135,23 @@ class MdsService:
         return {"bytes_total": sum(o.capacity for o in osds),
                 "bytes_used": sum(o.used for o in osds),
                 "inodes_used": inodes, "inodes_free": INODES_FREE}
+
+    # -- fsck and backup (mdsd.scan, mdsd.repair, mdsd.backup) -------------------
+
+    async def rpc_scan(self, args, payload, peer):
+        return scan.scan(self.shard.store, args)
+
+    async def rpc_fsck_repair(self, args, payload, peer):
+        return await repair.repair(self.ns, args)
+
+    async def rpc_backup_pause(self, args, payload, peer):
+        return await self.backup.pause(args)
+
+    async def rpc_backup_copy(self, args, payload, peer):
+        return await self.backup.copy(args)
+
+    async def rpc_backup_release(self, args, payload, peer):
+        return self.backup.release(args)
 
     # -- peers --------------------------------------------------------------------
 

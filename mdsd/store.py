@@ -9,6 +9,10 @@ answers every waiter.  No write transaction is ever begun on the trio thread,
 and no transaction is held across an await.
 
 The environment is opened with ``sync=True``: an answered write is on disk.
+
+`Store.pause` stops the writer between two batches (every write queued before
+it is committed) until released or until its time limit: ``loomfs backup``
+pauses every shard at once to take snapshots that form one consistent cut.
 """
 
 import logging
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAP_SIZE = 64 << 30  # sparse; only the pages used take disk space
 BATCH_MAX = 512
+_STOP = "stop"  # queued by close(): the writer ends after the writes before it
 
 
 class StoreError(Exception):
@@ -46,6 +51,27 @@ class _Slot:
         self.event.set()
 
 
+class Pause:
+    """A writer stop; `reached` is set once the writer waits, `release` ends it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.reached = trio.Event()
+        self.released = threading.Event()
+
+    def release(self):
+        self.released.set()
+
+    def hold(self, token):
+        """Writer thread: report the stop, then wait (bounded) for the release."""
+        try:
+            token.run_sync_soon(self.reached.set)
+        except trio.RunFinishedError:
+            return
+        if not self.released.wait(self.seconds):
+            log.warning("writer pause not released after %.0fs: resuming", self.seconds)
+
+
 class Store:
     """Open with `Store.open` (runs the blocking parts in a thread)."""
 
@@ -56,6 +82,7 @@ class Store:
         self.dbs = {name: self.env.open_db(name.encode()) for name in schema.DATABASES}
         self._check_format()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pauses: set[Pause] = set()
         self._thread = threading.Thread(target=self._writer_loop, name="lmdb-writer",
                                         daemon=True)
         self._thread.start()
@@ -113,28 +140,46 @@ class Store:
             raise slot.error
         return slot.result
 
+    async def pause(self, seconds: float) -> Pause:
+        """Stop the writer once the writes queued so far are durable; returns the
+        `Pause` once it holds (call its `release`; it ends by itself after `seconds`)."""
+        if self.closed:
+            raise errors.IOFailure(f"store {self.path} is closed")
+        pause = Pause(seconds)
+        self._pauses.add(pause)
+        self._queue.put(pause)
+        with trio.CancelScope(shield=True):
+            await pause.reached.wait()
+        return pause
+
     def _writer_loop(self):
         while True:
-            batch, stop = self._next_batch()
+            batch, control = self._next_batch()
             if batch:
                 self._run_batch(batch)
-            if stop:
-                return
+            if control is None:
+                continue
+            if isinstance(control, Pause):
+                control.hold(self._token)
+                self._pauses.discard(control)
+                continue
+            return
 
     def _next_batch(self):
+        """Queued writes up to the next control item: a Pause, or _STOP."""
         first = self._queue.get()
-        if first is None:
-            return [], True
+        if not isinstance(first, tuple):
+            return [], first
         batch = [first]
         while len(batch) < BATCH_MAX:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                return batch, True
+            if not isinstance(item, tuple):
+                return batch, item
             batch.append(item)
-        return batch, False
+        return batch, None
 
     def _run_batch(self, batch):
         try:
@@ -165,7 +210,9 @@ class Store:
         if self.closed:
             return
         self.closed = True
-        self._queue.put(None)
+        for pause in list(self._pauses):
+            pause.release()
+        self._queue.put(_STOP)
         self._thread.join()
         self.env.close()
         log.info("store %s closed", self.path)

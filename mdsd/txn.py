@@ -19,9 +19,19 @@ participant unreachable) runs the body again, with backoff, for a bounded time.
 Participants and restart recovery live in `mdsd.recovery`.
 
 Fault injection: `crash_point` exits the process (status 137) when the
-environment variable LOOMFS_CRASH_AT names the step: ``coord_after_prepare``,
-``coord_after_decide``, ``participant_after_prepare``,
-``participant_before_finish``.
+environment variable LOOMFS_CRASH_AT names the step (`CRASH_POINTS`, in
+protocol order):
+
+- ``coord_after_prepare``: every participant prepared, no decision: abort.
+- ``coord_after_decide``: decided and applied locally, no commit sent: the
+  participants ask (``txn_status``) and the restarted coordinator re-sends.
+- ``coord_after_commit``: every participant committed, decision not yet
+  forgotten: the re-sent commits are no-ops.
+- ``participant_after_prepare``: prepared durably, reply lost: the
+  coordinator aborts (or retries the body); the restarted participant asks.
+- ``participant_before_finish``: a commit or abort arrived and was not
+  applied: resolved by asking the coordinator after the restart.
+- ``participant_after_finish``: applied, reply lost: the coordinator re-sends.
 """
 
 import logging
@@ -41,6 +51,11 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 15.0
 PREPARE_TIMEOUT = 5.0
 COMMIT_TIMEOUT = 5.0
+
+
+CRASH_POINTS = ("coord_after_prepare", "coord_after_decide", "coord_after_commit",
+                "participant_after_prepare", "participant_before_finish",
+                "participant_after_finish")
 
 
 def crash_point(name: str):
@@ -210,6 +225,7 @@ class TxnEngine:
                     nursery.start_soon(one, shard)
             if missing:
                 return False
+            crash_point("coord_after_commit")
             await self.store.write(partial(apply.forget_decision, self.store, txid))
         return True
 
