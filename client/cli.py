@@ -17,7 +17,7 @@ from loomproto import config as cluster_config
 from loomproto import errors
 from loomproto.layout import Layout, osd_order, replicas_for_chunk
 
-from . import bench, mount
+from . import backup, bench, fsck, mount
 from .cluster import Cluster
 
 DEFAULT_CLUSTER = ".loomfs"
@@ -58,12 +58,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("osd", help="mark an OSD in or out of placement")
     p.add_argument("action", choices=["in", "out"])
     p.add_argument("osd_id", type=int)
+    _add_fsck_backup(sub)
 
     for p in sub.choices.values():
         if p.prog.split()[-1] not in ("mount", "bench"):
             p.add_argument("--cluster", default=DEFAULT_CLUSTER,
                            help="cluster.json or its directory (default ./.loomfs)")
     return parser
+
+
+def _add_fsck_backup(sub):
+    p = sub.add_parser("fsck", help="check every shard and OSD of a live cluster "
+                       "(exit 0 clean, 1 faults, 2 could not check)")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p = sub.add_parser("backup", help="consistent online copy of every shard to DIR "
+                       "(on each metadata server's host)")
+    p.add_argument("dir")
+    p = sub.add_parser("restore", help="offline: put shard N's copy from a backup into "
+                       "its (stopped) data directory")
+    p.add_argument("dir", help="the backup directory")
+    p.add_argument("--id", type=int, required=True, help="shard number")
+    p.add_argument("--data", required=True, help="the shard's data directory")
 
 
 def main(argv=None) -> int:
@@ -75,6 +91,8 @@ def main(argv=None) -> int:
         return _bench(args)
     try:
         config = cluster_config.load(args.cluster)
+        if args.command == "restore":
+            return _restore(config, args)
         return trio.run(_admin, config, args)
     except cluster_config.ConfigError as exc:
         print(f"loomfs: {exc}", file=sys.stderr)
@@ -90,7 +108,7 @@ async def _admin(config, args) -> int:
             return await handler(cluster, args)
         except errors.LoomError as exc:
             print(f"loomfs {args.command}: {exc.message}", file=sys.stderr)
-            return 1
+            return 2 if args.command == "fsck" else 1
         except OSError as exc:
             print(f"loomfs {args.command}: {exc}", file=sys.stderr)
             return 1
@@ -189,6 +207,44 @@ def _bench(args) -> int:
     return 0
 
 
+async def _fsck(cluster, args) -> int:
+    async def call_mds(shard, op, op_args):
+        return await cluster.mds(shard, op, op_args)
+
+    async def call_osd(osd_id, op, op_args):
+        if not cluster.map.osds[osd_id].up:
+            raise errors.TransportError(f"osd {osd_id} is down in the cluster map")
+        with trio.move_on_after(30):
+            return await cluster.osd(osd_id).call(op, op_args)
+        raise errors.TransportError(f"osd {osd_id}: {op} timed out")
+
+    checker = fsck.Checker(call_mds, cluster.nshards, call_osd, sorted(cluster.map.osds),
+                           fsck.Progress(not args.quiet))
+    return await fsck.run(checker, args.repair)
+
+
+async def _backup(cluster, args) -> int:
+    async def call_mds(shard, op, op_args):
+        return await cluster.mds(shard, op, op_args)
+
+    try:
+        await backup.backup(call_mds, cluster.nshards, cluster.config.cluster_id, args.dir,
+                            sys.stdout)
+    except (backup.BackupError, OSError) as exc:
+        print(f"loomfs backup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _restore(config, args) -> int:
+    try:
+        backup.restore(config, os.path.abspath(args.dir), args.id, args.data, sys.stdout)
+    except (backup.BackupError, OSError) as exc:
+        print(f"loomfs restore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _size(n: int) -> str:
     for unit in ("B", "K", "M", "G", "T"):
         if n < 1024 or unit == "T":
@@ -198,7 +254,7 @@ def _size(n: int) -> str:
 
 
 _HANDLERS = {"status": _status, "df": _df, "getstripe": _getstripe,
-             "setstripe": _setstripe, "osd": _osd}
+             "setstripe": _setstripe, "osd": _osd, "fsck": _fsck, "backup": _backup}
 
 if __name__ == "__main__":
     sys.exit(main())
