@@ -1,1 +1,2 @@
-"""The LoomFS client: the FUSE filesystem (`ops`, `meta`, `data`, `cluster`, `mount`) and the `loomfs` command (`cli`)."""
+"""The LoomFS client: the FUSE filesystem (`ops`, `meta`, `data`, `cluster`,
+`mount`) and the `loomfs` command (`cli`)."""

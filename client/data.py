@@ -11,11 +11,22 @@ Reads go to the chunk's primary (the next replica when it fails).  A reader
 that moves sequentially gets whole chunks and a read-ahead of the next stripe,
 fetched from several OSDs concurrently; random reads fetch just their range.
 
+Failover: a chunk write goes to the first replica the map shows up (the
+acting primary), which forwards to the other up replicas.  When that OSD does
+not answer, or answers TryAgain (a replica did not answer and is not marked
+down yet), the write waits for a newer map and is sent again with the
+replica list of that map, until `io_timeout` passes; then the file's next
+flush/fsync fails with EIO and the log names the chunk and its OSDs.  Reads
+try every replica (up ones first) and go round again after a map change,
+until `io_timeout`.  A write is acknowledged once every up replica holds it;
+`sync` (fsync) returns once every up replica that took a write of the file has
+fsynced it.
+
 Limitations:
 - A write of a chunk whose OSDs are all down fails after `io_timeout`; the
   data waits in memory until then (bounded by the window).
 - Truncation and deletion reach the OSDs that are up; an OSD that was down
-  catches up through recovery (a later issue), not here.
+  catches up through its recovery pass (osd.recovery).
 """
 
 import logging
@@ -111,7 +122,16 @@ class DataPath:
             self._orders[key] = order
             if len(self._orders) > 4096:
                 self._orders.popitem(last=False)
-        return replicas_for_chunk(fd.layout, fd.ino, chunk_index, order)
+        return replicas_for_chunk(fd.layout, fd.ino, chunk_index, order,
+                                  self.cluster.map.hosts())
+
+    def acting(self, replicas: list[int]) -> list[int]:
+        """The replica list with the first up OSD moved to the front (the acting
+        primary); empty when none is up."""
+        up = [osd_id for osd_id in replicas if self.cluster.map.is_up(osd_id)]
+        if not up:
+            return []
+        return [up[0]] + [osd_id for osd_id in replicas if osd_id != up[0]]
 
     # -- writes -----------------------------------------------------------
 
@@ -159,7 +179,9 @@ class DataPath:
                     await self._write_piece(fd, chunk_index, start, piece)
         except errors.LoomError as exc:
             log.error("write of ino %d chunk %d failed: %s", fd.ino, chunk_index, exc)
-            fd.error = fd.error or errors.IOFailure(str(exc))
+            # ENOSPC stays ENOSPC for the application; everything else is EIO.
+            kept = exc if isinstance(exc, errors.NoSpace) else errors.IOFailure(str(exc))
+            fd.error = fd.error or kept
         except Exception:
             # A bug here must fail this file's next flush, not the whole mount.
             log.exception("write of ino %d chunk %d failed unexpectedly", fd.ino, chunk_index)
@@ -178,20 +200,28 @@ class DataPath:
             replicas = self.replicas(fd, chunk_index)
             if not replicas:
                 raise errors.IOFailure("no OSD in the cluster map")
-            args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
-                    "replicas": replicas, "epoch": self.cluster.map.epoch}
+            acting = self.acting(replicas)
             try:
-                await self.cluster.osd(replicas[0]).call("write", args, piece)
+                if not acting:
+                    raise errors.TryAgain(f"every replica is down: osds {replicas}")
+                args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
+                        "replicas": acting, "epoch": self.cluster.map.epoch}
+                with trio.fail_after(max(0.1, deadline - trio.current_time())):
+                    await self.cluster.osd(acting[0]).call("write", args, piece)
                 fd.written_osds.update(replicas)
                 return
-            except (errors.TransportError, errors.StaleMap, errors.TryAgain) as exc:
-                if trio.current_time() > deadline:
+            except (errors.TransportError, errors.StaleMap, errors.TryAgain,
+                    trio.TooSlowError) as exc:
+                if trio.current_time() >= deadline:
+                    log.error("write of ino %d chunk %d: no replica took it within %gs "
+                              "(osds %s): %s", fd.ino, chunk_index, self.io_timeout,
+                              replicas, exc or "timeout")
                     raise errors.IOFailure(
                         f"no replica of ino {fd.ino} chunk {chunk_index} took the write "
-                        f"(osds {replicas}): {exc}") from None
-                log.warning("write of ino %d chunk %d to osd %d failed, retrying: %s",
-                            fd.ino, chunk_index, replicas[0], exc)
-                await self._wait_for_map(1.0)
+                        f"(osds {replicas}): {exc or 'timeout'}") from None
+                log.warning("write of ino %d chunk %d to osd %s failed, retrying: %s",
+                            fd.ino, chunk_index, acting[0] if acting else "-", exc or "timeout")
+                await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
 
     async def _wait_for_map(self, seconds: float):
         with trio.move_on_after(seconds):
@@ -217,10 +247,23 @@ class DataPath:
                 nursery.start_soon(self._sync_one, fd.ino, osd_id)
 
     async def _sync_one(self, ino, osd_id):
-        if not self.cluster.map.is_up(osd_id):
-            return
-        with trio.fail_after(self.io_timeout):
-            await self.cluster.osd(osd_id).call("sync_file", {"ino": ino})
+        deadline = trio.current_time() + self.io_timeout
+        while self.cluster.map.is_up(osd_id):
+            try:
+                with trio.fail_after(max(0.1, deadline - trio.current_time())):
+                    await self.cluster.osd(osd_id).call("sync_file", {"ino": ino})
+                return
+            except (errors.TransportError, errors.StaleMap, trio.TooSlowError) as exc:
+                # A replica that died after taking the data: once the map
+                # shows it down the remaining replicas are what counts.
+                if trio.current_time() >= deadline:
+                    log.error("fsync of ino %d on osd %d failed for %gs: %s", ino, osd_id,
+                              self.io_timeout, exc or "timeout")
+                    raise errors.IOFailure(f"fsync of ino {ino} on osd {osd_id} failed: "
+                                           f"{exc or 'timeout'}") from None
+                log.warning("fsync of ino %d on osd %d failed, retrying: %s", ino, osd_id,
+                            exc or "timeout")
+                await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
 
     # -- reads ------------------------------------------------------------
 
@@ -256,7 +299,7 @@ class DataPath:
         async with trio.open_nursery() as nursery:
             for i, piece in enumerate(pieces):
                 nursery.start_soon(fetch, i, *piece)
-        return b"".join(_pad(r, p[2]) for r, p in zip(results, pieces))
+        return b"".join(_pad(r, p[2]) for r, p in zip(results, pieces, strict=True))
 
     async def _read_chunks(self, fd, offset, end, read_ahead: bool):
         unit = fd.layout.unit
@@ -295,22 +338,29 @@ class DataPath:
             done.set()
 
     async def _fetch(self, fd, chunk_index, offset, length) -> bytes:
-        failures = []
-        replicas = self.replicas(fd, chunk_index)
-        # Up replicas first; down ones last, in case the map is behind.
-        replicas.sort(key=lambda osd_id: not self.cluster.map.is_up(osd_id))
-        for osd_id in replicas:
-            try:
-                with trio.fail_after(self.io_timeout):
-                    _, data = await self.cluster.osd(osd_id).call_payload(
-                        "read", {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
-                                 "length": length})
-                return data
-            except (errors.TransportError, errors.Corrupt, errors.IOFailure,
-                    trio.TooSlowError) as exc:
-                log.warning("read of ino %d chunk %d from osd %d failed: %s",
-                            fd.ino, chunk_index, osd_id, exc)
-                failures.append(f"osd {osd_id}: {exc}")
+        deadline = trio.current_time() + self.io_timeout
+        while True:
+            failures = []
+            replicas = self.replicas(fd, chunk_index)
+            # Up replicas first; down ones last, in case the map is behind.
+            ordered = sorted(replicas, key=lambda osd_id: not self.cluster.map.is_up(osd_id))
+            args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset, "length": length,
+                    "replicas": replicas}
+            for osd_id in ordered:
+                try:
+                    with trio.fail_after(max(0.1, deadline - trio.current_time())):
+                        _, data = await self.cluster.osd(osd_id).call_payload("read", args)
+                    return data
+                except (errors.TransportError, errors.Corrupt, errors.IOFailure,
+                        errors.StaleMap, errors.TryAgain, trio.TooSlowError) as exc:
+                    log.warning("read of ino %d chunk %d from osd %d failed: %s",
+                                fd.ino, chunk_index, osd_id, exc or "timeout")
+                    failures.append(f"osd {osd_id}: {exc or 'timeout'}")
+            if trio.current_time() >= deadline:
+                break
+            await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
+        log.error("read of ino %d chunk %d: no replica answered within %gs (osds %s)",
+                  fd.ino, chunk_index, self.io_timeout, replicas)
         raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered: "
                                + "; ".join(failures))
 

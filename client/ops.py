@@ -245,8 +245,8 @@ class LoomOperations(pyfuse3.Operations):
             parent = (await self.meta.lookup(ino, b".."))["ino"]
             if not await self._reply_dot(token, ino, b"..", parent, 2):
                 return
-        shard, after = _uncookie(max(start_id, COOKIE_BASE))
-        for shard in range(shard, self.meta.cluster.nshards):
+        first_shard, after = _uncookie(max(start_id, COOKIE_BASE))
+        for shard in range(first_shard, self.meta.cluster.nshards):
             if not await self._readdir_shard(token, ino, shard, after):
                 return
             after = 0

@@ -129,7 +129,8 @@ class FrameStream:
         if magic != MAGIC:
             raise FrameError(f"bad magic {bytes(magic)!r}")
         if version != PROTO_VERSION:
-            raise errors.VersionMismatch(f"peer speaks protocol {version}, we speak {PROTO_VERSION}")
+            raise errors.VersionMismatch(
+                f"peer speaks protocol {version}, we speak {PROTO_VERSION}")
         if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
             raise FrameError(f"oversized frame: header {head_len}, payload {payload_len}")
         total = _PREFIX.size + head_len + payload_len
