@@ -83,6 +83,9 @@ class RpcServer:
                         break
                     kind, header, payload = frame
                     req_id, op, args = _check_request(kind, header)
+                    if getattr(self.service, "rpc_" + op, None) is None:
+                        # A peer speaking another dialect: answer clearly, then hang up.
+                        await self._refuse(frames, req_id, op)
                     await limit.acquire()
                     nursery.start_soon(self._answer, frames, limit, req_id, op, args, payload,
                                        peer)
@@ -93,6 +96,12 @@ class RpcServer:
                 log.debug("%s: peer %s went away: %s", self.name, peer, exc)
                 nursery.cancel_scope.cancel()
             # At a clean EOF, requests already running still send their replies.
+
+    async def _refuse(self, frames, req_id, op):
+        message = f"unknown operation {op[:40]!r}"
+        await frames.send(wire.encode_frame(
+            wire.KIND_REPLY, [req_id, errors.BadRequest.code, message]))
+        raise errors.BadRequest(message)
 
     async def _answer(self, frames, limit, req_id, op, args, payload, peer):
         try:
@@ -106,10 +115,7 @@ class RpcServer:
             log.debug("%s: reply %d to %s lost: connection closed", self.name, req_id, peer)
 
     async def _dispatch(self, op, args, payload, peer):
-        method = getattr(self.service, "rpc_" + op, None)
-        if method is None:
-            log.warning("%s: unknown operation %r from %s", self.name, op, peer)
-            return (errors.BadRequest.code, f"unknown operation {op!r}", b"")
+        method = getattr(self.service, "rpc_" + op)
         try:
             result = await method(args, payload, peer)
         except errors.LoomError as exc:
