@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
-                "readahead_kb": int, "mds_timeout": float, "io_timeout": float}
+                "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
+                "debug_faults": bool}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
             "exec", "async"}
 
@@ -51,11 +52,14 @@ class MountError(Exception):
 def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
-           "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0}
+           "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
+           "debug_faults": False}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
-        if key in _OWN_OPTIONS:
+        if key in _OWN_OPTIONS and _OWN_OPTIONS[key] is bool:
+            own[key] = value in ("", "1", "yes", "true")
+        elif key in _OWN_OPTIONS:
             try:
                 own[key] = _OWN_OPTIONS[key](value)
             except ValueError:
@@ -174,7 +178,8 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
                         io_timeout=own["io_timeout"])
         ops = LoomOperations(meta, data, own["attr_timeout"], own["entry_timeout"],
                              on_init=lambda: nursery.start_soon(
-                                 _tune_mount, mountpoint, own["readahead_kb"]))
+                                 _tune_mount, mountpoint, own["readahead_kb"]),
+                             debug_faults=own["debug_faults"])
         options = set(pyfuse3.default_options) | fuse_options
         options |= {"fsname=loomfs:" + config.cluster_id, "subtype=loomfs"}
         try:

@@ -11,6 +11,11 @@ Caveats:
   registrations and session leases), not the kernel's forget.
 - setxattr's XATTR_CREATE/REPLACE flags never reach a pyfuse3 filesystem;
   the kernel emulates them with a getxattr first, so they are not atomic.
+
+Fault hook (tests only, off by default): with the mount option
+``debug_faults``, a getxattr or setxattr of the name `FAULT_XATTR` raises a
+RuntimeError inside the handler, to prove that a bug costs one EIO and not
+the mount.
 """
 
 import errno
@@ -34,6 +39,11 @@ log = logging.getLogger(__name__)
 COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
 SEQ_BITS = 48
 READDIR_BATCH = 256
+FAULT_XATTR = b"user.loomfs.debug.fault"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the debug fault hook: stands for any bug in a handler."""
 
 
 def _guarded(handler):
@@ -103,9 +113,10 @@ class LoomOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 on_init=None):
+                 on_init=None, debug_faults: bool = False):
         super().__init__()
         self.on_init = on_init
+        self.debug_faults = debug_faults
         self.meta = meta
         self.data = data
         self.attr_timeout = attr_timeout
@@ -362,10 +373,16 @@ class LoomOperations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------
 
     async def setxattr(self, inode, name, value, ctx):
+        self._fault_hook(inode, name)
         await self.meta.setxattr(inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
+        self._fault_hook(inode, name)
         return await self.meta.getxattr(inode, name)
+
+    def _fault_hook(self, ino: int, name: bytes):
+        if self.debug_faults and name == FAULT_XATTR:
+            raise InjectedFault(f"debug fault injected on ino {ino}")
 
     async def listxattr(self, inode, ctx):
         return await self.meta.listxattr(inode)
