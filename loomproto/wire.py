@@ -141,8 +141,9 @@ class FrameStream:
             header = _unpackb(self._buf[start:start + head_len])
         except Exception as exc:  # msgpack raises many unrelated types
             raise FrameError(f"undecodable header: {exc}") from None
-        payload = bytes(self._buf[start + head_len:total])
-        del self._buf[:total]
+        with memoryview(self._buf) as view:
+            payload = bytes(view[start + head_len:total])  # the one copy of bulk data
+        del self._buf[:total]  # cheap: CPython moves a bytearray's start forward
         return kind, header, payload
 
     async def aclose(self):

@@ -70,3 +70,14 @@ def test_bench_command_measures_a_directory(tmp_path, capsys):
     for phase in ("write", "read", "small write", "create", "stat", "unlink"):
         assert phase in out
     assert os.listdir(tmp_path) == []  # its work directory is gone
+
+
+def test_chunk_buffer_keeps_a_first_write_then_copies_once():
+    first = b"a" * 32
+    buf = ChunkBuffer()
+    buf.put(0, first)
+    assert buf.data is first  # no copy for a write that starts the chunk
+    buf.put(16, b"b" * 32)
+    assert bytes(buf.piece(0, 48)) == b"a" * 16 + b"b" * 32
+    assert first == b"a" * 32  # the caller's bytes are untouched
+    assert buf.extents == [[0, 48]]
