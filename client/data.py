@@ -54,10 +54,22 @@ class ChunkBuffer:
 
     def put(self, offset: int, piece) -> None:
         end = offset + len(piece)
+        if not self.extents and offset == 0:
+            # The common case, a write that starts a chunk: keep the caller's
+            # bytes as they are; a later write into this chunk copies once.
+            self.data = piece
+            self.extents = [[0, end]]
+            return
+        if not isinstance(self.data, bytearray):
+            self.data = bytearray(self.data)
         if len(self.data) < end:
             self.data.extend(bytes(end - len(self.data)))
         self.data[offset:end] = piece
         self._add_extent(offset, end)
+
+    def piece(self, start: int, end: int):
+        """A view of dirty bytes [start, end), without copying them."""
+        return memoryview(self.data)[start:end]
 
     def _add_extent(self, start: int, end: int) -> None:
         merged = []
@@ -175,7 +187,7 @@ class DataPath:
         try:
             async with self._slots:
                 for start, end in buf.extents:
-                    piece = bytes(buf.data[start:end])
+                    piece = buf.piece(start, end)
                     await self._write_piece(fd, chunk_index, start, piece)
         except errors.LoomError as exc:
             log.error("write of ino %d chunk %d failed: %s", fd.ino, chunk_index, exc)
@@ -310,8 +322,12 @@ class DataPath:
             for chunk_index in range(first, last + 1):
                 if chunk_index not in fd.read_cache:
                     nursery.start_soon(self._cache_chunk, fd, chunk_index)
+        pieces = list(fd.layout.chunks(offset, end - offset))
+        if len(pieces) == 1 and pieces[0][0] in fd.read_cache:
+            chunk_index, in_chunk, length = pieces[0]
+            return _pad(fd.read_cache[chunk_index][in_chunk:in_chunk + length], length)
         out = bytearray()
-        for chunk_index, in_chunk, length in fd.layout.chunks(offset, end - offset):
+        for chunk_index, in_chunk, length in pieces:
             data = fd.read_cache.get(chunk_index)
             if data is None:  # evicted meanwhile by a concurrent reader
                 data = await self._fetch(fd, chunk_index, in_chunk, length)
