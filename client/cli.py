@@ -15,6 +15,7 @@ import trio
 
 from loomproto import config as cluster_config
 from loomproto import errors
+from loomproto.clustermap import ClusterMap
 from loomproto.layout import Layout, osd_order, replicas_for_chunk
 
 from . import backup, bench, fsck, mount
@@ -36,10 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", "-d", action="store_true", help="log every request")
     p.add_argument("--log", help="log file (default: stderr in the foreground, else none)")
 
-    for name, text in [("status", "shards and OSDs, up/down, capacity"),
+    for name, text in [("status", "shards and OSDs, up/down, capacity, recovery"),
                        ("df", "capacity and usage")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
+    sub.choices["status"].add_argument(
+        "--wait-healthy", type=float, metavar="SECONDS",
+        help="wait until every chunk has all its copies; exit 1 on timeout")
+    p = sub.add_parser("scrub", help="verify every chunk's checksums, repair bad copies")
+    p.add_argument("--json", action="store_true", help="print the totals as JSON")
 
     p = sub.add_parser("bench", help="measure a mounted directory (big file, small files, "
                        "metadata) and print a table")
@@ -116,7 +122,39 @@ async def _admin(config, args) -> int:
             nursery.cancel_scope.cancel()
 
 
+def recovery_summary(cluster_map) -> dict:
+    """Cluster-wide recovery figures from the OSDs' heartbeats (osd.recovery).
+
+    Healthy: every in OSD is up, every up OSD finished a recovery pass at the
+    current map epoch, and none counts a degraded, recovering or misplaced chunk.
+    """
+    osds = list(cluster_map.osds.values())
+    up = [o for o in osds if o.up]
+    total = {name: sum(o.stats.get(name, 0) for o in up)
+             for name in ("degraded", "recovering", "recovered", "misplaced", "repaired")}
+    down_in = sorted(o.osd_id for o in osds if o.in_ and not o.up)
+    behind = sorted(o.osd_id for o in up if o.stats.get("scan_epoch", 0) < cluster_map.epoch)
+    total.update(down_in=down_in, scanning=behind,
+                 healthy=not down_in and not behind and not total["degraded"]
+                 and not total["recovering"] and not total["misplaced"])
+    return total
+
+
+async def _wait_healthy(cluster, seconds: float) -> bool:
+    deadline = trio.current_time() + seconds
+    while True:
+        cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))
+        if recovery_summary(cluster.map)["healthy"]:
+            return True
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(0.5)
+
+
 async def _status(cluster, args) -> int:
+    healthy_in_time = True
+    if args.wait_healthy is not None:
+        healthy_in_time = await _wait_healthy(cluster, args.wait_healthy)
     shards = []
     for shard, addr in enumerate(cluster.config.mds):
         try:
@@ -125,11 +163,13 @@ async def _status(cluster, args) -> int:
         except errors.LoomError as exc:
             shards.append({"shard": shard, "addr": addr, "up": False, "error": exc.message})
     osds = [o.to_wire() for o in sorted(cluster.map.osds.values(), key=lambda o: o.osd_id)]
+    recovery = recovery_summary(cluster.map)
     report = {"cluster": cluster.config.cluster_id, "epoch": cluster.map.epoch,
-              "shards": shards, "osds": osds}
+              "shards": shards, "osds": osds, "recovery": recovery}
+    code = 0 if all(s["up"] for s in shards) and healthy_in_time else 1
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return code
     print(f"cluster {report['cluster']}  map epoch {report['epoch']}")
     for s in shards:
         state = "up" if s["up"] else f"DOWN ({s['error']})"
@@ -137,9 +177,56 @@ async def _status(cluster, args) -> int:
         print(f"  mds{s['shard']:<3} {s['addr']:<22} {state:<6} {counts}")
     for o in osds:
         state = ("up" if o["up"] else "DOWN") + ("" if o["in"] else ",out")
+        st = o.get("stats", {})
         print(f"  osd{o['id']:<3} {o['addr']:<22} {state:<8} "
-              f"{_size(o['used'])} used of {_size(o['capacity'])}")
-    return 0 if all(s["up"] for s in shards) else 1
+              f"{_size(o['used'])} used of {_size(o['capacity'])}  host {o['host']}  "
+              f"degraded {st.get('degraded', 0)} recovering {st.get('recovering', 0)} "
+              f"recovered {st.get('recovered', 0)}")
+    state = "HEALTHY" if recovery["healthy"] else "DEGRADED"
+    print(f"data: {state}: {recovery['degraded']} degraded, {recovery['recovering']} "
+          f"recovering, {recovery['misplaced']} misplaced chunks; {recovery['recovered']} "
+          f"copies recovered, {recovery['repaired']} repaired"
+          + (f"; in but down: osds {recovery['down_in']}" if recovery["down_in"] else "")
+          + (f"; scan pending on osds {recovery['scanning']}" if recovery["scanning"] else ""))
+    return code
+
+
+async def _scrub(cluster, args) -> int:
+    """Ask every up OSD to verify its chunks, batch by batch, printing progress."""
+    totals = {"checked": 0, "corrupt": 0, "repaired": 0, "unreachable": []}
+    for osd_id in sorted(cluster.map.osds):
+        if not cluster.map.is_up(osd_id):
+            totals["unreachable"].append(osd_id)
+            continue
+        after, checked = None, 0
+        while True:
+            try:
+                with trio.fail_after(300):
+                    reply = await cluster.osd(osd_id).call("scrub", {"after": after,
+                                                                     "limit": 200})
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                print(f"osd{osd_id}: scrub failed: {exc}", file=sys.stderr)
+                totals["unreachable"].append(osd_id)
+                break
+            checked += reply["checked"]
+            for name in ("checked", "corrupt", "repaired"):
+                totals[name] += reply[name]
+            if not args.json:
+                print(f"osd{osd_id}: {checked}/{reply['total']} chunks checked, "
+                      f"{totals['corrupt']} corrupt, {totals['repaired']} repaired so far",
+                      flush=True)
+            after = reply["next"]
+            if after is None:
+                break
+    if args.json:
+        print(json.dumps(totals))
+    else:
+        print(f"scrub: {totals['checked']} chunks checked, {totals['corrupt']} corrupt, "
+              f"{totals['repaired']} repaired"
+              + (f", osds not scrubbed: {totals['unreachable']}" if totals["unreachable"]
+                 else ""))
+    unrepaired = totals["corrupt"] - totals["repaired"]
+    return 0 if not unrepaired and not totals["unreachable"] else 1
 
 
 async def _df(cluster, args) -> int:
@@ -168,7 +255,8 @@ async def _getstripe(cluster, args) -> int:
         order = osd_order(st.st_ino, cluster.in_osds())
         chunks = min(max(layout.chunk_count(st.st_size), 1), layout.count)
         for chunk_index in range(chunks):
-            osds = replicas_for_chunk(layout, st.st_ino, chunk_index, order)
+            osds = replicas_for_chunk(layout, st.st_ino, chunk_index, order,
+                                      cluster.map.hosts())
             print(f"  slot {chunk_index}: osds {' '.join(map(str, osds))} (primary first)")
     return 0
 

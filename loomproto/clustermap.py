@@ -25,16 +25,22 @@ class OsdInfo:
     in_: bool = True
     capacity: int = 0
     used: int = 0
+    # Recovery figures the OSD reported in its last heartbeat (osd.recovery):
+    # degraded, recovering, recovered, misplaced, scan_epoch, ...  Like the
+    # capacity figures they change without an epoch bump.
+    stats: dict = field(default_factory=dict)
 
     def to_wire(self) -> dict:
         return {"id": self.osd_id, "addr": self.addr, "host": self.host, "up": self.up,
-                "in": self.in_, "capacity": self.capacity, "used": self.used}
+                "in": self.in_, "capacity": self.capacity, "used": self.used,
+                "stats": self.stats}
 
     @classmethod
     def from_wire(cls, value: dict) -> "OsdInfo":
+        stats = value.get("stats")
         return cls(int(value["id"]), str(value["addr"]), str(value.get("host", "")),
                    bool(value["up"]), bool(value["in"]), int(value.get("capacity", 0)),
-                   int(value.get("used", 0)))
+                   int(value.get("used", 0)), dict(stats) if isinstance(stats, dict) else {})
 
 
 @dataclass
@@ -52,6 +58,10 @@ class ClusterMap:
 
     def in_osds(self) -> list[int]:
         return sorted(o.osd_id for o in self.osds.values() if o.in_)
+
+    def hosts(self) -> dict[int, str]:
+        """osd id -> host name, the failure domain `replicas_for_chunk` spreads over."""
+        return {o.osd_id: o.host for o in self.osds.values()}
 
     def is_up(self, osd_id: int) -> bool:
         info = self.osds.get(osd_id)

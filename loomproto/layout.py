@@ -17,6 +17,13 @@ cluster map are ordered by a rendezvous hash of ``(ino, osd_id)``; slot ``k``
 is stored on the OSDs at positions ``k, k+1, ..., k+replicas-1`` of that order
 (wrapping), the first being the primary.  Different slots of one file
 therefore start on different OSDs, and replicas of a chunk never share an OSD.
+
+Failure domains: when the caller passes ``hosts`` (osd id -> host name, from
+the cluster map), the replicas after the primary are taken walking the order
+from position ``k+1`` and skipping OSDs whose host already holds a replica of
+the chunk; only when there are fewer distinct hosts than replicas are the
+skipped OSDs used, in walking order.  Without ``hosts`` (or with one host per
+OSD) the result is exactly positions ``k..k+replicas-1``.
 """
 
 import hashlib
@@ -88,10 +95,27 @@ def osd_order(ino: int, osd_ids) -> list[int]:
                   reverse=True)
 
 
-def replicas_for_chunk(layout: Layout, ino: int, chunk_index: int, order: list[int]) -> list[int]:
-    """OSD ids holding one chunk, primary first; `order` is `osd_order` for the file."""
+def replicas_for_chunk(layout: Layout, ino: int, chunk_index: int, order: list[int],
+                       hosts: dict | None = None) -> list[int]:
+    """OSD ids holding one chunk, primary first; `order` is `osd_order` for the file.
+
+    `hosts` (osd id -> host name) makes replicas prefer distinct hosts.
+    """
     if not order:
         return []
     slot = chunk_index % layout.count
     want = min(layout.replicas, len(order))
-    return [order[(slot + j) % len(order)] for j in range(want)]
+    walk = [order[(slot + j) % len(order)] for j in range(len(order))]
+    if not hosts:
+        return walk[:want]
+    chosen, skipped, used = [], [], set()
+    for osd_id in walk:
+        host = hosts.get(osd_id) or f"osd:{osd_id}"
+        if host in used:
+            skipped.append(osd_id)
+            continue
+        chosen.append(osd_id)
+        used.add(host)
+        if len(chosen) == want:
+            return chosen
+    return chosen + skipped[:want - len(chosen)]

@@ -68,6 +68,7 @@ class MapKeeper:
             log.info("osd %d up at %s", osd_id, addr)
         osd.addr, osd.host, osd.up = addr, host, True
         osd.capacity, osd.used = capacity, used
+        osd.stats = _stats(args.get("stats"))
         if changed:
             await self._bump()
         return {"epoch": self.map.epoch}
@@ -105,6 +106,14 @@ class MapKeeper:
                     osd.up = False
                     log.warning("osd %d marked down: silent for %.1fs", osd.osd_id, now - seen)
                     await self._bump()
+
+
+def _stats(raw) -> dict:
+    """The recovery figures of a heartbeat: a small map of names to integers."""
+    if not isinstance(raw, dict) or len(raw) > 32:
+        return {}
+    return {k: v for k, v in raw.items()
+            if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _put_map(dbs, snapshot: bytes, txn):

@@ -27,6 +27,11 @@ class MapKeeper:
         self.current = ClusterMap()
         self._client = mds_client
         self._fetch_lock = trio.Lock()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Return once a newer map has arrived."""
+        await self._changed.wait()
 
     async def refresh(self, min_epoch: int) -> None:
         """Fetch the map from mdsd 0 unless ours is already at `min_epoch`.
@@ -44,6 +49,8 @@ class MapKeeper:
         if new_map.epoch <= self.current.epoch:
             return
         self.current = new_map
+        self._changed.set()
+        self._changed = trio.Event()
         up = sorted(osd_id for osd_id, info in new_map.osds.items() if info.up)
         log.info("cluster map epoch %d: osds %s, up %s", new_map.epoch,
                  sorted(new_map.osds), up)

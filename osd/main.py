@@ -2,6 +2,7 @@
 
     loomfs-osd --cluster CFG --id N --data DIR --listen HOST:PORT
                [--advertise HOST:PORT] [--host NAME] [--capacity BYTES] [--log-level info]
+               [--recovery-interval S] [--recovery-rate BYTES_PER_S]
 
 SIGTERM and SIGINT stop it cleanly (exit status 0).  A data directory of
 another format, OSD id or cluster is refused (exit status 1).
@@ -22,6 +23,7 @@ from loomproto import rpc
 
 from . import datadir
 from .heartbeat import HEARTBEAT_INTERVAL, MapKeeper, run_heartbeats
+from .recovery import RECOVERY_INTERVAL, RECOVERY_RATE, Recovery
 from .replication import REPLICA_TIMEOUT, Replicator
 from .service import OsdService
 from .store import ChunkStore
@@ -47,7 +49,8 @@ class RunningOsd:
 async def serve_osd(config, osd_id: int, data_dir: str, listen: str, *,
                     advertise: str | None = None, host: str | None = None,
                     capacity: int | None = None, heartbeat_interval=HEARTBEAT_INTERVAL,
-                    replica_timeout=REPLICA_TIMEOUT, task_status=trio.TASK_STATUS_IGNORED):
+                    replica_timeout=REPLICA_TIMEOUT, recovery_interval=RECOVERY_INTERVAL,
+                    recovery_rate=RECOVERY_RATE, task_status=trio.TASK_STATUS_IGNORED):
     """Run OSD `osd_id` until cancelled; `task_status.started` gets a `RunningOsd`.
 
     `listen` may use port 0; the advertised address then carries the real port.
@@ -62,11 +65,15 @@ async def serve_osd(config, osd_id: int, data_dir: str, listen: str, *,
             mds = rpc.RpcClient(nursery, config.mds[0], config.cluster_id, config.key, name)
             maps = MapKeeper(mds)
             replicator = Replicator(nursery, config, osd_id, maps, store, replica_timeout)
-            service = OsdService(osd_id, store, replicator, _capacity_fn(capacity, data_dir))
+            recovery = Recovery(nursery, config, osd_id, maps, store, replicator,
+                                recovery_interval, recovery_rate)
+            service = OsdService(osd_id, store, replicator, _capacity_fn(capacity, data_dir),
+                                 recovery)
             addr = await _listen(nursery, service, config, name, listen, advertise)
 
             report = _report_fn(osd_id, addr, host or socket.gethostname(), service)
             nursery.start_soon(run_heartbeats, mds, maps, report, heartbeat_interval)
+            nursery.start_soon(recovery.run, name=f"osd{osd_id} recovery")
             log.info("osd %d serving %s, advertised as %s", osd_id, data_dir, addr)
             task_status.started(RunningOsd(osd_id, addr, store, maps, service,
                                            nursery.cancel_scope))
@@ -97,8 +104,9 @@ def _capacity_fn(capacity: int | None, data_dir: str):
 
 def _report_fn(osd_id: int, addr: str, host: str, service: OsdService):
     def report() -> dict:
+        stats = service.recovery.report() if service.recovery is not None else {}
         return {"id": osd_id, "addr": addr, "host": host, "capacity": service.capacity(),
-                "used": service.store.used}
+                "used": service.store.used, "stats": stats}
     return report
 
 
@@ -114,6 +122,10 @@ def _parse_args(argv):
     parser.add_argument("--advertise", help="HOST:PORT others use (default: --listen)")
     parser.add_argument("--host", help="host name for the cluster map (default: hostname)")
     parser.add_argument("--capacity", type=int, help="bytes (default: size of the data fs)")
+    parser.add_argument("--recovery-interval", type=float, default=RECOVERY_INTERVAL,
+                        help="seconds between recovery passes without a map change")
+    parser.add_argument("--recovery-rate", type=int, default=RECOVERY_RATE,
+                        help="bytes per second recovery may send (throttle)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -138,7 +150,9 @@ async def _run(opts, config) -> None:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
         serve = functools.partial(serve_osd, config, opts.osd_id, opts.data, opts.listen,
                                   advertise=opts.advertise, host=opts.host,
-                                  capacity=opts.capacity)
+                                  capacity=opts.capacity,
+                                  recovery_interval=opts.recovery_interval,
+                                  recovery_rate=opts.recovery_rate)
         await nursery.start(serve)
 
 

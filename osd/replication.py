@@ -8,16 +8,27 @@ different chunks run in parallel.
 
 Inside the lock the local write and the ``replicate`` calls run concurrently.
 A replica the map shows as down is skipped (a degraded write, logged as a
-warning).  A replica that fails to answer fails the write with `IOFailure`,
-unless a fresh map from mdsd 0 now shows it down.
+warning).  A replica that fails to answer makes the write fail with
+`TryAgain` (the client waits for a newer map and sends it again, so the dead
+replica is skipped once mdsd 0 marks it down), unless a fresh map already
+shows it down.
+
+Versions are strictly sequential per chunk: a replica applies ``replicate``
+of version ``v`` only on top of version ``v-1`` and otherwise answers with
+the version it has (``{"applied": false, "have": h}``):
+
+- ``h < v-1``: the replica missed writes (it was down): the primary sends it
+  the whole chunk (``replicate`` with ``full``), which it installs only if
+  newer than its own copy;
+- ``h >= v``: this primary is the stale one (it came back and has not caught
+  up yet, or a write failed here but landed there): it copies the chunk from
+  that replica, then applies the write again with the next version.
+
+So a copy is never given a version it does not have the content of, and a
+returning OSD is never trusted just because it is the primary again.  A
+local chunk that fails its checksums is repaired from a replica the same way.
 
 Limitations:
-- A degraded or failed write leaves replicas at different versions; nothing
-  here brings a returning replica up to date (a later recovery issue).
-- A write that failed on the primary but landed on a replica leaves that
-  replica one version ahead with content the primary never got; the next
-  write reuses the version number.  Recovery must compare data, not versions
-  alone, until versions are issued from a persistent per-chunk counter.
 - ``truncate_file`` does not take the order lock, so a truncate racing a write
   to the same chunk may share its version number with that write.
 """
@@ -28,11 +39,13 @@ import trio
 
 from loomproto import errors, rpc
 
+from .chunkfile import MAX_CHUNK
 from .locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
 REPLICA_TIMEOUT = 10.0
+MAX_ROUNDS = 4
 
 
 class Replicator:
@@ -44,21 +57,33 @@ class Replicator:
         self.maps = maps
         self.store = store
         self.replica_timeout = replica_timeout
-        self._order = KeyedLocks()
+        self.order = KeyedLocks()
+        self.degraded_writes = 0
+        self.on_degraded = None  # callable, set by the recovery worker
         self._peers: dict[int, rpc.RpcClient] = {}
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
                     replicas: list[int], epoch: int) -> int:
         """Apply a write as primary; returns the chunk's new version."""
         await self._catch_up_map(epoch)
-        async with self._order.hold((ino, chunk_index)):
-            targets = self._reachable(replicas[1:], ino, chunk_index)
-            meta = self.store.meta(ino, chunk_index)
-            version = (meta.version if meta is not None else 0) + 1
-            args = {"ino": ino, "chunk": chunk_index, "offset": offset, "version": version}
-            failures = await self._apply_everywhere(args, data, targets)
-            await self._judge(failures, ino, chunk_index)
-        return version
+        async with self.order.hold((ino, chunk_index)):
+            for attempt in range(MAX_ROUNDS):
+                targets = self._reachable(replicas[1:], ino, chunk_index)
+                if len(targets) < len(replicas) - 1:
+                    self._note_degraded()
+                meta = self.store.meta(ino, chunk_index)
+                version = (meta.version if meta is not None and not meta.corrupt else 0) + 1
+                args = {"ino": ino, "chunk": chunk_index, "offset": offset, "version": version}
+                failures, answers = await self._apply_everywhere(args, data, targets)
+                if await self._settle(ino, chunk_index, version, failures, answers, targets):
+                    return version
+        raise errors.TryAgain(f"ino {ino} chunk {chunk_index}: replicas kept moving ahead "
+                              f"of primary osd {self.osd_id}")
+
+    def _note_degraded(self) -> None:
+        self.degraded_writes += 1
+        if self.on_degraded is not None:
+            self.on_degraded()
 
     async def _catch_up_map(self, epoch: int) -> None:
         """The client saw a newer map than ours: fetch it before choosing targets."""
@@ -85,9 +110,12 @@ class Replicator:
                             ino, chunk_index, osd_id)
         return targets
 
-    async def _apply_everywhere(self, args: dict, data, targets: list[tuple]) -> dict:
-        """Run the local write and every forward at once; returns ``{osd_id: error}``."""
-        failures = {}
+    async def _apply_everywhere(self, args: dict, data, targets: list[tuple]):
+        """Run the local write and every forward at once.
+
+        Returns ``({osd_id: error}, {osd_id: replicate reply})``.
+        """
+        failures, answers = {}, {}
 
         async def local():
             try:
@@ -99,7 +127,7 @@ class Replicator:
         async def forward(osd_id, addr):
             try:
                 with trio.fail_after(self.replica_timeout):
-                    await self._peer(osd_id, addr).call("replicate", args, data)
+                    answers[osd_id] = await self._peer(osd_id, addr).call("replicate", args, data)
             except (errors.LoomError, trio.TooSlowError) as exc:
                 failures[osd_id] = exc
 
@@ -107,13 +135,83 @@ class Replicator:
             nursery.start_soon(local)
             for osd_id, addr in targets:
                 nursery.start_soon(forward, osd_id, addr)
-        return failures
+        return failures, answers
+
+    async def _settle(self, ino, chunk_index, version, failures, answers, targets) -> bool:
+        """Deal with replicas at other versions; True when the write is done,
+        False when it must be applied again (this primary was behind)."""
+        addrs = dict(targets)
+        local = failures.pop(self.osd_id, None)
+        if isinstance(local, errors.Corrupt):
+            log.error("primary copy of ino %d chunk %d is corrupt, repairing: %s",
+                      ino, chunk_index, local.message)
+            self.store.mark_corrupt(ino, chunk_index)
+            await self._pull_newest(ino, chunk_index, answers, addrs, any_version=True)
+            return False
+        if local is not None:
+            raise local
+        ahead = {o: a["have"] for o, a in answers.items()
+                 if not a.get("applied", True) and a["have"] >= version}
+        if ahead:
+            log.warning("primary osd %d is behind on ino %d chunk %d (v%d, replicas %s): "
+                        "copying it first", self.osd_id, ino, chunk_index, version - 1, ahead)
+            await self._pull_newest(ino, chunk_index, answers, addrs)
+            return False
+        behind = [o for o, a in answers.items() if not a.get("applied", True)]
+        for osd_id in behind:
+            try:
+                await self.push_full(ino, chunk_index, osd_id, addrs[osd_id])
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                failures[osd_id] = exc
+        await self._judge(failures, ino, chunk_index)
+        return True
+
+    async def _pull_newest(self, ino, chunk_index, answers, addrs, any_version=False):
+        """Copy the chunk from the replica with the highest version."""
+        candidates = sorted(addrs, key=lambda o: version_hint(answers.get(o)), reverse=True)
+        for osd_id in candidates:
+            if await self.pull(ino, chunk_index, osd_id, addrs[osd_id], any_version):
+                return
+        raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: no replica could give "
+                               f"primary osd {self.osd_id} a good copy")
+
+    async def pull(self, ino, chunk_index, osd_id, addr, any_version=False) -> bool:
+        """Copy one chunk from `osd_id` if its copy is newer (or if ours is bad)."""
+        try:
+            with trio.fail_after(self.replica_timeout):
+                result, data = await self._peer(osd_id, addr).call_payload(
+                    "read", {"ino": ino, "chunk": chunk_index, "offset": 0,
+                             "length": MAX_CHUNK, "local": True})
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("copy of ino %d chunk %d from osd %d failed: %s", ino, chunk_index,
+                        osd_id, exc or "timeout")
+            return False
+        version = result.get("version", 0)
+        if version == 0:
+            return False  # absent there
+        installed = await self.store.replace(ino, chunk_index, data, version,
+                                             only_if_newer=not any_version)
+        if installed:
+            log.info("copied ino %d chunk %d v%d from osd %d", ino, chunk_index, version,
+                     osd_id)
+        return True
+
+    async def push_full(self, ino, chunk_index, osd_id, addr) -> bool:
+        """Send our whole copy of a chunk to a replica that is behind."""
+        data, version = await self.store.read(ino, chunk_index, 0, MAX_CHUNK)
+        if version == 0:
+            return False
+        args = {"ino": ino, "chunk": chunk_index, "offset": 0, "version": version,
+                "full": True}
+        with trio.fail_after(self.replica_timeout):
+            reply = await self._peer(osd_id, addr).call("replicate", args, data)
+        if reply.get("applied", True):
+            log.info("sent ino %d chunk %d v%d to osd %d", ino, chunk_index, version, osd_id)
+            return True
+        return False
 
     async def _judge(self, failures: dict, ino: int, chunk_index: int) -> None:
         """Raise the error the client should see, if any."""
-        local = failures.pop(self.osd_id, None)
-        if local is not None:
-            raise local
         if not failures:
             return
         await self._refresh_quietly()
@@ -121,9 +219,15 @@ class Replicator:
             if not self.maps.current.is_up(osd_id):
                 log.warning("degraded write of ino %d chunk %d: replica osd %d went down: %s",
                             ino, chunk_index, osd_id, exc or "timeout")
+                self._note_degraded()
                 continue
             if isinstance(exc, errors.NoSpace):
                 raise errors.NoSpace(f"replica osd {osd_id}: {exc.message}")
+            if isinstance(exc, (errors.TransportError, trio.TooSlowError)):
+                # Probably dead but not marked down yet: the client retries
+                # once the map has caught up.
+                raise errors.TryAgain(f"replica osd {osd_id} of ino {ino} chunk {chunk_index} "
+                                      f"did not answer: {exc or 'timeout'}")
             raise errors.IOFailure(f"replica osd {osd_id} failed for ino {ino} chunk "
                                    f"{chunk_index}: {exc or 'timeout'}")
 
@@ -134,6 +238,13 @@ class Replicator:
         except (errors.LoomError, trio.TooSlowError) as exc:
             log.debug("map refresh after a replica failure failed: %s", exc)
 
+    def peer(self, osd_id: int) -> rpc.RpcClient | None:
+        """The connection to an OSD the current map shows up, else None."""
+        info = self.maps.current.osds.get(osd_id)
+        if info is None or not info.up:
+            return None
+        return self._peer(osd_id, info.addr)
+
     def _peer(self, osd_id: int, addr: str) -> rpc.RpcClient:
         client = self._peers.get(osd_id)
         if client is None or client.addr != addr:
@@ -143,3 +254,10 @@ class Replicator:
                                    f"osd{self.osd_id}")
             self._peers[osd_id] = client
         return client
+
+
+def version_hint(answer) -> int:
+    """The version a replicate reply shows: what it has, or what it applied."""
+    if not answer:
+        return -1
+    return answer.get("have", answer.get("version", -1))

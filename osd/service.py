@@ -10,6 +10,7 @@ import logging
 from loomproto import errors, rpc
 
 from . import validate
+from .store import OutOfSequence
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,12 @@ LIST_LIMIT_MAX = 10000
 
 
 class OsdService:
-    def __init__(self, osd_id: int, store, replicator, capacity):
+    def __init__(self, osd_id: int, store, replicator, capacity, recovery=None):
         self.osd_id = osd_id
         self.store = store
         self.replicator = replicator
         self.capacity = capacity  # callable: total bytes of the data directory
+        self.recovery = recovery  # osd.recovery.Recovery; None in bare unit setups
 
     async def rpc_write(self, args, payload, peer):
         ino, chunk_index = validate.ino(args), validate.chunk_index(args)
@@ -37,26 +39,68 @@ class OsdService:
         return {"version": version}
 
     async def rpc_replicate(self, args, payload, peer):
+        """A write forwarded by the primary, applied only in sequence (see
+        osd.replication); ``full`` installs a whole chunk if it is newer."""
         ino, chunk_index = validate.ino(args), validate.chunk_index(args)
         offset = validate.offset(args)
         version = validate.integer(args, "version", low=1)
         validate.write_range(offset, payload)
 
-        log.debug("replicate ino %d chunk %d [%d, +%d) v%d from %s", ino, chunk_index, offset,
-                  len(payload), version, peer)
-        await self.store.write(ino, chunk_index, offset, payload, version=version)
-        return {"version": version}
+        log.debug("replicate ino %d chunk %d [%d, +%d) v%d%s from %s", ino, chunk_index,
+                  offset, len(payload), version, " full" if args.get("full") else "", peer)
+        if args.get("full") is True:
+            if not await self.store.replace(ino, chunk_index, payload, version):
+                return {"applied": False, "have": self.store.meta(ino, chunk_index).version}
+            return {"applied": True, "version": version}
+        try:
+            await self.store.write(ino, chunk_index, offset, payload, version=version,
+                                   sequential=True)
+        except OutOfSequence as exc:
+            log.info("replicate ino %d chunk %d v%d out of sequence: this copy has v%d",
+                     ino, chunk_index, version, exc.have)
+            return {"applied": False, "have": exc.have}
+        return {"applied": True, "version": version}
 
     async def rpc_read(self, args, payload, peer):
+        """A read; unless ``local``, first brought up to the newest version among
+        the other ``replicas``, and a copy failing its checksums is repaired."""
         ino, chunk_index = validate.ino(args), validate.chunk_index(args)
         offset, length = validate.offset(args), validate.length(args)
+        local = args.get("local") is True
+        replicas = validate.optional_osd_list(args, "replicas")
 
+        if not local and replicas and self.recovery is not None:
+            await self.recovery.freshen(ino, chunk_index, replicas)
         try:
             data, version = await self.store.read(ino, chunk_index, offset, length)
         except errors.Corrupt as exc:
             log.error("read of ino %d chunk %d failed: %s", ino, chunk_index, exc)
-            raise
+            self.store.mark_corrupt(ino, chunk_index)
+            if local or not replicas or self.recovery is None:
+                raise
+            if not await self.recovery.repair(ino, chunk_index, replicas):
+                raise
+            data, version = await self.store.read(ino, chunk_index, offset, length)
         return rpc.Payload({"length": len(data), "version": version}, data)
+
+    async def rpc_chunk_versions(self, args, payload, peer):
+        """``keys`` [[ino, chunk], ...] -> the version of each copy here; 0 when the
+        chunk is absent or its copy is corrupt."""
+        keys = validate.key_list(args, "keys", LIST_LIMIT_MAX)
+        out = []
+        for ino, chunk_index in keys:
+            meta = self.store.meta(ino, chunk_index)
+            out.append(0 if meta is None or meta.corrupt else meta.version)
+        return out
+
+    async def rpc_scrub(self, args, payload, peer):
+        """Verify (and repair) up to ``limit`` chunks after ``after``."""
+        after = validate.after_key(args)
+        limit = validate.integer(args, "limit", low=1, high=LIST_LIMIT_MAX,
+                                 default=LIST_LIMIT_DEFAULT)
+        if self.recovery is None:
+            raise errors.NotSupported("this osd runs without a recovery worker")
+        return await self.recovery.scrub(after, limit)
 
     async def rpc_truncate_file(self, args, payload, peer):
         ino = validate.ino(args)

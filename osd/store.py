@@ -44,6 +44,15 @@ log = logging.getLogger(__name__)
 CHUNKS_DIR = "chunks"
 IO_THREADS = 8
 MAX_OPEN_FILES = 256
+TMP_SUFFIX = ".recv"
+
+
+class OutOfSequence(Exception):
+    """A replicated write does not follow this copy's version (`have`)."""
+
+    def __init__(self, have: int):
+        super().__init__(f"copy is at version {have}")
+        self.have = have
 
 
 @dataclass
@@ -193,9 +202,19 @@ class ChunkStore:
             return data, handle.header.version
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
-                    version: int | None = None) -> int:
-        """Apply a write; returns the chunk's new version (`version` if given)."""
+                    version: int | None = None, sequential: bool = False) -> int:
+        """Apply a write; returns the chunk's new version (`version` if given).
+
+        With `sequential` (a replica applying the primary's write) the write
+        lands only on top of version ``version - 1``; otherwise `OutOfSequence`
+        tells the version this copy has (0: absent or corrupt).
+        """
         async with self._locks.hold((ino, chunk_index)):
+            if sequential:
+                meta = self.meta(ino, chunk_index)
+                have = 0 if meta is None or meta.corrupt else meta.version
+                if have != version - 1:
+                    raise OutOfSequence(have)
             handle = await self._handle(ino, chunk_index, create=True)
             if version is None:
                 version = handle.header.version + 1
@@ -208,6 +227,54 @@ class ChunkStore:
             self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
             self._dirty.setdefault(ino, set()).add(chunk_index)
             return header.version
+
+    async def replace(self, ino: int, chunk_index: int, data, version: int,
+                      only_if_newer: bool = True) -> bool:
+        """Install a whole chunk copied from another replica (recovery, repair).
+
+        The copy is written to a temporary file, fsynced and renamed over the
+        chunk, so a crash leaves either the old or the new copy.  With
+        `only_if_newer` it is refused (returns False) when the local copy's
+        version is at or past `version` and the local copy is not corrupt.
+        """
+        key = (ino, chunk_index)
+        async with self._locks.hold(key):
+            meta = self.meta(ino, chunk_index)
+            if only_if_newer and meta is not None and not meta.corrupt \
+                    and meta.version >= version:
+                return False
+            path = self.chunk_path(ino, chunk_index)
+            self._drop_handle(key)
+            fd, header, new_dirs = await self._io(path, _replace_chunk, path, data, version,
+                                                  _where(ino, chunk_index))
+
+            # No checkpoint from here on: the index follows the disk at once.
+            self._handles[key] = _Handle(fd, header, path)
+            self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
+            self._dirty_dirs.setdefault(ino, set()).update(new_dirs)
+            self._evict()
+            return True
+
+    async def remove_chunk(self, ino: int, chunk_index: int) -> None:
+        """Drop one chunk (moved elsewhere by recovery or rebalance)."""
+        await self._remove_chunk(ino, chunk_index)
+        if ino not in self.index:
+            await self._io(self.ino_dir(ino), _rmdir_quietly, self.ino_dir(ino))
+
+    def mark_corrupt(self, ino: int, chunk_index: int) -> None:
+        meta = self.meta(ino, chunk_index)
+        if meta is not None:
+            meta.corrupt = True
+
+    async def verify(self, ino: int, chunk_index: int) -> bool:
+        """Read the whole chunk and check every block; False (and marked) if corrupt."""
+        try:
+            await self.read(ino, chunk_index, 0, chunkfile.MAX_CHUNK)
+        except errors.Corrupt as exc:
+            log.error("scrub: %s", exc)
+            self.mark_corrupt(ino, chunk_index)
+            return False
+        return True
 
     async def truncate_file(self, ino: int, size: int, unit: int) -> None:
         """Delete chunks at or past `size`, cut the one across it; idempotent."""
@@ -318,6 +385,24 @@ def _create_chunk(path: str):
         raise
 
 
+def _replace_chunk(path: str, data, version: int, where: str):
+    """Write a whole chunk to a temporary file, fsync it and rename it over `path`;
+    returns ``(fd, header, dirs with new entries)``."""
+    new_dirs = _make_dirs(os.path.dirname(path))
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        header = chunkfile.create(fd)
+        header = chunkfile.write(fd, header, 0, data, version, where)
+        os.fsync(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd, header, new_dirs
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -359,6 +444,9 @@ def _scan(root: str) -> dict:
         for ino_dir in _subdirs(bucket_dir):
             ino_name = os.path.basename(ino_dir)
             for chunk_name in os.listdir(ino_dir):
+                if chunk_name.endswith(TMP_SUFFIX):  # a copy cut short by a crash
+                    _unlink_quietly(os.path.join(ino_dir, chunk_name))
+                    continue
                 key = _parse_chunk_name(ino_name, chunk_name)
                 if key is None:
                     log.warning("ignoring stray file %s", os.path.join(ino_dir, chunk_name))

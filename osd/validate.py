@@ -74,3 +74,27 @@ def after_key(args: dict) -> tuple | None:
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
         raise errors.BadRequest(f"after must be [ino, chunk]: {value!r:.80}")
     return tuple(value)
+
+
+def optional_osd_list(args: dict, name: str) -> list[int] | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) > MAX_REPLICAS
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value)):
+        raise errors.BadRequest(f"{name} must be a list of osd ids: {value!r:.80}")
+    return value
+
+
+def key_list(args: dict, name: str, limit: int) -> list[tuple]:
+    value = args.get(name)
+    if not isinstance(value, list) or len(value) > limit:
+        raise errors.BadRequest(f"{name} must be a list of at most {limit} [ino, chunk]")
+    keys = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for v in item)):
+            raise errors.BadRequest(f"{name} holds a bad key: {item!r:.80}")
+        keys.append((item[0], item[1]))
+    return keys

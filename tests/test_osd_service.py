@@ -290,10 +290,11 @@ async def test_degraded_write_skips_replica_marked_down(rig):
     assert await rig.read(0, 20, 0) == (b"degraded", 1)
 
 
-async def test_dead_replica_still_up_in_map_fails_the_write(rig):
+async def test_dead_replica_still_up_in_map_asks_the_client_to_retry(rig):
     rig.osds[2].stop()
     rig.mds.frozen.add(2)  # mdsd 0 has not noticed yet: osd 2 stays up in the map
-    with pytest.raises(errors.IOFailure, match="replica osd 2"):
+    # TryAgain: the client waits for a newer map (osd 2 down) and sends it again.
+    with pytest.raises(errors.TryAgain, match="replica osd 2"):
         await rig.write(0, 21, 0, 0, b"x", [0, 2])
 
 

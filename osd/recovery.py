@@ -1,0 +1,328 @@
+"""Recovery: every OSD keeps the chunks it holds at R up-to-date copies.
+
+OSD-driven, no central bookkeeping.  Each OSD runs a *pass* when the cluster
+map's epoch changes, when a degraded write happened here, and every
+`interval` seconds.  A pass walks the chunk index:
+
+- per inode it asks the inode's metadata shard for its attributes
+  (``getattr``): an inode that no longer exists has its chunks removed here
+  (a delete this OSD missed while it was down is never resurrected); the
+  layout gives each chunk's replica set (`loomproto.layout`, over the in
+  OSDs of the current map, spread over hosts);
+- it asks every other up member of each set for its version of the chunk
+  (``chunk_versions``, batched per peer);
+- of the up copies with the highest version, the first (in replica-set order,
+  a non-member last) is *responsible*: it pushes its whole copy
+  (``replicate`` with ``full``) to every up member that is behind or lacks
+  it, counts the chunk *degraded* when fewer than all members hold the
+  newest version, and *misplaced* when it holds a chunk outside the set;
+- a copy outside the set (after ``osd out``, a new OSD, rebalance) is removed
+  once every member holds the newest version.
+
+So an OSD that comes back is caught up by the others chunk by chunk, by
+version, and gets nothing it already has; an OSD marked out has its chunks
+copied to their new members.  Pushes run at most `PUSH_PARALLEL` at a time
+and at most `rate` bytes per second, so client I/O goes on.  The figures
+(`report`) travel in every heartbeat and ``loomfs status`` sums them; a pass
+that pushed something is followed at once by another, so ``degraded`` drops
+to 0 when everything is repaired.
+
+Reads call `freshen` (copy a newer version from another replica before
+serving) and `repair` (replace a copy that fails its checksums); ``loomfs
+scrub`` calls `scrub`.
+
+Limitations:
+- Chunks at or past the file size the metadata server knows are skipped by
+  a pass (they may belong to a write whose size is not committed yet); a
+  truncate missed by a down OSD can leave such a chunk behind until the file
+  is deleted.
+- A chunk whose every holder is down is not counted anywhere.
+"""
+
+import logging
+
+import trio
+
+from loomproto import errors, rpc
+from loomproto.layout import Layout, osd_order, replicas_for_chunk
+
+log = logging.getLogger(__name__)
+
+RECOVERY_INTERVAL = 10.0
+RECOVERY_RATE = 200 << 20  # bytes per second of pushes
+PUSH_PARALLEL = 2
+QUERY_BATCH = 1000
+CALL_TIMEOUT = 10.0
+FRESHEN_TIMEOUT = 2.0
+
+
+class Recovery:
+    def __init__(self, nursery, config, osd_id: int, maps, store, replicator,
+                 interval: float = RECOVERY_INTERVAL, rate: int = RECOVERY_RATE):
+        self.nursery = nursery
+        self.config = config
+        self.osd_id = osd_id
+        self.maps = maps
+        self.store = store
+        self.replicator = replicator
+        self.interval = interval
+        self.rate = rate
+        self._mds = [rpc.RpcClient(nursery, addr, config.cluster_id, config.key,
+                                   f"osd{osd_id}-recovery") for addr in config.mds]
+        self._kick = trio.Event()
+        self._push_slots = trio.Semaphore(PUSH_PARALLEL)
+        self._next_send = 0.0
+        self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
+                      "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0}
+        replicator.on_degraded = self.kick
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def report(self) -> dict:
+        return dict(self.stats)
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def run(self):
+        seen_epoch = -1
+        while True:
+            with trio.move_on_after(self.interval):
+                while self.maps.current.epoch == seen_epoch and not self._kick.is_set():
+                    await self.maps.wait_changed()
+            self._kick = trio.Event()
+            seen_epoch = self.maps.current.epoch
+            try:
+                pushed = await self.run_pass()
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                log.warning("recovery pass at epoch %d stopped: %s", seen_epoch,
+                            exc or "timeout")
+                continue
+            if pushed:
+                self.kick()  # count again, so `degraded` reflects what was repaired
+
+    async def run_pass(self) -> int:
+        """One walk over every chunk held here; returns how many copies were pushed."""
+        current = self.maps.current
+        epoch = current.epoch
+        if not current.is_up(self.osd_id):
+            return 0  # our own map says we are down: others may be ahead of us
+        in_osds = current.in_osds()
+        hosts = current.hosts()
+        plans = []
+        for ino in sorted(self.store.index):
+            attr = await self._getattr(ino)
+            if attr is None:
+                log.info("recovery: ino %d no longer exists, removing its chunks", ino)
+                await self.store.delete_file(ino)
+                self.stats["removed"] += 1
+                continue
+            if not attr.get("layout"):
+                continue
+            layout = Layout.from_wire(attr["layout"])
+            order = osd_order(ino, in_osds)
+            for chunk_index in sorted(self.store.index.get(ino, {})):
+                if chunk_index * layout.unit >= attr.get("size", 0):
+                    continue
+                members = replicas_for_chunk(layout, ino, chunk_index, order, hosts)
+                plans.append(((ino, chunk_index), members))
+        versions = await self._peer_versions(plans, current)
+
+        degraded = misplaced = 0
+        pushes, removals = [], []
+        for key, members in plans:
+            meta = self.store.meta(*key)
+            if meta is None:
+                continue  # deleted meanwhile
+            have = {self.osd_id: 0 if meta.corrupt else meta.version}
+            for osd_id in members:
+                if osd_id != self.osd_id and (osd_id, key) in versions:
+                    have[osd_id] = versions[(osd_id, key)]
+            best = max(have.values())
+            ranked = members + ([] if self.osd_id in members else [self.osd_id])
+            holders = [o for o in ranked if have.get(o) == best]
+            if best == 0 or holders[0] != self.osd_id:
+                continue  # another copy is responsible (or nobody has data)
+            good = sum(1 for o in members if have.get(o) == best)
+            if good < len(members):
+                degraded += 1
+            for osd_id in members:
+                if osd_id in have and have[osd_id] < best:
+                    pushes.append((key, osd_id))
+            if self.osd_id not in members:
+                if good == len(members):
+                    removals.append(key)
+                else:
+                    misplaced += 1
+        self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes))
+        for key in removals:
+            await self.store.remove_chunk(*key)
+            self.stats["removed"] += 1
+        pushed = await self._push_all(pushes)
+        self.stats["scan_epoch"] = epoch
+        self.stats["passes"] += 1
+        if pushes or removals or degraded:
+            log.info("recovery pass at epoch %d: %d chunks, %d degraded, %d pushed, "
+                     "%d misplaced, %d moved away", epoch, len(plans), degraded, pushed,
+                     misplaced, len(removals))
+        return pushed
+
+    async def _getattr(self, ino: int):
+        """The inode's attributes, or None if it no longer exists."""
+        shard = ino % len(self._mds)
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                return await self._mds[shard].call("getattr", {"ino": ino})
+        except errors.NotFound:
+            return None
+
+    async def _peer_versions(self, plans, current) -> dict:
+        """``{(osd_id, key): version}`` from every up member of every plan."""
+        wanted: dict[int, list] = {}
+        for key, members in plans:
+            for osd_id in members:
+                if osd_id != self.osd_id and current.is_up(osd_id):
+                    wanted.setdefault(osd_id, []).append(key)
+        found = {}
+
+        async def ask(osd_id, keys):
+            client = self.replicator.peer(osd_id)
+            if client is None:
+                return
+            for start in range(0, len(keys), QUERY_BATCH):
+                batch = keys[start:start + QUERY_BATCH]
+                try:
+                    with trio.fail_after(CALL_TIMEOUT):
+                        reply = await client.call("chunk_versions",
+                                                  {"keys": [list(k) for k in batch]})
+                except (errors.LoomError, trio.TooSlowError) as exc:
+                    log.warning("recovery: osd %d did not list versions: %s", osd_id,
+                                exc or "timeout")
+                    return
+                for key, version in zip(batch, reply):
+                    found[(osd_id, key)] = version
+
+        async with trio.open_nursery() as nursery:
+            for osd_id, keys in wanted.items():
+                nursery.start_soon(ask, osd_id, keys)
+        return found
+
+    async def _push_all(self, pushes) -> int:
+        done = 0
+
+        async def one(key, osd_id):
+            nonlocal done
+            async with self._push_slots:
+                meta = self.store.meta(*key)
+                if meta is not None:
+                    await self._throttle(meta.length)
+                client = self.replicator.peer(osd_id)
+                try:
+                    if client is not None and await self.replicator.push_full(
+                            key[0], key[1], osd_id, client.addr):
+                        done += 1
+                        self.stats["recovered"] += 1
+                except (errors.LoomError, trio.TooSlowError) as exc:
+                    log.warning("recovery: push of ino %d chunk %d to osd %d failed: %s",
+                                key[0], key[1], osd_id, exc or "timeout")
+                finally:
+                    self.stats["recovering"] -= 1
+
+        async with trio.open_nursery() as nursery:
+            for key, osd_id in pushes:
+                nursery.start_soon(one, key, osd_id)
+        return done
+
+    async def _throttle(self, nbytes: int) -> None:
+        now = trio.current_time()
+        start = max(now, self._next_send)
+        self._next_send = start + nbytes / self.rate
+        if start > now:
+            await trio.sleep(start - now)
+
+    # -- on the read path -------------------------------------------------------
+
+    async def freshen(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
+        """Before serving a read: copy the chunk from a replica that has a newer version.
+
+        Raises `IOFailure` when a newer copy exists but cannot be fetched, so
+        the client reads another replica instead of old data from here.
+        """
+        others = [o for o in replicas if o != self.osd_id and self.replicator.peer(o)]
+        if not others:
+            return
+        key = [[ino, chunk_index]]
+        found = {}
+
+        async def ask(osd_id):
+            client = self.replicator.peer(osd_id)
+            if client is None:
+                return
+            try:
+                with trio.fail_after(FRESHEN_TIMEOUT):
+                    found[osd_id] = (await client.call("chunk_versions", {"keys": key}))[0]
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                log.debug("version of ino %d chunk %d from osd %d: %s", ino, chunk_index,
+                          osd_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for osd_id in others:
+                nursery.start_soon(ask, osd_id)
+        meta = self.store.meta(ino, chunk_index)
+        mine = 0 if meta is None or meta.corrupt else meta.version
+        newer = sorted((v, o) for o, v in found.items() if v > mine)
+        if not newer:
+            return
+        version, osd_id = newer[-1]
+        async with self.replicator.order.hold((ino, chunk_index)):
+            meta = self.store.meta(ino, chunk_index)
+            if meta is not None and not meta.corrupt and meta.version >= version:
+                return
+            client = self.replicator.peer(osd_id)
+            if client is None or not await self.replicator.pull(ino, chunk_index, osd_id,
+                                                                client.addr):
+                raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: osd {osd_id} has "
+                                       f"v{version}, this osd v{mine} and cannot copy it")
+        log.info("read of ino %d chunk %d: caught up from v%d to v%d (osd %d)", ino,
+                 chunk_index, mine, version, osd_id)
+
+    async def repair(self, ino: int, chunk_index: int, replicas: list[int]) -> bool:
+        """Replace a copy that failed its checksums with another replica's."""
+        async with self.replicator.order.hold((ino, chunk_index)):
+            for osd_id in replicas:
+                client = self.replicator.peer(osd_id) if osd_id != self.osd_id else None
+                if client is None:
+                    continue
+                if await self.replicator.pull(ino, chunk_index, osd_id, client.addr,
+                                              any_version=True):
+                    self.stats["repaired"] += 1
+                    log.warning("repaired ino %d chunk %d from osd %d", ino, chunk_index,
+                                osd_id)
+                    return True
+        log.error("ino %d chunk %d is corrupt here and no replica of %s could repair it",
+                  ino, chunk_index, replicas)
+        return False
+
+    async def scrub(self, after, limit: int) -> dict:
+        """Verify up to `limit` chunks after `after`; repair the corrupt ones."""
+        rows = self.store.list_chunks(None, after, limit)
+        checked = corrupt = repaired = 0
+        current = self.maps.current
+        for ino, chunk_index, _, _ in rows:
+            checked += 1
+            if await self.store.verify(ino, chunk_index):
+                continue
+            corrupt += 1
+            attr = await self._getattr(ino)
+            if attr is None or not attr.get("layout"):
+                continue
+            layout = Layout.from_wire(attr["layout"])
+            members = replicas_for_chunk(layout, ino, chunk_index,
+                                         osd_order(ino, current.in_osds()), current.hosts())
+            if await self.repair(ino, chunk_index, members):
+                repaired += 1
+        last = rows[-1][:2] if rows else None
+        return {"checked": checked, "corrupt": corrupt, "repaired": repaired,
+                "next": list(last) if last and len(rows) == limit else None,
+                "total": self.store.chunk_count}
+
