@@ -1,0 +1,91 @@
+"""One client process of the metadata storm (tests/test_meta_storm.py).
+
+    python tests/meta_storm_worker.py CFG SEED SECONDS
+
+Runs random mkdir, rmdir, create, link, unlink and rename (across
+directories, over existing names, RENAME_EXCHANGE, directories into other
+directories) on the small shared name pool under /storm, through the real
+client's metadata path (`client.meta.Meta`: request ids, retries of
+transport failures for `mds_timeout`), until SECONDS pass.  Prints one JSON
+line: ops done, expected refusals by kind, and unexpected errors.
+"""
+
+import json
+import random
+import stat
+import sys
+from collections import Counter
+
+import trio
+
+from client.cluster import Cluster
+from client.meta import Meta
+from loomproto import config as cluster_config
+from loomproto import errors
+
+NAMES = [f"n{i}".encode() for i in range(8)]
+EXPECTED = (errors.NotFound, errors.Exists, errors.NotEmpty, errors.NotDir, errors.IsDir,
+            errors.Invalid, errors.NotPermitted, errors.TryAgain)
+
+
+class Storm:
+    def __init__(self, meta: Meta, rng: random.Random, top: list[int]):
+        self.meta = meta
+        self.rng = rng
+        self.dirs = list(top)  # candidate parents: the pool dirs and dirs made here
+        self.top = top
+
+    def place(self):
+        return self.rng.choice(self.dirs), self.rng.choice(NAMES)
+
+    async def step(self):
+        op = self.rng.choice(("create", "create", "mkdir", "unlink", "rmdir", "link",
+                              "rename", "rename", "exchange"))
+        parent, name = self.place()
+        if op == "create":
+            await self.meta.mknod(parent, name, stat.S_IFREG | 0o644, 0, 0, 0)
+        elif op == "mkdir":
+            attr = await self.meta.mkdir(parent, name, 0o755, 0, 0)
+            self.dirs.append(attr["ino"])
+            del self.dirs[len(self.top):-16]
+        elif op == "unlink":
+            await self.meta.unlink(parent, name)
+        elif op == "rmdir":
+            await self.meta.rmdir(parent, name)
+        elif op == "link":
+            attr = await self.meta.lookup(parent, name)
+            new_parent, new_name = self.place()
+            await self.meta.link(attr["ino"], new_parent, new_name)
+        else:
+            new_parent, new_name = self.place()
+            flags = 2 if op == "exchange" else 0
+            await self.meta.rename(parent, name, new_parent, new_name, flags)
+        return op
+
+
+async def main(cfg: str, seed: int, seconds: float):
+    config = cluster_config.load(cfg)
+    rng = random.Random(seed)
+    done, refused, unexpected = Counter(), Counter(), []
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, config, name=f"storm{seed}", mds_timeout=60.0)
+        await cluster.start(connect_timeout=60.0)
+        meta = Meta(cluster)
+        storm_dir = (await meta.lookup(1, b"storm"))["ino"]
+        top = [(await meta.lookup(storm_dir, f"d{i}".encode()))["ino"] for i in range(4)]
+        storm = Storm(meta, rng, top)
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline:
+            try:
+                done[await storm.step()] += 1
+            except EXPECTED as exc:
+                refused[type(exc).__name__] += 1
+            except errors.LoomError as exc:
+                unexpected.append(f"{type(exc).__name__}: {exc.message}")
+        nursery.cancel_scope.cancel()
+    print(json.dumps({"seed": seed, "done": done, "refused": refused,
+                      "unexpected": unexpected[:20]}))
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
