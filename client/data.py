@@ -199,6 +199,10 @@ class DataPath:
             log.exception("write of ino %d chunk %d failed unexpectedly", fd.ino, chunk_index)
             fd.error = fd.error or errors.IOFailure(f"internal error writing ino {fd.ino}")
         finally:
+            # The chunk changed on the OSDs: a copy fetched before (or while) it
+            # landed is stale, and so is any fetch still running.
+            fd.read_cache.pop(chunk_index, None)
+            fd.generation += 1
             fd.dirty_bytes -= buf.dirty_bytes
             fd.in_flight -= 1
             fd.progress.set()
@@ -345,7 +349,9 @@ class DataPath:
         generation = fd.generation
         try:
             data = await self._fetch(fd, chunk_index, 0, fd.layout.unit)
-            if generation == fd.generation:  # else a write or truncate raced the fetch
+            # Not when a write or truncate raced the fetch, nor while this client
+            # still holds unsent bytes of the chunk (the OSDs' copy is old).
+            if generation == fd.generation and chunk_index not in fd.dirty:
                 fd.read_cache[chunk_index] = data
             while len(fd.read_cache) > READ_CACHE_STRIPES * max(fd.layout.count, 2):
                 fd.read_cache.popitem(last=False)

@@ -23,6 +23,7 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import stat
 import time
 
@@ -306,10 +307,34 @@ class LoomOperations(pyfuse3.Operations):
         cached = self.meta.attrs.get(inode)
         attr = await self.meta.open(inode, flags)
         fi = self._new_handle(attr, flags)
+        if flags & os.O_TRUNC:
+            # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
+            try:
+                await self._open_truncate(attr, ctx)
+            except BaseException:
+                await self.release(fi.fh)
+                raise
+            return fi
         # Close-to-open: keep the kernel's pages only if nobody changed the file.
         fi.keep_cache = bool(cached and cached["mtime"] == attr["mtime"]
                              and cached["size"] == attr["size"])
         return fi
+
+    async def _open_truncate(self, attr: dict, ctx):
+        """open(O_TRUNC): size 0, new mtime and ctime, and (for a caller other than
+        root) set-user-ID and group-executable set-group-ID cleared, as truncate does."""
+        ino = attr["ino"]
+        changes = {"size": 0}
+        mode = attr["mode"]
+        if ctx.uid != 0 and mode & (stat.S_ISUID | stat.S_ISGID):
+            mode &= ~stat.S_ISUID
+            if mode & stat.S_IXGRP:
+                mode &= ~stat.S_ISGID
+            changes["mode"] = mode
+        await self._flush(self.files[ino])
+        await self._truncate(ino, 0)
+        caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
+        await self.meta.setattr(ino, changes, caller)
 
     def _new_handle(self, attr: dict, flags: int) -> pyfuse3.FileInfo:
         ino = attr["ino"]

@@ -9,10 +9,11 @@ import mmap
 import multiprocessing
 import os
 import threading
+import time
 
 import pytest
 
-from posix_util import errno_of
+from posix_util import errno_of, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -208,3 +209,41 @@ def test_mmap_shared_writes_reach_the_file(workdir):
     assert data[-3:] == b"end" and len(data) == size
     with open(path, "r+b") as fp, mmap.mmap(fp.fileno(), 0) as mapped:
         assert mapped[2 * MiB:2 * MiB + 5] == b"world"
+
+
+def test_open_o_trunc_empties_the_file(workdir):
+    path = workdir / "f"
+    path.write_bytes(os.urandom(3 * MiB))
+    before = os.stat(path)
+    wait_until(lambda: time.time_ns() > before.st_mtime_ns + 2_000_000, 5, "the clock")
+    fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0
+        assert os.pread(fd, 100, 0) == b""
+        os.pwrite(fd, b"new", 2 * MiB)
+    finally:
+        os.close(fd)
+    after = os.stat(path)
+    assert after.st_size == 2 * MiB + 3 and after.st_mtime_ns > before.st_mtime_ns
+    assert path.read_bytes() == bytes(2 * MiB) + b"new"
+    with open(path, "w") as fp:  # the shell's `>`
+        fp.write("short")
+    assert path.read_bytes() == b"short"
+
+
+def test_read_ahead_never_caches_unsent_writes(workdir):
+    """Bytes still in the client's write buffers must win over the OSDs' older copy,
+    also for chunks that a read-ahead fetched while they were dirty (found by fsx)."""
+    path = workdir / "f"
+    path.write_bytes(os.urandom(3 * MiB))
+    with open(path, "r+b", buffering=0) as fp:
+        fp.seek(2 * MiB - 1000)
+        fp.write(b"\xab" * 5000)  # partial chunks 1 and 2: they stay buffered
+        fp.seek(0)
+        fp.read(MiB)  # sequential: reads ahead over chunks 1 and 2
+        fp.seek(2 * MiB - 1000)
+        assert fp.read(5000) == b"\xab" * 5000
+    os.system("sync")
+    with open(path, "rb") as fp:
+        fp.seek(2 * MiB - 1000)
+        assert fp.read(5000) == b"\xab" * 5000
