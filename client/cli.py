@@ -342,7 +342,8 @@ def _size(n: int) -> str:
 
 
 _HANDLERS = {"status": _status, "df": _df, "getstripe": _getstripe,
-             "setstripe": _setstripe, "osd": _osd, "fsck": _fsck, "backup": _backup}
+             "setstripe": _setstripe, "osd": _osd, "fsck": _fsck, "backup": _backup,
+             "scrub": _scrub}
 
 if __name__ == "__main__":
     sys.exit(main())

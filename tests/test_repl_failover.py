@@ -1,0 +1,227 @@
+"""No acknowledged byte is lost when OSDs die (issue 6), on a real cluster of 2 metadata
+servers and 4 OSDs with 2 replicas, OSDs marked down after 2 s of silence.
+
+- an OSD SIGKILLed in the middle of a striped write and of a read: the calls succeed
+  after a bounded pause and the data reads back with the right sha256; the OSD comes
+  back and is caught up by version; then another OSD dies and everything still reads;
+- with 1 replica a dead OSD gives EIO within io_timeout, never wrong data;
+- bytes flipped in a chunk file: the read returns the right data and repairs the copy;
+  `loomfs scrub` finds and repairs another flipped chunk;
+- an OSD marked out: its chunks get their second copy elsewhere.
+
+``LOOMFS_REPL_MB`` sets the size of the big file (the issue asks for 1 GiB; the default
+keeps this module well under a minute here).  Seeds are printed.
+"""
+
+import errno
+import json
+import os
+import time
+
+import pytest
+
+from osd import chunkfile
+from repl_helpers import (DOWN_AFTER, IO_TIMEOUT, Progress, close_cluster, drop_page_cache,
+                          read_file, repl_cluster_fixture, sha_of, write_file)
+
+pytestmark = pytest.mark.mount
+
+BIG_MB = int(os.environ.get("LOOMFS_REPL_MB", "192"))
+SEED = int(os.environ.get("LOOMFS_REPL_SEED", "6061"))
+# How long a write or read may stall on a dead OSD: marked down after DOWN_AFTER,
+# then the next replica takes over.  Generous for a loaded 2-core machine.
+FAILOVER_PAUSE = DOWN_AFTER + 10
+
+
+@pytest.fixture(scope="module")
+def repl(tmp_path_factory):
+    base, live = repl_cluster_fixture(tmp_path_factory)
+    try:
+        live.up()
+        yield live
+    finally:
+        problems = close_cluster(base, live)
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracebacks(request):
+    yield
+    if "repl" in request.fixturenames:
+        live = request.getfixturevalue("repl")
+        assert not live.tracebacks(), f"tracebacks in {live.tracebacks()}"
+
+
+def test_kill_osd_during_write_and_read_then_catch_up(repl):
+    print(f"seed {SEED}, {BIG_MB} MiB")
+    path = repl.mnt / "big"
+    writer = Progress(write_file(path, SEED, BIG_MB))
+    writer.start()
+    writer.wait_progress(BIG_MB // 3, 120)
+    repl.kill(1)
+    digest = writer.finish(300)
+    assert writer.error is None
+
+    drop_page_cache()
+    assert sha_of(path) == digest, "read back after a kill during the write"
+
+    # The OSD returns and is caught up by version, not by a full copy.
+    repl.restart(1)
+    repl.wait_healthy(120)
+    recovered = sum(o["stats"].get("recovered", 0) for o in repl.status()["osds"])
+    assert 0 < recovered < 2 * BIG_MB, f"{recovered} copies recovered"
+
+    # Kill another OSD in the middle of a read.
+    drop_page_cache()
+    reader = Progress(read_file(path))
+    reader.start()
+    reader.wait_progress(BIG_MB // 3, 120)
+    repl.kill(2)
+    assert reader.finish(300) == digest, "read with an OSD killed in the middle"
+    repl.restart(2)
+    repl.wait_healthy(120)
+
+    # Now a replica that was caught up (osd 1) holds the only copy of some chunks.
+    repl.kill(3)
+    repl.wait_osd(3, False)
+    drop_page_cache()
+    assert sha_of(path) == digest, "read with osd 3 down after osd 1 caught up"
+    repl.restart(3)
+    repl.wait_healthy(120)
+
+
+def test_write_pause_is_bounded_when_primary_dies(repl):
+    """A small synchronous write right after its primary died returns within a few
+    seconds (the map marks the OSD down, the next replica becomes primary)."""
+    path = repl.mnt / "small"
+    path.write_bytes(b"x" * 4096)
+    slots = repl.getstripe(path)
+    primary = slots[0][0]
+    repl.kill(primary)
+    start = time.monotonic()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"after the kill", 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    paused = time.monotonic() - start
+    assert paused < FAILOVER_PAUSE, f"write paused {paused:.1f}s"
+    drop_page_cache()
+    assert path.read_bytes()[:14] == b"after the kill"
+    repl.restart(primary)
+    repl.wait_healthy(60)
+    # The returning primary was behind: reads from it must show the new bytes.
+    drop_page_cache()
+    assert path.read_bytes()[:14] == b"after the kill"
+
+
+def test_one_replica_gives_eio_never_wrong_data(repl):
+    single = repl.mnt / "single"
+    single.mkdir()
+    repl.loomfs("setstripe", "--count", 1, "--size", 1 << 20, "--replicas", 1, single)
+    # The mount caches the directory's attributes (its layout with them) until the
+    # kernel asks for them again after attr_timeout: poll until new files get R=1.
+    path = single / "f"
+    deadline = time.monotonic() + 20
+    while True:
+        os.stat(single)
+        path.write_bytes(b"")
+        if len(repl.getstripe(path)[0]) == 1:
+            break
+        assert time.monotonic() < deadline, "new files never got the directory's layout"
+        path.unlink()
+    data = os.urandom(3 << 20)
+    path.write_bytes(data)
+    (osd_id,) = repl.getstripe(path)[0]
+    repl.kill(osd_id)
+    repl.wait_osd(osd_id, False)
+    drop_page_cache()
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        path.read_bytes()
+    assert info.value.errno == errno.EIO
+    # Each FUSE read fails after io_timeout; the kernel retries a failed read-ahead
+    # once with the page the application asked for, hence up to two timeouts.
+    assert time.monotonic() - start < 2 * IO_TIMEOUT + 10
+    log = repl.log_text("client0")
+    assert "chunk 0: no replica answered" in log and f"osds [{osd_id}]" in log
+    repl.restart(osd_id)
+    drop_page_cache()
+    assert path.read_bytes() == data
+
+
+def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
+    repl.wait_healthy(60)
+    path = repl.mnt / "flip"
+    data = os.urandom(4 << 20)
+    with open(path, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    ino = os.stat(path).st_ino
+    slots = repl.getstripe(path)
+
+    def flip(chunk_index, osd_id):
+        chunk = repl.chunk_path(osd_id, ino, chunk_index)
+        with open(chunk, "r+b") as fp:
+            fp.seek(chunkfile.HEADER_SIZE + 12345)
+            byte = fp.read(1)
+            fp.seek(chunkfile.HEADER_SIZE + 12345)
+            fp.write(bytes([byte[0] ^ 0xFF]))
+        return chunk
+
+    def verified(chunk):
+        fd = os.open(chunk, os.O_RDONLY)
+        try:
+            header = chunkfile.load(fd, str(chunk))
+            chunkfile.read(fd, header, 0, header.length, str(chunk))
+            return True
+        except Exception:
+            return False
+        finally:
+            os.close(fd)
+
+    # Chunk 0's primary copy is damaged: the read repairs it from the other replica.
+    bad = flip(0, slots[0][0])
+    assert not verified(bad)
+    drop_page_cache()
+    assert path.read_bytes() == data
+    assert verified(bad), "the read did not repair the damaged copy"
+
+    # Chunk 1's second copy is damaged: scrub finds and repairs it.
+    bad = flip(1, slots[1][1])
+    done = repl.loomfs("scrub", "--json")
+    totals = json.loads(done.stdout.strip().splitlines()[-1])
+    assert totals["corrupt"] >= 1 and totals["repaired"] == totals["corrupt"], totals
+    assert verified(bad)
+    drop_page_cache()
+    assert path.read_bytes() == data
+
+
+def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
+    repl.wait_healthy(60)
+    path = repl.mnt / "out"
+    data = os.urandom(8 << 20)
+    with open(path, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    victim = repl.getstripe(path)[0][0]
+    repl.kill(victim)
+    repl.wait_osd(victim, False)
+    repl.loomfs("osd", "out", victim)
+    took = repl.wait_healthy(120)
+    print(f"re-replicated after osd{victim} out in {took:.1f}s")
+    # Every chunk now has 2 copies on the 3 remaining OSDs: any one more may die.
+    others = [o for o in range(4) if o != victim]
+    repl.kill(others[0])
+    repl.wait_osd(others[0], False)
+    drop_page_cache()
+    assert path.read_bytes() == data
+    repl.restart(others[0])
+    repl.restart(victim)
+    repl.loomfs("osd", "in", victim)
+    repl.wait_healthy(120)
+    drop_page_cache()
+    assert path.read_bytes() == data
