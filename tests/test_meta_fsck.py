@@ -98,3 +98,40 @@ async def test_damage_found_and_repaired(tmp_path, nursery):
     assert (await cluster.lookup(lost["ino"], f"ino{stray}".encode()))["ino"] == stray
     with pytest.raises(Exception):
         await cluster.lookup(d, dangling)
+
+
+def _model(**parts) -> fsck.Model:
+    model = fsck.Model(2)
+    for key, value in parts.items():
+        setattr(model, key, value)
+    return model
+
+
+def _dir(parent):
+    return {"mode": stat.S_IFDIR | 0o755, "nlink": 2, "parent": parent, "gen": 1}
+
+
+def test_model_stray_chunks_and_pending():
+    file_inode = {"mode": stat.S_IFREG | 0o644, "nlink": 1, "size": 5, "gen": 1}
+    model = _model(inodes={ROOT: (1, _dir(ROOT)), 4: (0, file_inode)},
+                   entries=[(1, ROOT, b"f", 4, stat.S_IFREG, 1)],
+                   seqs={(1, ROOT, 1): b"f"},
+                   shares={(1, ROOT): dict(schema.empty_share(), count=1, next_seq=2)},
+                   orphans={6: {"dropped": True, "pending": [0]}},
+                   chunks={(0, 4): 1, (0, 6): 2, (1, 8): 3})
+    findings = fsck.check_model(model)
+    faults = [(f.kind, f.key) for f in findings if not f.pending]
+    assert faults == [("stray-chunks", ("chunks", 1, 8))]
+    assert [f.kind for f in findings if f.pending] == ["reclaim"]
+    assert fsck.exit_status(model, findings) == 1
+    model.unchecked.append("osd 3: down")
+    assert fsck.exit_status(model, [f for f in findings if f.pending]) == 2
+
+
+def test_model_directory_cycle_and_two_names():
+    inodes = {ROOT: (1, _dir(ROOT)), 2: (0, _dir(4)), 4: (0, _dir(2)), 6: (0, _dir(ROOT))}
+    entries = [(0, 4, b"a", 2, stat.S_IFDIR, 1), (0, 2, b"b", 4, stat.S_IFDIR, 2),
+               (0, ROOT, b"c", 6, stat.S_IFDIR, 1), (0, 2, b"c2", 6, stat.S_IFDIR, 3)]
+    model = _model(inodes=inodes, entries=entries)
+    kinds = {f.kind for f in fsck.check_model(model) if not f.pending}
+    assert {"dir-cycle", "dir-multiple-names"} <= kinds
