@@ -1,0 +1,93 @@
+"""A full disk on one OSD (issue 6): the writer gets ENOSPC, nothing already stored is
+damaged, and the daemon keeps serving reads.
+
+osd2's data directory is a 48 MiB tmpfs this test mounts before the cluster starts
+and unmounts at the end.  Needs root (mount) besides what every mount test needs.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import cluster_script, mounts_below
+from repl_helpers import drop_page_cache, repl_cluster_fixture, seeded_blocks
+
+pytestmark = pytest.mark.mount
+
+SEED = int(os.environ.get("LOOMFS_REPL_SEED", "6061"))
+SMALL_FS_MB = 48
+
+
+@pytest.fixture
+def full_cluster(tmp_path_factory):
+    base, live = repl_cluster_fixture(tmp_path_factory, osds=3, replicas=2)
+    small = live.state / "osd2"
+    small.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_FS_MB}m", "tmpfs",
+                           str(small)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        live.up()
+        yield live
+    finally:
+        problems = []
+        try:
+            live.run("down", timeout=180)
+        except Exception as exc:  # reported below, after the cleanup
+            problems.append(str(exc))
+        running = live.running()
+        live.kill_running(("mds", "osd", "client"))
+        subprocess.run(["umount", str(small)], capture_output=True)
+        mounted = mounts_below(base)
+        if running:
+            problems.append(f"still running after down: {running}")
+        if mounted:
+            problems.append(f"still mounted after down: {mounted}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+        assert not problems, "\n".join(problems)
+
+
+def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
+    live = full_cluster
+    print(f"seed {SEED}")
+    early = live.mnt / "early"
+    early_data = b"".join(seeded_blocks(SEED, 6))
+    with open(early, "wb") as fp:
+        fp.write(early_data)
+        fp.flush()
+        os.fsync(fp.fileno())
+
+    big = live.mnt / "big"
+    with pytest.raises(OSError) as info:
+        with open(big, "wb") as fp:
+            for block in seeded_blocks(SEED + 1, 4 * SMALL_FS_MB):
+                fp.write(block)
+            fp.flush()
+            os.fsync(fp.fileno())
+    assert info.value.errno == errno.ENOSPC, info.value
+
+    # osd2 is full and still serves: the early file reads back right, the daemon lives.
+    drop_page_cache()
+    assert early.read_bytes() == early_data
+    assert cluster_script.is_running(live.nodes()["osd2"])
+    status = live.status()
+    assert next(o for o in status["osds"] if o["id"] == 2)["up"]
+    assert "Traceback" not in live.log_text("osd2")
+
+    # Space comes back once the big file is gone, and writes work again.
+    big.unlink()
+    statvfs = os.statvfs(live.state / "osd2")
+    deadline = time.monotonic() + 60
+    while os.statvfs(live.state / "osd2").f_bfree <= statvfs.f_bfree + 256:
+        assert time.monotonic() < deadline, "the deleted file's chunks stayed on osd2"
+        time.sleep(0.2)  # polling the OSD's free space, which has no event to wait on
+    after = live.mnt / "after"
+    after.write_bytes(early_data)
+    drop_page_cache()
+    assert after.read_bytes() == early_data
