@@ -155,7 +155,9 @@ class Replicator:
         if ahead:
             log.warning("primary osd %d is behind on ino %d chunk %d (v%d, replicas %s): "
                         "copying it first", self.osd_id, ino, chunk_index, version - 1, ahead)
-            await self._pull_newest(ino, chunk_index, answers, addrs)
+            # Our copy already took this write at `version` on a stale base: replace
+            # it whatever its version (we hold the order lock, so nothing else lands).
+            await self._pull_newest(ino, chunk_index, answers, addrs, any_version=True)
             return False
         behind = [o for o, a in answers.items() if not a.get("applied", True)]
         for osd_id in behind:
