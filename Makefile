@@ -15,7 +15,7 @@ PYTHON := .venv/bin/python
 CLUSTER = $(PYTHON) scripts/cluster --state $(STATE)
 OPTS_ARG = $(if $(MOUNT_OPTS),--mount-opts $(MOUNT_OPTS))
 
-.PHONY: deps up down status test bench bench-quick
+.PHONY: deps up down status test bench bench-quick bench-meta
 
 deps:
 	scripts/install-deps
@@ -49,3 +49,8 @@ bench: deps
 
 bench-quick: deps
 	$(PYTHON) scripts/bench --quick --targets $(BENCH_TARGETS) $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
+
+# mdtest-style metadata benchmark at RPC level over 1, 2 and 4 shards (scripts/bench-meta);
+# BENCH_META_FILES=N (default 100000) sets the file count.
+bench-meta: deps
+	$(PYTHON) scripts/bench-meta
