@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["status"].add_argument(
         "--wait-healthy", type=float, metavar="SECONDS",
         help="wait until every chunk has all its copies; exit 1 on timeout")
+    p = sub.add_parser("rebalance", help="move chunks to the OSDs placement now names "
+                       "(after OSDs were added or marked in/out), with progress")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="give up (exit 1) after this many seconds")
     p = sub.add_parser("scrub", help="verify every chunk's checksums, repair bad copies")
     p.add_argument("--json", action="store_true", help="print the totals as JSON")
 
@@ -189,6 +193,42 @@ async def _status(cluster, args) -> int:
           + (f"; in but down: osds {recovery['down_in']}" if recovery["down_in"] else "")
           + (f"; scan pending on osds {recovery['scanning']}" if recovery["scanning"] else ""))
     return code
+
+
+async def _rebalance(cluster, args) -> int:
+    """Start a recovery pass on every up OSD and follow it until nothing is misplaced.
+
+    Chunks move by the OSDs' own recovery (osd.recovery): each copy outside its
+    replica set is pushed to the members that lack it, then removed.
+    """
+    deadline = trio.current_time() + args.timeout
+    cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))
+    before = {o.osd_id: o.stats.get("passes", 0) for o in cluster.map.osds.values()}
+    for osd_id in sorted(cluster.map.osds):
+        if cluster.map.is_up(osd_id):
+            with trio.fail_after(30):
+                await cluster.osd(osd_id).call("recover_now", {})
+    last = None
+    while True:
+        cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))
+        summary = recovery_summary(cluster.map)
+        fresh = all(o.stats.get("passes", 0) > before.get(o.osd_id, 0)
+                    for o in cluster.map.osds.values() if o.up)
+        usage = " ".join(f"osd{o.osd_id}={_size(o.used)}"
+                         for o in sorted(cluster.map.osds.values(), key=lambda o: o.osd_id)
+                         if o.in_)
+        line = (f"misplaced {summary['misplaced']}  degraded {summary['degraded']}  "
+                f"recovering {summary['recovering']}  moved {summary['recovered']}  {usage}")
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if summary["healthy"] and fresh:
+            print("rebalance done")
+            return 0
+        if trio.current_time() >= deadline:
+            print(f"rebalance: not done after {args.timeout:g}s", file=sys.stderr)
+            return 1
+        await trio.sleep(0.5)
 
 
 async def _scrub(cluster, args) -> int:
@@ -343,7 +383,7 @@ def _size(n: int) -> str:
 
 _HANDLERS = {"status": _status, "df": _df, "getstripe": _getstripe,
              "setstripe": _setstripe, "osd": _osd, "fsck": _fsck, "backup": _backup,
-             "scrub": _scrub}
+             "scrub": _scrub, "rebalance": _rebalance}
 
 if __name__ == "__main__":
     sys.exit(main())

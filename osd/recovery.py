@@ -75,6 +75,7 @@ class Recovery:
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
                       "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0}
         replicator.on_degraded = self.kick
+        replicator.locate = self.locate
 
     def kick(self) -> None:
         self._kick.set()
@@ -139,21 +140,22 @@ class Recovery:
                 if osd_id != self.osd_id and (osd_id, key) in versions:
                     have[osd_id] = versions[(osd_id, key)]
             best = max(have.values())
+            good = sum(1 for o in members if have.get(o) == best)
+            if self.osd_id not in members:
+                # A copy outside the set goes once every member has the newest version.
+                if best > 0 and good == len(members):
+                    removals.append(key)
+                    continue
+                misplaced += 1
             ranked = members + ([] if self.osd_id in members else [self.osd_id])
             holders = [o for o in ranked if have.get(o) == best]
             if best == 0 or holders[0] != self.osd_id:
                 continue  # another copy is responsible (or nobody has data)
-            good = sum(1 for o in members if have.get(o) == best)
             if good < len(members):
                 degraded += 1
             for osd_id in members:
                 if osd_id in have and have[osd_id] < best:
                     pushes.append((key, osd_id))
-            if self.osd_id not in members:
-                if good == len(members):
-                    removals.append(key)
-                else:
-                    misplaced += 1
         self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes))
         for key in removals:
             await self.store.remove_chunk(*key)
@@ -272,6 +274,8 @@ class Recovery:
         mine = 0 if meta is None or meta.corrupt else meta.version
         newer = sorted((v, o) for o, v in found.items() if v > mine)
         if not newer:
+            if mine == 0:
+                await self.locate(ino, chunk_index, replicas)
             return
         version, osd_id = newer[-1]
         async with self.replicator.order.hold((ino, chunk_index)):
@@ -285,6 +289,40 @@ class Recovery:
                                        f"v{version}, this osd v{mine} and cannot copy it")
         log.info("read of ino %d chunk %d: caught up from v%d to v%d (osd %d)", ino,
                  chunk_index, mine, version, osd_id)
+
+    async def locate(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
+        """A chunk no member of its set has: look for it on every other up OSD (a
+        placement change moved the set and recovery has not copied it yet) and copy
+        it here.  Costs a round of small calls, so only for absent chunks."""
+        current = self.maps.current
+        others = [o for o in sorted(current.osds) if o != self.osd_id and o not in replicas
+                  and current.is_up(o)]
+        found = {}
+
+        async def ask(osd_id):
+            client = self.replicator.peer(osd_id)
+            if client is None:
+                return
+            try:
+                with trio.fail_after(FRESHEN_TIMEOUT):
+                    found[osd_id] = (await client.call(
+                        "chunk_versions", {"keys": [[ino, chunk_index]]}))[0]
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                log.debug("version of ino %d chunk %d from osd %d: %s", ino, chunk_index,
+                          osd_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for osd_id in others:
+                nursery.start_soon(ask, osd_id)
+        best = max(found.items(), key=lambda item: item[1], default=(None, 0))
+        if best[1] > 0:
+            client = self.replicator.peer(best[0])
+            if client is None or not await self.replicator.pull(ino, chunk_index, best[0],
+                                                                client.addr):
+                raise errors.IOFailure(f"ino {ino} chunk {chunk_index} is on osd {best[0]} "
+                                       f"outside its set {replicas} and cannot be copied")
+            log.info("ino %d chunk %d: copied from osd %d outside its set %s", ino,
+                     chunk_index, best[0], replicas)
 
     async def repair(self, ino: int, chunk_index: int, replicas: list[int]) -> bool:
         """Replace a copy that failed its checksums with another replica's."""

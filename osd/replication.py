@@ -60,6 +60,7 @@ class Replicator:
         self.order = KeyedLocks()
         self.degraded_writes = 0
         self.on_degraded = None  # callable, set by the recovery worker
+        self.locate = None  # async callable, set by the recovery worker
         self._peers: dict[int, rpc.RpcClient] = {}
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
@@ -67,6 +68,11 @@ class Replicator:
         """Apply a write as primary; returns the chunk's new version."""
         await self._catch_up_map(epoch)
         async with self.order.hold((ino, chunk_index)):
+            if len(replicas) == 1 and self.store.meta(ino, chunk_index) is None \
+                    and self.locate is not None:
+                # R = 1 and new here: after a placement change the only copy may
+                # still sit on another OSD (with R > 1 a member has it and answers).
+                await self.locate(ino, chunk_index, replicas)
             for attempt in range(MAX_ROUNDS):
                 targets = self._reachable(replicas[1:], ino, chunk_index)
                 if len(targets) < len(replicas) - 1:

@@ -93,6 +93,13 @@ class OsdService:
             out.append(0 if meta is None or meta.corrupt else meta.version)
         return out
 
+    async def rpc_recover_now(self, args, payload, peer):
+        """Start a recovery pass now (``loomfs rebalance``)."""
+        if self.recovery is None:
+            raise errors.NotSupported("this osd runs without a recovery worker")
+        self.recovery.kick()
+        return self.recovery.report()
+
     async def rpc_scrub(self, args, payload, peer):
         """Verify (and repair) up to ``limit`` chunks after ``after``."""
         after = validate.after_key(args)

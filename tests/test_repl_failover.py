@@ -7,7 +7,9 @@ servers and 4 OSDs with 2 replicas, OSDs marked down after 2 s of silence.
 - with 1 replica a dead OSD gives EIO within io_timeout, never wrong data;
 - bytes flipped in a chunk file: the read returns the right data and repairs the copy;
   `loomfs scrub` finds and repairs another flipped chunk;
-- an OSD marked out: its chunks get their second copy elsewhere.
+- an OSD marked out: its chunks get their second copy elsewhere;
+- an OSD added to the running cluster takes new chunks, and `loomfs rebalance` moves
+  existing ones to it while a reader checks the data throughout.
 
 ``LOOMFS_REPL_MB`` sets the size of the big file (the issue asks for 1 GiB; the default
 keeps this module well under a minute here).  Seeds are printed.
@@ -16,6 +18,7 @@ keeps this module well under a minute here).  Seeds are printed.
 import errno
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -225,3 +228,40 @@ def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     repl.wait_healthy(120)
     drop_page_cache()
     assert path.read_bytes() == data
+
+
+def test_added_osd_takes_new_chunks_and_rebalance_moves_old_ones(repl):
+    repl.wait_healthy(60)
+    path = repl.mnt / "rebalance"
+    digest = Progress(write_file(path, SEED + 2, 48))
+    digest.start()
+    digest = digest.finish(120)
+    repl.run("add-osd", "--host", "newhost")
+    repl.wait_osd(4, True)
+
+    # A reader checks the whole file again and again while chunks move.
+    stop, seen = threading.Event(), []
+
+    def reread(progress):
+        while not stop.is_set():
+            drop_page_cache()
+            seen.append(sha_of(path))
+    reader = Progress(reread)
+    reader.start()
+    try:
+        done = repl.loomfs("rebalance", "--timeout", 120, timeout=180)
+    finally:
+        stop.set()
+        reader.finish(120)
+    print(done.stdout[-600:])
+    assert seen and all(s == digest for s in seen), f"{len(seen)} reads, some wrong"
+    osds = {o["id"]: o for o in repl.status()["osds"]}
+    mean = sum(o["used"] for o in osds.values()) / len(osds)
+    assert osds[4]["used"] > 0.3 * mean, {i: o["used"] for i, o in osds.items()}
+    drop_page_cache()
+    assert sha_of(path) == digest
+    # New files take the new OSD too.
+    fresh = repl.mnt / "after_add"
+    fresh.write_bytes(os.urandom(4 << 20))
+    placed = {o for osds in repl.getstripe(fresh).values() for o in osds}
+    assert 4 in placed, placed
