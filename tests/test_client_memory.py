@@ -11,7 +11,6 @@ a speed.
 import os
 
 import pytest
-
 from conftest import cluster_script
 
 MEM_MB = int(os.environ.get("LOOMFS_MEM_MB", "1024"))
