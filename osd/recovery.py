@@ -28,8 +28,12 @@ that pushed something is followed at once by another, so ``degraded`` drops
 to 0 when everything is repaired.
 
 Reads call `freshen` (copy a newer version from another replica before
-serving) and `repair` (replace a copy that fails its checksums); ``loomfs
-scrub`` calls `scrub`.
+serving) while this OSD is *suspect*: from its start, and from any missed
+heartbeat (mds0 may have marked it down and writes gone elsewhere), until a
+pass finds every member of every chunk's set answering with no newer copy.
+A copy that took every write in order needs no check, so a healthy OSD serves
+reads without asking its peers.  `repair` replaces a copy that fails its
+checksums; ``loomfs scrub`` calls `scrub`.
 
 Limitations:
 - Chunks at or past the file size the metadata server knows are skipped by
@@ -70,6 +74,11 @@ class Recovery:
         self._mds = [rpc.RpcClient(nursery, addr, config.cluster_id, config.key,
                                    f"osd{osd_id}-recovery") for addr in config.mds]
         self._kick = trio.Event()
+        # This copy may have missed writes since generation `_stale_gen` (it
+        # started, or lost touch with mds0 and may have been marked down).  A
+        # pass that finds no member ahead of us on any chunk clears it.
+        self._stale_gen = 1
+        self._clean_gen = 0
         self._push_slots = trio.Semaphore(PUSH_PARALLEL)
         self._next_send = 0.0
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
@@ -79,6 +88,16 @@ class Recovery:
 
     def kick(self) -> None:
         self._kick.set()
+
+    def mark_suspect(self) -> None:
+        """Writes may have gone past this OSD: reads check the peers until a pass
+        has confirmed every chunk here is current."""
+        self._stale_gen += 1
+        self.kick()
+
+    @property
+    def suspect(self) -> bool:
+        return self._clean_gen < self._stale_gen
 
     def report(self) -> dict:
         return dict(self.stats)
@@ -106,6 +125,7 @@ class Recovery:
         """One walk over every chunk held here; returns how many copies were pushed."""
         current = self.maps.current
         epoch = current.epoch
+        stale_gen = self._stale_gen
         if not current.is_up(self.osd_id):
             return 0  # our own map says we are down: others may be ahead of us
         in_osds = current.in_osds()
@@ -129,6 +149,8 @@ class Recovery:
                 plans.append(((ino, chunk_index), members))
         versions = await self._peer_versions(plans, current)
 
+        if not self._behind(plans, versions):
+            self._clean_gen = stale_gen
         degraded = misplaced = 0
         pushes, removals = [], []
         for key, members in plans:
@@ -168,6 +190,17 @@ class Recovery:
                      "%d misplaced, %d moved away", epoch, len(plans), degraded, pushed,
                      misplaced, len(removals))
         return pushed
+
+    def _behind(self, plans, versions) -> bool:
+        """Whether some member may hold a newer copy than ours of some chunk: it
+        says so, or it did not answer."""
+        for key, members in plans:
+            meta = self.store.meta(*key)
+            mine = 0 if meta is None or meta.corrupt else meta.version
+            for osd_id in members:
+                if osd_id != self.osd_id and versions.get((osd_id, key), mine + 1) > mine:
+                    return True
+        return False
 
     async def _getattr(self, ino: int):
         """The inode's attributes, or None if it no longer exists."""
@@ -250,6 +283,9 @@ class Recovery:
         Raises `IOFailure` when a newer copy exists but cannot be fetched, so
         the client reads another replica instead of old data from here.
         """
+        meta = self.store.meta(ino, chunk_index)
+        if not self.suspect and meta is not None and not meta.corrupt:
+            return  # every write since our last check came through us in order
         others = [o for o in replicas if o != self.osd_id and self.replicator.peer(o)]
         if not others:
             return
