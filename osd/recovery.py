@@ -131,8 +131,10 @@ class Recovery:
         in_osds = current.in_osds()
         hosts = current.hosts()
         plans = []
-        for ino in sorted(self.store.index):
-            attr = await self._getattr(ino)
+        inos = sorted(self.store.index)
+        attrs = await self._attrs(inos)
+        for ino in inos:
+            attr = attrs.get(ino)
             if attr is None:
                 log.info("recovery: ino %d no longer exists, removing its chunks", ino)
                 await self.store.delete_file(ino)
@@ -202,14 +204,20 @@ class Recovery:
                     return True
         return False
 
-    async def _getattr(self, ino: int):
-        """The inode's attributes, or None if it no longer exists."""
-        shard = ino % len(self._mds)
-        try:
-            with trio.fail_after(CALL_TIMEOUT):
-                return await self._mds[shard].call("getattr", {"ino": ino})
-        except errors.NotFound:
-            return None
+    async def _attrs(self, inos: list[int]) -> dict[int, dict]:
+        """Attributes of the inodes that still exist, asked of each owning shard
+        in batches (one round trip per thousand inodes, not one per inode)."""
+        by_shard: dict[int, list[int]] = {}
+        for ino in inos:
+            by_shard.setdefault(ino % len(self._mds), []).append(ino)
+        found: dict[int, dict] = {}
+        for shard, group in by_shard.items():
+            for start in range(0, len(group), QUERY_BATCH):
+                with trio.fail_after(CALL_TIMEOUT):
+                    reply = await self._mds[shard].call(
+                        "peer_attrs", {"inos": group[start:start + QUERY_BATCH]})
+                found.update((ino, attr) for ino, attr in reply)
+        return found
 
     async def _peer_versions(self, plans, current) -> dict:
         """``{(osd_id, key): version}`` from every up member of every plan."""
@@ -387,7 +395,7 @@ class Recovery:
             if await self.store.verify(ino, chunk_index):
                 continue
             corrupt += 1
-            attr = await self._getattr(ino)
+            attr = (await self._attrs([ino])).get(ino)
             if attr is None or not attr.get("layout"):
                 continue
             layout = Layout.from_wire(attr["layout"])
