@@ -4,13 +4,22 @@ layout from.
 
 Every reply that carries attributes refreshes the cache, so the parent of a
 create is normally known without a round trip (the kernel looked it up just
-before).  Only the fields a create inherits are read from the cache; `stat`
-answers always come from a fresh reply or from the kernel's own cache, whose
-lifetime is the mount's attr_timeout.
+before).  Only the fields a create inherits are read from the cache, with one
+exception: a directory's attributes (`cached_dir`), which the kernel asks for
+again after every create or unlink in it (it drops them itself, and
+`default_permissions` needs them for the next permission check).  Those are
+answered from the cache while the server's last answer is younger than the
+mount's attr_timeout -- the lifetime the kernel's own cache would have given
+them -- with this client's own changes applied (`_dir_changed`: entry count,
+subdirectory links, mtime and ctime), as the shards apply them.  A rename
+drops both parents from that cache.  Other clients' changes show after at
+most attr_timeout, as they would through the kernel's cache.
 """
 
 import logging
 import os
+import stat
+import time
 from collections import OrderedDict
 
 from loomproto import errors
@@ -44,6 +53,7 @@ class Meta:
         self.attrs: OrderedDict[int, dict] = OrderedDict()
         self.clock = 0
         self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
+        self.fetched: dict[int, float] = {}  # ino -> monotonic time of the server's answer
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
@@ -51,9 +61,47 @@ class Meta:
             return self.attrs[ino]
         self.attrs[ino] = attr
         self.attrs.move_to_end(ino)
+        self.fetched[ino] = time.monotonic()
         if len(self.attrs) > CACHE_ENTRIES:
-            self.attrs.popitem(last=False)
+            old, _ = self.attrs.popitem(last=False)
+            self.fetched.pop(old, None)
         return attr
+
+    def cached_dir(self, ino: int, ttl: float) -> dict | None:
+        """A directory's attributes if the server gave them less than `ttl` ago."""
+        attr = self.attrs.get(ino)
+        if attr is None or not stat.S_ISDIR(attr["mode"]):
+            return None
+        fetched = self.fetched.get(ino)
+        if fetched is None or time.monotonic() - fetched >= ttl:
+            return None
+        return attr
+
+    def _dir_changed(self, parent: int, when_ns: int, entries: int, subdirs: int = 0):
+        """Apply this client's own change of directory `parent` to its cached
+        attributes, as the shards apply it (mdsd.attrs: size = entries,
+        nlink = 2 + subdirectories, mtime and ctime the latest change).  A reply
+        to a request sent before is older than this (see `remember`)."""
+        attr = self.attrs.get(parent)
+        if attr is None or not stat.S_ISDIR(attr["mode"]):
+            return
+        attr = dict(attr)
+        attr["size"] = max(0, attr["size"] + entries)
+        attr["blocks"] = (attr["size"] + 511) // 512
+        attr["nlink"] = max(2, attr["nlink"] + subdirs)
+        attr["mtime"] = max(attr["mtime"], when_ns)
+        attr["ctime"] = max(attr["ctime"], when_ns)
+        self.attrs[parent] = attr
+        self.clock += 1
+        self.changed[parent] = self.clock
+        self.changed.move_to_end(parent)
+        if len(self.changed) > CACHE_ENTRIES:
+            self.changed.popitem(last=False)
+
+    def _dir_unknown(self, *inos: int):
+        """Our change to these directories is not predictable: ask the server next time."""
+        for ino in inos:
+            self.fetched.pop(ino, None)
 
     def _changed(self, attr: dict) -> dict:
         """Record attributes that result from this client's own change."""
@@ -66,6 +114,7 @@ class Meta:
 
     def forget(self, ino: int) -> None:
         self.attrs.pop(ino, None)
+        self.fetched.pop(ino, None)
 
     async def _at_ino(self, ino: int, op: str, args: dict) -> dict:
         return await self.cluster.mds(self.cluster.shard_of_ino(ino), op, args)
@@ -131,13 +180,17 @@ class Meta:
                 "gid": gid, "rid": _rid(), **await self.parent_info(parent)}
         if open_it:
             args["session"] = self.cluster.session
-        return self.remember(await self._at_entry(parent, name, "mknod", args))
+        attr = self.remember(await self._at_entry(parent, name, "mknod", args))
+        self._dir_changed(parent, attr["ctime"], 1)
+        return attr
 
     async def mkdir(self, parent, name, mode, uid, gid) -> dict:
         check_name(name)
         args = {"parent": parent, "name": name, "mode": mode, "uid": uid, "gid": gid,
                 "rid": _rid(), **await self.parent_info(parent)}
-        return self.remember(await self._at_entry(parent, name, "mkdir", args))
+        attr = self.remember(await self._at_entry(parent, name, "mkdir", args))
+        self._dir_changed(parent, attr["ctime"], 1, 1)
+        return attr
 
     async def symlink(self, parent, name, target, uid, gid) -> dict:
         check_name(name)
@@ -145,29 +198,39 @@ class Meta:
         args = {"parent": parent, "name": name, "target": target, "uid": uid, "gid": gid,
                 "rid": _rid(), "parent_mode": info["parent_mode"],
                 "parent_gid": info["parent_gid"]}
-        return self.remember(await self._at_entry(parent, name, "symlink", args))
+        attr = self.remember(await self._at_entry(parent, name, "symlink", args))
+        self._dir_changed(parent, attr["ctime"], 1)
+        return attr
 
     async def link(self, ino, parent, name) -> dict:
         check_name(name)
         args = {"ino": ino, "parent": parent, "name": name, "rid": _rid()}
-        return self.remember(await self._at_entry(parent, name, "link", args))
+        attr = self.remember(await self._at_entry(parent, name, "link", args))
+        self._dir_changed(parent, attr["ctime"], 1)
+        return attr
 
     async def unlink(self, parent, name) -> dict:
         check_name(name)
-        return await self._at_entry(parent, name, "unlink",
-                                    {"parent": parent, "name": name, "rid": _rid()})
+        reply = await self._at_entry(parent, name, "unlink",
+                                     {"parent": parent, "name": name, "rid": _rid()})
+        self._dir_changed(parent, time.time_ns(), -1)
+        return reply
 
     async def rmdir(self, parent, name) -> None:
         check_name(name)
         await self._at_entry(parent, name, "rmdir", {"parent": parent, "name": name,
                                                      "rid": _rid()})
+        self._dir_changed(parent, time.time_ns(), -1, -1)
 
     async def rename(self, parent, name, new_parent, new_name, flags) -> None:
         check_name(name)
         check_name(new_name)
         args = {"parent": parent, "name": name, "new_parent": new_parent,
                 "new_name": new_name, "flags": flags, "rid": _rid()}
-        await self._at_entry(new_parent, new_name, "rename", args)
+        try:
+            await self._at_entry(new_parent, new_name, "rename", args)
+        finally:
+            self._dir_unknown(parent, new_parent)
 
     async def setstripe(self, ino: int, layout_wire: list) -> dict:
         args = {"ino": ino, "layout": layout_wire}

@@ -168,7 +168,10 @@ class LoomOperations(pyfuse3.Operations):
             return entry
 
     async def getattr(self, inode, ctx=None):
-        return self._entry(await self.meta.getattr(inode))
+        # A directory's attributes are asked for again after each create or
+        # unlink in it (the kernel drops them): see Meta.cached_dir.
+        attr = self.meta.cached_dir(inode, self.attr_timeout)
+        return self._entry(attr if attr is not None else await self.meta.getattr(inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         changes = {}
