@@ -35,11 +35,14 @@ A copy that took every write in order needs no check, so a healthy OSD serves
 reads without asking its peers.  `repair` replaces a copy that fails its
 checksums; ``loomfs scrub`` calls `scrub`.
 
+Truncation cuts chunks past the new size to empty copies with a higher
+version instead of removing them (`ChunkStore.truncate_file`), so a copy that
+missed a truncate while its OSD was down is simply behind, and recovery
+replaces it with the empty one like any other stale copy.
+
 Limitations:
-- Chunks at or past the file size the metadata server knows are skipped by
-  a pass (they may belong to a write whose size is not committed yet); a
-  truncate missed by a down OSD can leave such a chunk behind until the file
-  is deleted.
+- Empty copies left by a shrinking truncate stay until the file is deleted
+  (one small file per chunk).
 - A chunk whose every holder is down is not counted anywhere.
 """
 
@@ -145,8 +148,6 @@ class Recovery:
             layout = Layout.from_wire(attr["layout"])
             order = osd_order(ino, in_osds)
             for chunk_index in sorted(self.store.index.get(ino, {})):
-                if chunk_index * layout.unit >= attr.get("size", 0):
-                    continue
                 members = replicas_for_chunk(layout, ino, chunk_index, order, hosts)
                 plans.append(((ino, chunk_index), members))
         versions = await self._peer_versions(plans, current)

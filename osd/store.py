@@ -277,13 +277,19 @@ class ChunkStore:
         return True
 
     async def truncate_file(self, ino: int, size: int, unit: int) -> None:
-        """Delete chunks at or past `size`, cut the one across it; idempotent."""
+        """Cut every chunk to what lies below `size`; idempotent.
+
+        A chunk wholly past `size` is cut to nothing, not removed: the empty
+        copy keeps its version, one higher than before the cut.  A replica
+        that missed the truncate (it was down) still holds the old version
+        and so loses to the cut copy, in recovery and in read checks; had the
+        chunk been removed, the stale copy would be the newest one left.
+        Only `delete_file` (the inode is gone for good) removes chunks.
+        """
         for chunk_index in sorted(self.index.get(ino, {})):
             start = chunk_index * unit
-            if start >= size:
-                await self._remove_chunk(ino, chunk_index)
-            elif start + unit > size:
-                await self._cut_chunk(ino, chunk_index, size - start)
+            if start + unit > size:
+                await self._cut_chunk(ino, chunk_index, max(0, size - start))
 
     async def _cut_chunk(self, ino: int, chunk_index: int, size: int) -> None:
         async with self._locks.hold((ino, chunk_index)):
