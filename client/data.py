@@ -367,7 +367,7 @@ class DataPath:
             # Up replicas first; down ones last, in case the map is behind.
             ordered = sorted(replicas, key=lambda osd_id: not self.cluster.map.is_up(osd_id))
             args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset, "length": length,
-                    "replicas": replicas}
+                    "replicas": replicas, "epoch": self.cluster.map.epoch}
             for osd_id in ordered:
                 try:
                     with trio.fail_after(max(0.1, deadline - trio.current_time())):

@@ -295,8 +295,18 @@ class Recovery:
         meta = self.store.meta(ino, chunk_index)
         if not self.suspect and meta is not None and not meta.corrupt:
             return  # every write since our last check came through us in order
-        others = [o for o in replicas if o != self.osd_id and self.replicator.peer(o)]
+        members = [o for o in replicas if o != self.osd_id]
+        others = [o for o in members if self.replicator.peer(o)]
+        if self.suspect and len(others) < len(members):
+            # We may have missed writes, and a member that could hold them is
+            # down: our copy (or our having none) may be stale.  Better EIO
+            # than old data or zeros where data was written.
+            raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: this osd may have missed "
+                                   f"writes and osd(s) {sorted(set(members) - set(others))} "
+                                   f"that may hold them are down")
         if not others:
+            if meta is None:
+                await self.locate(ino, chunk_index, replicas)
             return
         key = [[ino, chunk_index]]
         found = {}
@@ -315,6 +325,9 @@ class Recovery:
         async with trio.open_nursery() as nursery:
             for osd_id in others:
                 nursery.start_soon(ask, osd_id)
+        if self.suspect and len(found) < len(members):
+            raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: this osd may have missed "
+                                   f"writes and not every replica answered")
         meta = self.store.meta(ino, chunk_index)
         mine = 0 if meta is None or meta.corrupt else meta.version
         newer = sorted((v, o) for o, v in found.items() if v > mine)

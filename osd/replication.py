@@ -66,7 +66,7 @@ class Replicator:
     async def write(self, ino: int, chunk_index: int, offset: int, data,
                     replicas: list[int], epoch: int) -> int:
         """Apply a write as primary; returns the chunk's new version."""
-        await self._catch_up_map(epoch)
+        await self.catch_up_map(epoch)
         async with self.order.hold((ino, chunk_index)):
             if len(replicas) == 1 and self.store.meta(ino, chunk_index) is None \
                     and self.locate is not None:
@@ -91,7 +91,7 @@ class Replicator:
         if self.on_degraded is not None:
             self.on_degraded()
 
-    async def _catch_up_map(self, epoch: int) -> None:
+    async def catch_up_map(self, epoch: int) -> None:
         """The client saw a newer map than ours: fetch it before choosing targets."""
         if epoch <= self.maps.current.epoch:
             return

@@ -69,6 +69,10 @@ class OsdService:
         local = args.get("local") is True
         replicas = validate.optional_osd_list(args, "replicas")
 
+        epoch = args.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            # The client placed this chunk with a newer map: know its members too.
+            await self.replicator.catch_up_map(epoch)
         if not local and replicas and self.recovery is not None:
             await self.recovery.freshen(ino, chunk_index, replicas)
         try:
