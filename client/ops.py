@@ -37,6 +37,7 @@ from .data import FileData
 
 log = logging.getLogger(__name__)
 
+ACL_XATTR_PREFIX = b"system.posix_acl_"
 COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
 SEQ_BITS = 48
 READDIR_BATCH = 256
@@ -301,8 +302,19 @@ class LoomOperations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), 0,
-                                     ctx.uid, ctx.gid, open_it=True)
+        try:
+            attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
+                                         0, ctx.uid, ctx.gid, open_it=True)
+        except errors.Exists:
+            if flags & os.O_EXCL:
+                raise
+            # Another client made the name since the kernel looked: without
+            # O_EXCL, open(2) opens what is there.
+            attr = await self.meta.lookup(parent_inode, name)
+            if stat.S_ISDIR(attr["mode"]):
+                raise errors.IsDir(f"{name!r} in {parent_inode} is a directory") from None
+            fi = await self.open(attr["ino"], flags, ctx)
+            return fi, self._entry(self.meta.attrs.get(attr["ino"], attr))
         fi = self._new_handle(attr, flags)
         return fi, self._entry(attr)
 
@@ -375,6 +387,9 @@ class LoomOperations(pyfuse3.Operations):
         await self.data.drain(fd)
         error = self.data.take_error(fd)
         if error is not None:
+            # The size those writes would have given the file is not recorded:
+            # a failed write must not leave a file that reads as zeros.
+            fd.size_dirty = False
             raise error
         if fd.size_dirty:
             await self.meta.commit_size(fd.ino, fd.size, fd.mtime_ns)
@@ -402,6 +417,10 @@ class LoomOperations(pyfuse3.Operations):
 
     async def setxattr(self, inode, name, value, ctx):
         self._fault_hook(inode, name)
+        if name.startswith(ACL_XATTR_PREFIX):
+            # ACLs are not enforced, so they are not stored either: cp -a, tar
+            # and rsync then fall back to chmod, as on a filesystem without ACLs.
+            raise errors.NotSupported(f"POSIX ACLs are not supported ({name!r})")
         await self.meta.setxattr(inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
