@@ -97,6 +97,8 @@ def apply_setattr(inode: dict, fields: dict, caller_uid: int, caller_gids: set, 
     if "size" in fields:
         inode["size"] = fields["size"]
         inode["mtime"] = now
+        if inode["size"]:
+            inode["had_data"] = True
     for key in ("atime", "mtime"):
         if key in fields:
             inode[key] = fields[key]
@@ -133,6 +135,8 @@ async def commit_size(ns, args: dict) -> dict:
             return await ns.attr_of(ino, inode)
         inode["size"] = max(inode["size"], size)
         inode["mtime"] = max(inode["mtime"], mtime)
+        if inode["size"]:
+            inode["had_data"] = True
         inode["ctime"] = max(inode["ctime"], now_ns())
         ns.write_inode(tx, ino, inode)
         return await ns.attr_of(ino, inode)

@@ -20,7 +20,10 @@ database              key                             value
 ``inode``             be64(ino)                       inode map: mode, uid, gid, rdev, size, nlink,
                                                       atime, mtime, ctime (ns), gen, layout
                                                       ``[unit, count, replicas]`` (files, dirs),
-                                                      parent (dirs), target (symlinks), set_at (dirs)
+                                                      parent (dirs), target (symlinks), set_at (dirs),
+                                                      had_data (files: true once a size > 0
+                                                      was recorded; reclaim skips the OSDs
+                                                      of files that never had data)
 ``dentry``            be64(parent_ino) + name         ``[ino, type_bits, seq]``
 ``dirseq``            be64(parent_ino) + be64(seq)    name (raw bytes)
 ``dirstat``           be64(dir_ino)                   share map: count, subdirs, mtime, ctime,

@@ -14,6 +14,7 @@ one session timeout so that clients can register their opens again.
 """
 
 import logging
+import stat
 import time
 from functools import partial
 
@@ -123,7 +124,7 @@ class Reclaimer:
                 if self.sessions.is_open(ino):  # opened while this waited
                     return
                 record = await self._drop(ino, cluster_map)
-                if record is None:
+                if record is None or record.get("finished"):
                     return
             await self._clean_osds(ino, record, cluster_map)
 
@@ -186,10 +187,22 @@ def _drop_orphan(store, ino: int, pending: list, txn):
         ap.delete(schema.orphan_key(ino))  # linked again: not an orphan any more
         return None
     ap.apply([["inode_drop", ino]])
+    if inode_raw is not None and not _may_have_chunks(schema.unpack(inode_raw)):
+        # Never held data (an empty file, a FIFO, ...): no OSD has anything to clean.
+        ap.delete(schema.orphan_key(ino))
+        return {"dropped": True, "pending": [], "finished": True}
     record = {"since": schema.unpack(raw)["since"], "dropped": True, "pending": pending,
               "dropped_at": time.time_ns()}
     ap.put(schema.orphan_key(ino), schema.pack(record))
     return record
+
+
+def _may_have_chunks(inode: dict) -> bool:
+    """Whether OSDs may hold chunks of this inode.  `had_data` is set once a size
+    above 0 is recorded; data written and never committed (a client that died
+    first) is found by the OSDs' recovery pass, which removes chunks of inodes
+    that no longer exist."""
+    return stat.S_ISREG(inode["mode"]) and (inode["size"] > 0 or inode.get("had_data", False))
 
 
 def _osds_done(dbs, ino: int, done: list, txn):
