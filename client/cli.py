@@ -1,8 +1,10 @@
 """The `loomfs` command: mount, and the admin commands.
 
 Admin commands find the cluster through ``--cluster`` (a cluster.json or the
-directory holding it), defaulting to ``./.loomfs``, the cluster ``make up``
-starts.
+directory holding it); without it, through $LOOMFS_CLUSTER, else the nearest
+``.loomfs/cluster.json`` above the current directory or above the path the
+command names, which finds the cluster ``make up`` started from anywhere in
+the repository, ./mnt included.
 """
 
 import argparse
@@ -72,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for p in sub.choices.values():
         if p.prog.split()[-1] not in ("mount", "bench"):
-            p.add_argument("--cluster", default=DEFAULT_CLUSTER,
-                           help="cluster.json or its directory (default ./.loomfs)")
+            p.add_argument("--cluster", default=None,
+                           help="cluster.json or its directory (default: $LOOMFS_CLUSTER, "
+                                "else the nearest .loomfs/ above the current directory)")
     return parser
 
 
@@ -93,6 +96,16 @@ def _add_fsck_backup(sub):
 
 
 def main(argv=None) -> int:
+    code = 0
+    try:
+        code = _main(argv)
+    except* BrokenPipeError:
+        # `loomfs status | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+def _main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "mount":
         return mount.run(args.cluster, args.mountpoint, args.options, args.foreground,
@@ -100,13 +113,51 @@ def main(argv=None) -> int:
     if args.command == "bench":
         return _bench(args)
     try:
-        config = cluster_config.load(args.cluster)
+        config = cluster_config.load(find_cluster(args))
         if args.command == "restore":
             return _restore(config, args)
         return trio.run(_admin, config, args)
     except cluster_config.ConfigError as exc:
         print(f"loomfs: {exc}", file=sys.stderr)
         return 2
+
+
+def find_cluster(args) -> str:
+    """The cluster config an admin command acts on (see the module docstring)."""
+    if args.cluster:
+        return args.cluster
+    if os.environ.get("LOOMFS_CLUSTER"):
+        return os.environ["LOOMFS_CLUSTER"]
+    starts = [os.getcwd()]
+    for name in ("path", "dir"):
+        if getattr(args, name, None):
+            starts.append(os.path.dirname(os.path.abspath(getattr(args, name))))
+    for start in starts:
+        here = start
+        while True:
+            candidate = os.path.join(here, DEFAULT_CLUSTER, cluster_config.CONFIG_NAME)
+            if os.path.isfile(candidate):
+                return candidate
+            parent = os.path.dirname(here)
+            if parent == here:
+                break
+            here = parent
+    return DEFAULT_CLUSTER  # load() then says clearly that nothing is there
+
+
+def on_loomfs(path: str) -> bool:
+    """Whether `path` lies on a LoomFS mount (the deepest mount containing it)."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    with open("/proc/self/mountinfo") as fp:
+        for line in fp:
+            fields = line.split()
+            mount_point = fields[4].replace("\\040", " ")
+            kind = fields[fields.index("-") + 1]
+            inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best):
+                best, fstype = mount_point, kind
+    return fstype == "fuse.loomfs"
 
 
 async def _admin(config, args) -> int:
@@ -119,6 +170,8 @@ async def _admin(config, args) -> int:
         except errors.LoomError as exc:
             print(f"loomfs {args.command}: {exc.message}", file=sys.stderr)
             return 2 if args.command == "fsck" else 1
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             print(f"loomfs {args.command}: {exc}", file=sys.stderr)
             return 1
@@ -283,6 +336,9 @@ async def _df(cluster, args) -> int:
 
 
 async def _getstripe(cluster, args) -> int:
+    if not on_loomfs(args.path):
+        print(f"loomfs getstripe: {args.path} is not on a LoomFS mount", file=sys.stderr)
+        return 1
     st = os.stat(args.path)
     attr = await cluster.mds(cluster.shard_of_ino(st.st_ino), "getattr", {"ino": st.st_ino})
     if not attr.get("layout"):
@@ -303,8 +359,14 @@ async def _getstripe(cluster, args) -> int:
 
 async def _setstripe(cluster, args) -> int:
     st = os.stat(args.dir)
-    if not stat.S_ISDIR(st.st_mode):
-        print(f"loomfs setstripe: {args.dir} is not a directory", file=sys.stderr)
+    if not stat.S_ISDIR(st.st_mode) or not on_loomfs(args.dir):
+        print(f"loomfs setstripe: {args.dir} is not a directory on a LoomFS mount",
+              file=sys.stderr)
+        return 1
+    in_osds = len(cluster.in_osds())
+    if args.replicas and args.replicas > in_osds:
+        print(f"loomfs setstripe: {args.replicas} replicas need as many OSDs in service; "
+              f"the cluster has {in_osds}", file=sys.stderr)
         return 1
     attr = await cluster.mds(cluster.shard_of_ino(st.st_ino), "getattr", {"ino": st.st_ino})
     current = Layout.from_wire(attr["layout"]) if attr.get("layout") else cluster.config.layout
@@ -317,6 +379,9 @@ async def _setstripe(cluster, args) -> int:
                       {"ino": st.st_ino, "layout": layout.to_wire()})
     print(f"{args.dir}: new files get stripe_size {layout.unit} stripe_count {layout.count} "
           f"replicas {layout.replicas}")
+    if layout.count > in_osds:
+        print(f"note: {in_osds} OSDs in service; stripes wrap around them")
+    print("mounted clients apply it to files they create after their attr_timeout")
     return 0
 
 

@@ -81,3 +81,24 @@ def test_chunk_buffer_keeps_a_first_write_then_copies_once():
     assert bytes(buf.piece(0, 48)) == b"a" * 16 + b"b" * 32
     assert first == b"a" * 32  # the caller's bytes are untouched
     assert buf.extents == [[0, 48]]
+
+
+def test_admin_commands_find_the_nearest_cluster(tmp_path, monkeypatch):
+    import argparse
+
+    from client.cli import find_cluster
+
+    config = tmp_path / ".loomfs" / "cluster.json"
+    config.parent.mkdir()
+    config.write_text("{}")
+    deep = tmp_path / "mnt" / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.delenv("LOOMFS_CLUSTER", raising=False)
+    monkeypatch.chdir(deep)
+    assert find_cluster(argparse.Namespace(cluster=None)) == str(config)
+    monkeypatch.chdir("/")
+    elsewhere = argparse.Namespace(cluster=None, path=str(deep / "file"))
+    assert find_cluster(elsewhere) == str(config)
+    monkeypatch.setenv("LOOMFS_CLUSTER", "/x/cluster.json")
+    assert find_cluster(argparse.Namespace(cluster=None)) == "/x/cluster.json"
+    assert find_cluster(argparse.Namespace(cluster="/y")) == "/y"
