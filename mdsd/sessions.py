@@ -14,7 +14,6 @@ one session timeout so that clients can register their opens again.
 """
 
 import logging
-import stat
 import time
 from functools import partial
 
@@ -23,6 +22,7 @@ import trio
 from loomproto import errors, rpc
 
 from . import apply, schema
+from .namespace import may_have_chunks
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _drop_orphan(store, ino: int, pending: list, txn):
         ap.delete(schema.orphan_key(ino))  # linked again: not an orphan any more
         return None
     ap.apply([["inode_drop", ino]])
-    if inode_raw is not None and not _may_have_chunks(schema.unpack(inode_raw)):
+    if inode_raw is not None and not may_have_chunks(schema.unpack(inode_raw)):
         # Never held data (an empty file, a FIFO, ...): no OSD has anything to clean.
         ap.delete(schema.orphan_key(ino))
         return {"dropped": True, "pending": [], "finished": True}
@@ -196,13 +196,6 @@ def _drop_orphan(store, ino: int, pending: list, txn):
     ap.put(schema.orphan_key(ino), schema.pack(record))
     return record
 
-
-def _may_have_chunks(inode: dict) -> bool:
-    """Whether OSDs may hold chunks of this inode.  `had_data` is set once a size
-    above 0 is recorded; data written and never committed (a client that died
-    first) is found by the OSDs' recovery pass, which removes chunks of inodes
-    that no longer exist."""
-    return stat.S_ISREG(inode["mode"]) and (inode["size"] > 0 or inode.get("had_data", False))
 
 
 def _osds_done(dbs, ino: int, done: list, txn):
