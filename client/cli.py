@@ -85,6 +85,9 @@ def _add_fsck_backup(sub):
                        "(exit 0 clean, 1 faults, 2 could not check)")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.add_argument("--wait-osds", type=float, default=20.0, metavar="S",
+                   help="wait up to S seconds for OSDs the map shows down (a metadata "
+                        "server that just restarted counts OSDs down until they report)")
     p = sub.add_parser("backup", help="consistent online copy of every shard to DIR "
                        "(on each metadata server's host)")
     p.add_argument("dir")
@@ -411,9 +414,21 @@ async def _fsck(cluster, args) -> int:
             return await cluster.osd(osd_id).call(op, op_args)
         raise errors.TransportError(f"osd {osd_id}: {op} timed out")
 
+    await _wait_osds_up(cluster, args.wait_osds)
     checker = fsck.Checker(call_mds, cluster.nshards, call_osd, sorted(cluster.map.osds),
                            fsck.Progress(not args.quiet))
     return await fsck.run(checker, args.repair)
+
+
+async def _wait_osds_up(cluster, seconds: float):
+    def down():
+        return [o.osd_id for o in cluster.map.osds.values() if o.in_ and not o.up]
+
+    if down():
+        print(f"waiting up to {seconds:.0f}s for osds {down()} to report", file=sys.stderr)
+    with trio.move_on_after(seconds):
+        while down():
+            await cluster.map_changed.wait()
 
 
 async def _backup(cluster, args) -> int:

@@ -29,18 +29,22 @@ class OsdInfo:
     # degraded, recovering, recovered, misplaced, scan_epoch, ...  Like the
     # capacity figures they change without an epoch bump.
     stats: dict = field(default_factory=dict)
+    # The epoch that last marked this OSD up.  An OSD that sees it change knows
+    # it was down in between, so writes may have gone past it.
+    up_since: int = 0
 
     def to_wire(self) -> dict:
         return {"id": self.osd_id, "addr": self.addr, "host": self.host, "up": self.up,
                 "in": self.in_, "capacity": self.capacity, "used": self.used,
-                "stats": self.stats}
+                "stats": self.stats, "up_since": self.up_since}
 
     @classmethod
     def from_wire(cls, value: dict) -> "OsdInfo":
         stats = value.get("stats")
         return cls(int(value["id"]), str(value["addr"]), str(value.get("host", "")),
                    bool(value["up"]), bool(value["in"]), int(value.get("capacity", 0)),
-                   int(value.get("used", 0)), dict(stats) if isinstance(stats, dict) else {})
+                   int(value.get("used", 0)), dict(stats) if isinstance(stats, dict) else {},
+                   int(value.get("up_since", 0)))
 
 
 @dataclass

@@ -66,6 +66,8 @@ class MapKeeper:
             log.info("osd %d joined at %s", osd_id, addr)
         elif changed:
             log.info("osd %d up at %s", osd_id, addr)
+        if changed:
+            osd.up_since = self.map.epoch + 1  # the epoch _bump is about to make
         osd.addr, osd.host, osd.up = addr, host, True
         osd.capacity, osd.used = capacity, used
         osd.stats = _stats(args.get("stats"))

@@ -65,20 +65,13 @@ def _decode_map(raw) -> ClusterMap:
         raise errors.BadRequest(f"undecodable cluster map from mds0: {exc!r}") from None
 
 
-async def run_heartbeats(mds_client, maps: MapKeeper, report, interval=HEARTBEAT_INTERVAL,
-                         on_miss=None):
-    """Send a heartbeat every `interval` seconds forever; `report()` gives its args.
-
-    `on_miss()` is called for every heartbeat that did not get through: mds0 may
-    have marked this OSD down meanwhile, and writes gone to the other replicas.
-    """
+async def run_heartbeats(mds_client, maps: MapKeeper, report, interval=HEARTBEAT_INTERVAL):
+    """Send a heartbeat every `interval` seconds forever; `report()` gives its args."""
     reachable = None  # unknown at start, then True/False: log only the changes
     while True:
         try:
             await _beat(mds_client, maps, report())
         except (errors.LoomError, trio.TooSlowError) as exc:
-            if on_miss is not None:
-                on_miss()
             if reachable is not False:
                 log.warning("mds0 at %s unreachable, will keep retrying: %s",
                             mds_client.addr, exc or "timeout")

@@ -72,8 +72,7 @@ async def serve_osd(config, osd_id: int, data_dir: str, listen: str, *,
             addr = await _listen(nursery, service, config, name, listen, advertise)
 
             report = _report_fn(osd_id, addr, host or socket.gethostname(), service)
-            nursery.start_soon(run_heartbeats, mds, maps, report, heartbeat_interval,
-                               recovery.mark_suspect)
+            nursery.start_soon(run_heartbeats, mds, maps, report, heartbeat_interval)
             nursery.start_soon(recovery.run, name=f"osd{osd_id} recovery")
             log.info("osd %d serving %s, advertised as %s", osd_id, data_dir, addr)
             task_status.started(RunningOsd(osd_id, addr, store, maps, service,

@@ -28,9 +28,10 @@ that pushed something is followed at once by another, so ``degraded`` drops
 to 0 when everything is repaired.
 
 Reads call `freshen` (copy a newer version from another replica before
-serving) while this OSD is *suspect*: from its start, and from any missed
-heartbeat (mds0 may have marked it down and writes gone elsewhere), until a
-pass finds every member of every chunk's set answering with no newer copy.
+serving) while this OSD is *suspect*: from its start, and from any map that
+shows mds0 marked it up anew (`up_since` changed: it was down in between and
+writes went elsewhere), until a pass finds every member of every chunk's set
+answering with no newer copy.
 A copy that took every write in order needs no check, so a healthy OSD serves
 reads without asking its peers.  `repair` replaces a copy that fails its
 checksums; ``loomfs scrub`` calls `scrub`.
@@ -82,6 +83,7 @@ class Recovery:
         # pass that finds no member ahead of us on any chunk clears it.
         self._stale_gen = 1
         self._clean_gen = 0
+        self._up_since = None
         self._push_slots = trio.Semaphore(PUSH_PARALLEL)
         self._next_send = 0.0
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
@@ -107,6 +109,18 @@ class Recovery:
 
     # -- the loop ---------------------------------------------------------------
 
+    def watch_up_since(self, current) -> None:
+        """Become suspect when the map shows that mds0 marked us up anew: we were
+        down in between, and writes may have gone to the other replicas."""
+        info = current.osds.get(self.osd_id)
+        if info is None or not info.up:
+            return
+        if self._up_since is not None and info.up_since != self._up_since:
+            log.info("marked up again at epoch %d: checking copies before serving them",
+                     info.up_since)
+            self.mark_suspect()
+        self._up_since = info.up_since
+
     async def run(self):
         seen_epoch = -1
         while True:
@@ -115,6 +129,7 @@ class Recovery:
                     await self.maps.wait_changed()
             self._kick = trio.Event()
             seen_epoch = self.maps.current.epoch
+            self.watch_up_since(self.maps.current)
             try:
                 pushed = await self.run_pass()
             except (errors.LoomError, trio.TooSlowError) as exc:
@@ -292,6 +307,7 @@ class Recovery:
         Raises `IOFailure` when a newer copy exists but cannot be fetched, so
         the client reads another replica instead of old data from here.
         """
+        self.watch_up_since(self.maps.current)
         meta = self.store.meta(ino, chunk_index)
         if not self.suspect and meta is not None and not meta.corrupt:
             return  # every write since our last check came through us in order
