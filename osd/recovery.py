@@ -324,23 +324,7 @@ class Recovery:
             if meta is None:
                 await self.locate(ino, chunk_index, replicas)
             return
-        key = [[ino, chunk_index]]
-        found = {}
-
-        async def ask(osd_id):
-            client = self.replicator.peer(osd_id)
-            if client is None:
-                return
-            try:
-                with trio.fail_after(FRESHEN_TIMEOUT):
-                    found[osd_id] = (await client.call("chunk_versions", {"keys": key}))[0]
-            except (errors.LoomError, trio.TooSlowError) as exc:
-                log.debug("version of ino %d chunk %d from osd %d: %s", ino, chunk_index,
-                          osd_id, exc)
-
-        async with trio.open_nursery() as nursery:
-            for osd_id in others:
-                nursery.start_soon(ask, osd_id)
+        found = await self._versions_of(ino, chunk_index, others)
         if self.suspect and len(found) < len(members):
             raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: this osd may have missed "
                                    f"writes and not every replica answered")
@@ -364,13 +348,9 @@ class Recovery:
         log.info("read of ino %d chunk %d: caught up from v%d to v%d (osd %d)", ino,
                  chunk_index, mine, version, osd_id)
 
-    async def locate(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
-        """A chunk no member of its set has: look for it on every other up OSD (a
-        placement change moved the set and recovery has not copied it yet) and copy
-        it here.  Costs a round of small calls, so only for absent chunks."""
-        current = self.maps.current
-        others = [o for o in sorted(current.osds) if o != self.osd_id and o not in replicas
-                  and current.is_up(o)]
+    async def _versions_of(self, ino: int, chunk_index: int, osd_ids) -> dict[int, int]:
+        """``{osd_id: version}`` of one chunk from those of `osd_ids` that answer in time
+        (0: absent or corrupt there)."""
         found = {}
 
         async def ask(osd_id):
@@ -386,8 +366,18 @@ class Recovery:
                           osd_id, exc)
 
         async with trio.open_nursery() as nursery:
-            for osd_id in others:
+            for osd_id in osd_ids:
                 nursery.start_soon(ask, osd_id)
+        return found
+
+    async def locate(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
+        """A chunk no member of its set has: look for it on every other up OSD (a
+        placement change moved the set and recovery has not copied it yet) and copy
+        it here.  Costs a round of small calls, so only for absent chunks."""
+        current = self.maps.current
+        others = [o for o in sorted(current.osds) if o != self.osd_id and o not in replicas
+                  and current.is_up(o)]
+        found = await self._versions_of(ino, chunk_index, others)
         best = max(found.items(), key=lambda item: item[1], default=(None, 0))
         if best[1] > 0:
             client = self.replicator.peer(best[0])

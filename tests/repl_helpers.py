@@ -111,6 +111,17 @@ def close_cluster(base, live):
     return problems
 
 
+def running_cluster(tmp_path_factory, **kwargs):
+    """The body of a module-scoped fixture: a started ReplCluster, always closed."""
+    base, live = repl_cluster_fixture(tmp_path_factory, **kwargs)
+    try:
+        live.up()
+        yield live
+    finally:
+        problems = close_cluster(base, live)
+        assert not problems, "\n".join(problems)
+
+
 def drop_page_cache():
     """Reads must reach the OSDs, not the kernel's cache of the mount (needs root)."""
     try:

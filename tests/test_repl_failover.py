@@ -24,8 +24,8 @@ import time
 import pytest
 
 from osd import chunkfile
-from repl_helpers import (DOWN_AFTER, IO_TIMEOUT, Progress, close_cluster, drop_page_cache,
-                          read_file, repl_cluster_fixture, sha_of, write_file)
+from repl_helpers import (DOWN_AFTER, IO_TIMEOUT, Progress, drop_page_cache, read_file,
+                          running_cluster, sha_of, write_file)
 
 pytestmark = pytest.mark.mount
 
@@ -38,13 +38,7 @@ FAILOVER_PAUSE = DOWN_AFTER + 10
 
 @pytest.fixture(scope="module")
 def repl(tmp_path_factory):
-    base, live = repl_cluster_fixture(tmp_path_factory)
-    try:
-        live.up()
-        yield live
-    finally:
-        problems = close_cluster(base, live)
-        assert not problems, "\n".join(problems)
+    yield from running_cluster(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

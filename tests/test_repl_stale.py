@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from repl_helpers import close_cluster, drop_page_cache, repl_cluster_fixture
+from repl_helpers import drop_page_cache, running_cluster
 
 pytestmark = pytest.mark.mount
 
@@ -22,13 +22,7 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def repl(tmp_path_factory):
-    base, live = repl_cluster_fixture(tmp_path_factory)
-    try:
-        live.up()
-        yield live
-    finally:
-        problems = close_cluster(base, live)
-        assert not problems, "\n".join(problems)
+    yield from running_cluster(tmp_path_factory)
 
 
 def _write(path, data, offset=0):
