@@ -220,6 +220,9 @@ def test_namespace_model_one_mount(workdir, tmp_path):
 
 
 @pytest.mark.deadline(900)
+@pytest.mark.xfail(strict=False, reason="known bug, open in issue 3: with handles open on two "
+                   "mounts a file's size can differ from the model (seed 513558996 left "
+                   "'dd' 2000 bytes short); not yet understood")
 def test_namespace_model_two_mounts(cluster, tmp_path):
     os.umask(0o022)
     (tmp_path / "local").mkdir()
