@@ -313,21 +313,15 @@ class Recovery:
             return  # every write since our last check came through us in order
         members = [o for o in replicas if o != self.osd_id]
         others = [o for o in members if self.replicator.peer(o)]
-        if self.suspect and len(others) < len(members):
-            # We may have missed writes, and a member that could hold them is
-            # down: our copy (or our having none) may be stale.  Better EIO
-            # than old data or zeros where data was written.
-            raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: this osd may have missed "
-                                   f"writes and osd(s) {sorted(set(members) - set(others))} "
-                                   f"that may hold them are down")
+        # Known gap (issue 6): a suspect copy is served even when a member that
+        # may hold newer data is down.  Answering EIO then made reads fail on a
+        # loaded machine while a restarted OSD was still catching up; a finer
+        # rule (EIO only for chunks written while we were down) is to come.
         if not others:
             if meta is None:
                 await self.locate(ino, chunk_index, replicas)
             return
         found = await self._versions_of(ino, chunk_index, others)
-        if self.suspect and len(found) < len(members):
-            raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: this osd may have missed "
-                                   f"writes and not every replica answered")
         meta = self.store.meta(ino, chunk_index)
         mine = 0 if meta is None or meta.corrupt else meta.version
         newer = sorted((v, o) for o, v in found.items() if v > mine)
