@@ -17,16 +17,20 @@ from .namespace import now_ns
 log = logging.getLogger(__name__)
 
 
+async def _existing_entry(ns, tx, parent: int, name: bytes) -> tuple[int, int]:
+    entry = await ns.read_entry(tx, parent, name)
+    if entry is None:
+        raise errors.NotFound(f"no entry {name!r} in {parent}")
+    return entry
+
+
 async def unlink(ns, args: dict) -> dict:
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
 
     async def body(tx):
-        entry = await ns.read_entry(tx, parent, name)
-        if entry is None:
-            raise errors.NotFound(f"no entry {name!r} in {parent}")
-        ino, type_bits = entry
+        ino, type_bits = await _existing_entry(ns, tx, parent, name)
         if type_bits == stat.S_IFDIR:
             raise errors.IsDir(f"entry {name!r} in {parent} is a directory")
         now = now_ns()
@@ -52,10 +56,7 @@ async def rmdir(ns, args: dict) -> dict:
     rid = check.rid(args)
 
     async def body(tx):
-        entry = await ns.read_entry(tx, parent, name)
-        if entry is None:
-            raise errors.NotFound(f"no entry {name!r} in {parent}")
-        ino, type_bits = entry
+        ino, type_bits = await _existing_entry(ns, tx, parent, name)
         if type_bits != stat.S_IFDIR:
             raise errors.NotDir(f"entry {name!r} in {parent} is not a directory")
         await ns.read_inode(tx, ino)
