@@ -122,7 +122,8 @@ class MdsService:
     async def rpc_shard_info(self, args, payload, peer):
         store = self.shard.store
         return {"mds_id": self.shard.mds_id, "nshards": self.ns.nshards,
-                "inodes": store.entries(schema.INODE), "entries": store.entries(schema.DENTRY)}
+                "inodes": store.entries(schema.INODE), "entries": store.entries(schema.DENTRY),
+                "commits": store.commits, "commit_seconds": store.commit_seconds}
 
     async def rpc_statfs(self, args, payload, peer):
         if self.shard.keeper is not None:

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 import lmdb
 import trio
@@ -83,6 +84,8 @@ class Store:
         self._check_format()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pauses: set[Pause] = set()
+        self.commit_seconds = 0.0   # wall time in batch commits (fsync included), for bench-meta
+        self.commits = 0
         self._thread = threading.Thread(target=self._writer_loop, name="lmdb-writer",
                                         daemon=True)
         self._thread.start()
@@ -182,6 +185,7 @@ class Store:
         return batch, None
 
     def _run_batch(self, batch):
+        started = time.perf_counter()
         try:
             with self.env.begin(write=True) as txn:
                 outcomes = [self._run_one(txn, fn) for fn, _ in batch]
@@ -189,6 +193,8 @@ class Store:
             log.error("commit of %d writes failed: %s", len(batch), exc)
             failure = errors.IOFailure(f"metadata commit failed: {exc}")
             outcomes = [(None, failure)] * len(batch)
+        self.commit_seconds += time.perf_counter() - started
+        self.commits += 1
         for (_, slot), outcome in zip(batch, outcomes):
             try:
                 self._token.run_sync_soon(slot.deliver, outcome)
