@@ -105,6 +105,7 @@ class FileData:
         self.progress = trio.Event()  # set (and replaced) whenever a chunk write ends
         self.error: errors.LoomError | None = None
         self.written_osds: set[int] = set()
+        self.chunks_written: set[int] = set()  # since the last commit_size (loomproto.chunkset)
         self.size_dirty = False
         self.mtime_ns = 0
         self.read_cache: OrderedDict[int, bytes] = OrderedDict()
@@ -225,6 +226,7 @@ class DataPath:
                 with trio.fail_after(max(0.1, deadline - trio.current_time())):
                     await self.cluster.osd(acting[0]).call("write", args, piece)
                 fd.written_osds.update(replicas)
+                fd.chunks_written.add(chunk_index)
                 return
             except (errors.TransportError, errors.StaleMap, errors.TryAgain,
                     trio.TooSlowError) as exc:

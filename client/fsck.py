@@ -19,6 +19,8 @@ faults (exit status 1)
   readdir-index         ``dirseq`` rows and entries disagree
   misplaced-key         a key on a shard that does not own it
   stray-chunks          chunks on an OSD for an inode no file or orphan owns
+  missing-chunk         a chunk below the file's size that the inode records as
+                        written (``chunks``, see `loomproto.chunkset`) is on no OSD
 pending (not faults)
   open-unlinked         nlink 0, kept until its last close (or session expiry)
   reclaim               inode deleted, chunks wait for ``delete_file``
@@ -29,10 +31,12 @@ a second pass runs and only the faults seen by both are reported (the others
 were operations in flight).  Repairs re-check their condition on the shard
 (`mdsd.repair`), so a repair that races a client changes nothing.
 
-Limitations: a chunk lost from every replica of a file is not detected: the
-OSD index records only chunks that exist, and sparse files legitimately lack
-chunks.  Directory cycles and directories with several names are reported,
-not repaired (which name to keep needs a person).
+Limitations: a lost chunk is found only when its inode records it: files
+last written before the record existed (or past its `MAX_RANGES` cap) have
+holes fsck cannot tell from lost chunks, and the check is skipped when any OSD
+could not be scanned.  A missing chunk is reported, not repaired (its data is
+gone: restore the file).  Directory cycles and directories with several names
+are reported, not repaired (which name to keep needs a person).
 """
 
 import logging
@@ -42,8 +46,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from loomproto import errors
-from loomproto.layout import ROOT_INO, shard_of_dentry
+from loomproto import chunkset, errors
+from loomproto.layout import ROOT_INO, Layout, shard_of_dentry
 from mdsd import schema
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,8 @@ class Model:
     orphans: dict = field(default_factory=dict)  # ino -> record
     txns: list = field(default_factory=list)  # (shard, family, txid, record)
     chunks: dict = field(default_factory=dict)  # (osd_id, ino) -> chunk count
+    present: dict = field(default_factory=dict)  # ino -> chunk indices on some OSD
+    osds_scanned: bool = False
     unchecked: list = field(default_factory=list)  # what could not be scanned
     rows: int = 0
 
@@ -126,6 +132,7 @@ class Checker:
                     _absorb(model, shard, family, key, value)
         for osd_id in self.osd_ids:
             await self._scan_osd(model, osd_id)
+        model.osds_scanned = bool(self.osd_ids)
         self.progress.show(f"scanned {model.rows} rows", force=True)
         return model
 
@@ -150,6 +157,7 @@ class Checker:
                                            {"after": after, "limit": PAGE})
                 for ino, chunk_index, _length, _version in rows:
                     model.chunks[(osd_id, ino)] = model.chunks.get((osd_id, ino), 0) + 1
+                    model.present.setdefault(ino, set()).add(chunk_index)
                     model.rows += 1
                 self.progress.show(f"osd {osd_id}: {model.rows} rows so far")
                 if len(rows) < PAGE:
@@ -182,7 +190,7 @@ def check_model(model: Model) -> list[Finding]:
     names = Names(model)
     findings = []
     for check in (_check_entries, _check_seqs, _check_shares, _check_files, _check_dirs,
-                  _check_orphans, _check_txns, _check_chunks):
+                  _check_orphans, _check_txns, _check_chunks, _check_missing_chunks):
         findings.extend(check(model, names))
     return findings
 
@@ -358,6 +366,27 @@ def _check_chunks(model: Model, names: Names):
         yield Finding("stray-chunks", ("chunks", osd_id, ino),
                       f"osd {osd_id}: {count} chunks of inode {ino}, which no file owns",
                       repair=(("osd", osd_id), "delete_file", {"ino": ino}))
+
+
+def _check_missing_chunks(model: Model, names: Names):
+    if not model.osds_scanned or any(u.startswith("osd") for u in model.unchecked):
+        return  # a chunk on an OSD that was not scanned is not missing
+    for ino, (_, inode) in sorted(model.inodes.items()):
+        missing = _missing(inode, model.present.get(ino, ()))
+        if missing:
+            shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+            yield Finding("missing-chunk", ("inode", ino),
+                          f"{names.path(ino)} (inode {ino}, size {inode['size']}): "
+                          f"{len(missing)} written chunks on no OSD: {shown}")
+
+
+def _missing(inode: dict, present) -> list[int]:
+    """Chunk indices below the size that the inode records as written and no OSD holds."""
+    if not stat.S_ISREG(inode["mode"]) or not inode.get("chunks") or not inode.get("layout"):
+        return []
+    count = Layout.from_wire(inode["layout"]).chunk_count(inode["size"])
+    recorded = chunkset.indices(chunkset.trim(inode["chunks"], count))
+    return [index for index in recorded if index not in present]
 
 
 # -- repair ---------------------------------------------------------------------------

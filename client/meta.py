@@ -22,7 +22,7 @@ import stat
 import time
 from collections import OrderedDict
 
-from loomproto import errors
+from loomproto import chunkset, errors
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,10 @@ class Meta:
         args = {"ino": ino, "fields": fields, "caller": caller, "rid": _rid()}
         return self._changed(await self._at_ino(ino, "setattr", args))
 
-    async def commit_size(self, ino: int, size: int, mtime: int) -> dict:
-        args = {"ino": ino, "size": size, "mtime": mtime}
+    async def commit_size(self, ino: int, size: int, mtime: int, chunks=()) -> dict:
+        """Record a flushed size and the chunk indices written since the last commit."""
+        ranges = chunkset.to_ranges(chunks)[:chunkset.MAX_RANGES]
+        args = {"ino": ino, "size": size, "mtime": mtime, "chunks": ranges}
         return self._changed(await self._at_ino(ino, "commit_size", args))
 
     async def mknod(self, parent, name, mode, rdev, uid, gid, open_it=False) -> dict:

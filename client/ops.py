@@ -392,7 +392,9 @@ class LoomOperations(pyfuse3.Operations):
             fd.size_dirty = False
             raise error
         if fd.size_dirty:
-            await self.meta.commit_size(fd.ino, fd.size, fd.mtime_ns)
+            chunks = set(fd.chunks_written)
+            await self.meta.commit_size(fd.ino, fd.size, fd.mtime_ns, chunks)
+            fd.chunks_written -= chunks
             fd.size_dirty = False
 
     async def release(self, fh):

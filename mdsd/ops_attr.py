@@ -11,8 +11,8 @@ set-group-ID.  Permission checks are the kernel's (default_permissions).
 import logging
 import stat
 
-from loomproto import errors
-from loomproto.layout import ROOT_INO
+from loomproto import chunkset, errors
+from loomproto.layout import ROOT_INO, Layout
 
 from . import args as check
 from . import schema
@@ -99,6 +99,7 @@ def apply_setattr(inode: dict, fields: dict, caller_uid: int, caller_gids: set, 
         inode["mtime"] = now
         if inode["size"]:
             inode["had_data"] = True
+        _trim_chunks(inode)
     for key in ("atime", "mtime"):
         if key in fields:
             inode[key] = fields[key]
@@ -124,14 +125,35 @@ async def setattr(ns, args: dict) -> dict:
     return await ns.engine.run(body, rid)
 
 
+def _trim_chunks(inode: dict):
+    """A size change drops the record of chunks past the new end (see loomproto.chunkset)."""
+    if inode.get("chunks") and inode.get("layout") is not None:
+        count = Layout.from_wire(inode["layout"]).chunk_count(inode["size"])
+        inode["chunks"] = chunkset.trim(inode["chunks"], count)
+
+
+def _chunk_ranges(args: dict) -> list:
+    ranges = args.get("chunks", [])
+    if not chunkset.valid(ranges, chunkset.MAX_RANGES):
+        raise errors.BadRequest(f"argument 'chunks' must be at most {chunkset.MAX_RANGES} "
+                                f"[start, end] chunk index ranges")
+    return ranges
+
+
 async def commit_size(ns, args: dict) -> dict:
+    """Grow the size and mtime to what a client flushed, and record the chunk
+    index ranges it wrote (`chunks`, optional)."""
     ino = check.ino(args)
     size = check.integer(args, "size", 0, check.U63_MAX)
     mtime = check.time_ns(args, "mtime", default=0)
+    ranges = _chunk_ranges(args)
 
     async def body(tx):
         inode = await ns.read_inode(tx, ino)
-        if size <= inode["size"] and mtime <= inode["mtime"]:
+        chunks = chunkset.merge(inode.get("chunks", []), ranges)
+        if stat.S_ISREG(inode["mode"]) and chunks != inode.get("chunks", []):
+            inode["chunks"] = chunks
+        elif size <= inode["size"] and mtime <= inode["mtime"]:
             return await ns.attr_of(ino, inode)
         inode["size"] = max(inode["size"], size)
         inode["mtime"] = max(inode["mtime"], mtime)

@@ -23,7 +23,10 @@ database              key                             value
                                                       parent (dirs), target (symlinks), set_at (dirs),
                                                       had_data (files: true once a size > 0
                                                       was recorded; reclaim skips the OSDs
-                                                      of files that never had data)
+                                                      of files that never had data),
+                                                      chunks (files: ``[[start, end], ...]``
+                                                      chunk indices ever written, for
+                                                      fsck; `loomproto.chunkset`)
 ``dentry``            be64(parent_ino) + name         ``[ino, type_bits, seq]``
 ``dirseq``            be64(parent_ino) + be64(seq)    name (raw bytes)
 ``dirstat``           be64(dir_ino)                   share map: count, subdirs, mtime, ctime,

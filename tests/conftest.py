@@ -19,6 +19,7 @@ remounts.  A Python traceback written to a node's log during a test fails it too
 unless the test is marked ``allow_log_errors``.
 """
 
+import contextlib
 import importlib.machinery
 import itertools
 import json
@@ -201,6 +202,22 @@ class LiveCluster(Harness):
                 start = text.index(TRACEBACK)
                 found.append(f"--- {path.name} ---\n{text[start:start + 3000]}")
         return found
+
+
+@contextlib.contextmanager
+def started_cluster(base, *up_args):
+    """A LiveCluster under `base`, `scripts/cluster up --mount base/mnt *up_args`;
+    skips without FUSE, and is brought down (and checked) afterwards."""
+    reason = mount_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    live = LiveCluster(base)
+    try:
+        live.run("up", *up_args, "--mount", live.mnt)
+        yield live
+    finally:
+        problems = live.close(base)
+        assert not problems or mounts_below(base), "\n".join(problems)
 
 
 class Watchdog(threading.Thread):

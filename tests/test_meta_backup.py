@@ -10,23 +10,15 @@ import sys
 
 import pytest
 
-from conftest import LiveCluster, mount_skip_reason, mounts_below
+from conftest import started_cluster
 
 LOOMFS = os.path.join(os.path.dirname(sys.executable), "loomfs")
 
 
 @pytest.fixture
 def small_cluster(tmp_path):
-    reason = mount_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    live = LiveCluster(tmp_path)
-    try:
-        live.run("up", "--mds", 2, "--osd", 2, "--replicas", 1, "--mount", live.mnt)
+    with started_cluster(tmp_path, "--mds", 2, "--osd", 2, "--replicas", 1) as live:
         yield live
-    finally:
-        problems = live.close(tmp_path)
-        assert not problems or mounts_below(tmp_path), "\n".join(problems)
 
 
 def loomfs(live, *args):

@@ -1,0 +1,124 @@
+"""The record of written chunks (loomproto.chunkset) and fsck's missing-chunk check:
+range arithmetic, the checker on a model, and on a live cluster a chunk file
+deleted from every replica on disk is reported while a sparse file's holes are not."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from client import fsck
+from conftest import started_cluster
+from loomproto import chunkset
+from mdsd import schema
+from test_mdsd_harness import ROOT, MdsCluster  # noqa: F401
+
+LOOMFS = os.path.join(os.path.dirname(sys.executable), "loomfs")
+MIB = 1 << 20
+
+
+def test_ranges_merge_and_trim():
+    assert chunkset.to_ranges([5, 0, 1, 2, 2, 7, 6]) == [[0, 3], [5, 8]]
+    assert chunkset.merge([[0, 3]], [[3, 4], [9, 10]]) == [[0, 4], [9, 10]]
+    assert chunkset.merge([[0, 5]], [[1, 2]]) == [[0, 5]]
+    assert chunkset.trim([[0, 4], [9, 10]], 2) == [[0, 2]]
+    assert chunkset.trim([[0, 4], [9, 10]], 0) == []
+    assert list(chunkset.indices([[1, 3], [7, 8]])) == [1, 2, 7]
+    scattered = chunkset.to_ranges(range(0, 4 * chunkset.MAX_RANGES, 2))
+    kept = chunkset.merge([], scattered)
+    assert len(kept) == chunkset.MAX_RANGES and kept[0] == [0, 1]  # a subset, lowest first
+    assert chunkset.valid([[0, 1], [3, 9]], 4)
+    assert not chunkset.valid([[2, 2]], 4) and not chunkset.valid([[0, 1]] * 5, 4)
+    assert not chunkset.valid([["a", 1]], 4) and not chunkset.valid({"x": 1}, 4)
+
+
+def _file(size, chunks, unit=MIB):
+    return {"mode": stat.S_IFREG | 0o644, "nlink": 1, "size": size, "gen": 1,
+            "layout": [unit, 2, 2], "chunks": chunks}
+
+
+def _model(inodes, present, unchecked=()):
+    model = fsck.Model(2)
+    model.inodes = {ROOT: (1, {"mode": stat.S_IFDIR | 0o755, "nlink": 2, "gen": 1})}
+    model.inodes.update({ino: (ino % 2, inode) for ino, inode in inodes.items()})
+    model.entries = [(0, ROOT, f"f{ino}".encode(), ino, stat.S_IFREG, ino) for ino in inodes]
+    model.present = present
+    model.osds_scanned = True
+    model.unchecked = list(unchecked)
+    return model
+
+
+def _missing(model):
+    return {(f.key, f.message.split(": ")[-1]) for f in fsck._check_missing_chunks(
+        model, fsck.Names(model))}
+
+
+def test_model_missing_chunk_but_not_holes_or_past_the_size():
+    inodes = {4: _file(5 * MIB, [[0, 2], [4, 5]]),   # chunks 2, 3 are holes
+              6: _file(MIB, [[0, 3]]),               # cut to 1 chunk: 1, 2 not checked
+              8: _file(3 * MIB, [])}                 # nothing recorded: nothing checked
+    present = {4: {0, 4}, 6: {0}}
+    assert _missing(_model(inodes, present)) == {(("inode", 4), "1")}
+    assert _missing(_model(inodes, {4: {0, 1, 4}, 6: {0}})) == set()
+    assert _missing(_model(inodes, present, unchecked=["osd 1: down"])) == set()
+
+
+async def test_commit_size_records_and_truncate_trims(tmp_path, nursery):
+    cluster = MdsCluster(tmp_path, nursery, 2)
+    await cluster.start_all()
+    ino = (await cluster.create(ROOT, b"f"))["ino"]
+    shard = cluster.ino_shard(ino)
+    call = cluster.client(shard).call
+
+    await call("commit_size", {"ino": ino, "size": 3 * MIB, "mtime": 1, "chunks": [[0, 2]]})
+    await call("commit_size", {"ino": ino, "size": 3 * MIB, "mtime": 1, "chunks": [[2, 3]]})
+    assert _stored(cluster, shard, ino)["chunks"] == [[0, 3]]
+    await call("setattr", {"ino": ino, "fields": {"size": MIB + 1},
+                           "rid": os.urandom(16)})
+    assert _stored(cluster, shard, ino)["chunks"] == [[0, 2]]
+    with pytest.raises(Exception, match="chunk index ranges"):
+        await call("commit_size", {"ino": ino, "size": 1, "mtime": 1, "chunks": [[3, 1]]})
+
+
+def _stored(cluster, shard, ino) -> dict:
+    store = cluster.handles[shard].shard.store
+    return schema.unpack(store.get(schema.inode_key(ino)))
+
+
+# -- on a live cluster ----------------------------------------------------------
+
+@pytest.fixture
+def two_osd_cluster(tmp_path):
+    with started_cluster(tmp_path, "--mds", 2, "--osd", 2, "--replicas", 2) as live:
+        yield live
+
+
+def fsck_run(live):
+    return subprocess.run([LOOMFS, "fsck", "-q", "--cluster", str(live.config)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_chunk_lost_from_every_replica_is_found(two_osd_cluster):
+    live = two_osd_cluster
+    path = live.mnt / "sparse"
+    with open(path, "wb") as f:  # chunks 0, 1 and 4 of 1 MiB; 2 and 3 are holes
+        f.write(os.urandom(2 * MIB))
+        f.seek(4 * MIB)
+        f.write(os.urandom(MIB // 2))
+    ino = os.stat(path).st_ino
+    clean = fsck_run(live)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+    for osd in ("osd0", "osd1"):
+        live.run("stop", osd)
+        chunk = live.state / osd / "chunks" / f"{ino % 256:02x}" / f"{ino:x}" / "1"
+        assert chunk.exists(), f"{osd} has no copy of chunk 1 at {chunk}"
+        chunk.unlink()
+        live.run("start", osd)
+    found = fsck_run(live)
+    assert found.returncode == 1, found.stdout + found.stderr
+    lines = [line for line in found.stdout.splitlines() if "missing-chunk" in line]
+    assert len(lines) == 1 and f"inode {ino}," in lines[0], found.stdout
+    assert lines[0].endswith("1 written chunks on no OSD: 1"), lines[0]
