@@ -6,6 +6,8 @@ Topology of one run (every name starts with the run's prefix, "lf" and 6 hex dig
       +-- veth PREFIXm0 ==== eth0 in namespace PREFIX-mds0, 10.231.S.10
       +-- veth PREFIXo0 ==== eth0 in namespace PREFIX-osd0, 10.231.S.100
       ...                 (mdsN at .10+N, osdN at .100+N, every daemon on port 6700)
+      +-- veth PREFIXc1 ==== eth0 in namespace PREFIX-client1, 10.231.S.201
+                          (only a client mounted with `mount --own-link`)
 
 Each veth pair carries a tbf qdisc on both ends, so a daemon sends and receives at most
 RATE each way; the bridge and the root namespace are not limited, so a client that
@@ -33,7 +35,7 @@ import subprocess
 
 SUPERNET = ipaddress.ip_network("10.231.0.0/16")
 DAEMON_PORT = 6700
-HOST_OFFSET = {"mds": 10, "osd": 100}
+HOST_OFFSET = {"mds": 10, "osd": 100, "client": 200}
 LOCK_PATH = "/run/loomfs-netns.lock"
 TOOLS = ("ip", "tc", "nsenter")
 MIB = 1 << 20
@@ -170,11 +172,15 @@ def tbf(rate):
     return ["root", "tbf", "rate", f"{rate * 8}bit", "burst", str(burst), "latency", "50ms"]
 
 
-def add_daemon(record, save, node_name, kind, index):
+def node_names(record, node_name, kind, index):
+    """(namespace, root end of the veth) of one node."""
+    return f"{record['prefix']}-{node_name}", f"{record['prefix']}{kind[0]}{index}"
+
+
+def add_node(record, save, node_name, kind, index):
     """One namespace with a rate-limited veth to the bridge; returns the namespace name."""
     prefix = record["prefix"]
-    namespace = f"{prefix}-{node_name}"
-    veth = f"{prefix}{kind[0]}{index}"
+    namespace, veth = node_names(record, node_name, kind, index)
     record["namespaces"].append(namespace)
     record["links"].append(veth)
     save()
@@ -188,6 +194,18 @@ def add_daemon(record, save, node_name, kind, index):
     run("tc", "qdisc", "add", "dev", veth, *tbf(record["rate"]))
     run("tc", "-n", namespace, "qdisc", "add", "dev", "eth0", *tbf(record["rate"]))
     return namespace
+
+
+def remove_node(record, save, node_name, kind, index):
+    """Delete one node's namespace and link (its processes gone) and forget them."""
+    namespace, veth = node_names(record, node_name, kind, index)
+    part = {"prefix": record["prefix"], "namespaces": [namespace], "links": [veth]}
+    failures = teardown(part)
+    if failures:
+        raise NetnsError("; ".join(failures))
+    record["namespaces"] = [name for name in record["namespaces"] if name != namespace]
+    record["links"] = [name for name in record["links"] if name != veth]
+    save()
 
 
 def exec_prefix(namespace):
