@@ -10,7 +10,8 @@ validation and concurrent creates in one directory do not conflict:
   if the share is dead, Exists if the name exists; takes the next seq.
 - ``["dirent_del", parent, name, subdirs_delta, now]``: removes entry and seq.
 - ``["dirstat_kill", dir_ino]``: NotEmpty unless the share is empty; marks it dead.
-- ``["inode_drop", ino]``: deletes the inode record and its xattrs.
+- ``["inode_drop", ino]``: deletes the inode record, its xattrs and its
+  missed-write records (`mdsd.missed`).
 
 Every write and every validated read checks the lock table: a key locked by
 a prepared cross-shard transaction makes the operation fail with `Conflict`
@@ -141,6 +142,8 @@ def _inode_drop(ap: Applier, ino):
         ap.delete(key)
     for raw in keys_with_prefix(ap, schema.XATTR, schema.xattr_prefix(ino)):
         ap.delete((schema.XATTR, raw))
+    for raw in keys_with_prefix(ap, schema.MISSED, schema.missed_prefix(ino)):
+        ap.delete((schema.MISSED, raw))
 
 
 def keys_with_prefix(ap: Applier, db: str, prefix: bytes) -> list[bytes]:

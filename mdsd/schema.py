@@ -42,9 +42,14 @@ database              key                             value
 ``reply``             rid (16 bytes)                  ``[time_ns, ok, result]`` (result, or
                                                       ``[code, message]`` when not ok)
 ``replyage``          be64(time_ns) + rid             empty: expiry index of ``reply``
+``missed``            be64(ino) + be64(chunk_index)   ``{time, by, version}``: an acknowledged
+                      + be64(osd_id)                  write (or truncate) of the chunk skipped
+                                                      osd_id, which was down (`mdsd.missed`);
+                                                      by = the recording OSD, version = the
+                                                      chunk's version then
 ====================  ==============================  ===========================================
 
-Placement: ``inode``, ``xattr`` and ``orphan`` keys of ino live on shard
+Placement: ``inode``, ``xattr``, ``orphan`` and ``missed`` keys of ino live on shard
 ``ino % n``; ``dentry`` keys on ``shard_of_dentry(parent, name)``; ``dirseq``
 beside the dentry they index; each shard keeps its own ``dirstat`` share of
 every directory it holds entries of (or that was removed: the tombstone).
@@ -63,6 +68,9 @@ Invariants:
   every OSD acknowledged ``delete_file``).
 - a ``lock`` row exists iff a ``prepared`` record lists it.
 - a directory's nlink is ``2 + sum(subdirs over all shards)``; it is never stored.
+- a ``missed`` row exists from before the write it names was acknowledged until
+  its OSD has confirmed a copy no member beats, or the inode is dropped
+  (``inode_drop`` removes every row of the inode).
 """
 
 import struct
@@ -85,9 +93,10 @@ DECIDED = "decided"
 LOCK = "lock"
 REPLY = "reply"
 REPLYAGE = "replyage"
+MISSED = "missed"
 
 DATABASES = (SYS, INODE, DENTRY, DIRSEQ, DIRSTAT, XATTR, ORPHAN, PREPARED, DECIDED, LOCK,
-             REPLY, REPLYAGE)
+             REPLY, REPLYAGE, MISSED)
 # Families a transaction may read or write through `mdsd.txn` (also from peers).
 TXN_DATABASES = frozenset((INODE, DENTRY, DIRSEQ, DIRSTAT, XATTR, ORPHAN))
 
@@ -98,6 +107,7 @@ SYS_MAP = b"map"
 
 _U64 = struct.Struct(">Q")
 _U64_PAIR = struct.Struct(">QQ")
+_U64_TRIPLE = struct.Struct(">QQQ")
 
 
 def be64(value: int) -> bytes:
@@ -152,6 +162,19 @@ def xattr_prefix(ino: int) -> bytes:
 
 def orphan_key(ino: int) -> Key:
     return (ORPHAN, _U64.pack(ino))
+
+
+def missed_key(ino: int, chunk_index: int, osd_id: int) -> Key:
+    return (MISSED, _U64_TRIPLE.pack(ino, chunk_index, osd_id))
+
+
+def missed_prefix(ino: int) -> bytes:
+    return _U64.pack(ino)
+
+
+def missed_parse(key: bytes) -> tuple[int, int, int]:
+    """``(ino, chunk_index, osd_id)`` of a ``missed`` key."""
+    return _U64_TRIPLE.unpack(key)
 
 
 def lock_key(key: Key) -> Key:

@@ -13,6 +13,7 @@ from . import ops_attr, ops_create, ops_readdir, ops_remove, ops_rename, ops_xat
 from . import repair, scan
 from .apply import MUTATION_NAMES
 from .backup import BackupAgent
+from .missed import MissedWrites
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class MdsService:
         self.shard = shard
         self.ns = shard.ns
         self.backup = BackupAgent(shard.store, shard.mds_id)
+        self.missed = MissedWrites(shard.store, shard.mds_id, shard.config.nshards)
 
     # -- namespace --------------------------------------------------------------
 
@@ -153,6 +155,20 @@ class MdsService:
 
     async def rpc_backup_release(self, args, payload, peer):
         return self.backup.release(args)
+
+    # -- chunks an OSD missed while down (mdsd.missed) ---------------------------
+
+    async def rpc_missed_record(self, args, payload, peer):
+        return await self.missed.record(args)
+
+    async def rpc_missed_query(self, args, payload, peer):
+        return self.missed.query(args)
+
+    async def rpc_missed_clear(self, args, payload, peer):
+        return await self.missed.clear(args)
+
+    async def rpc_missed_list(self, args, payload, peer):
+        return self.missed.listing(args)
 
     # -- peers --------------------------------------------------------------------
 

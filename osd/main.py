@@ -23,6 +23,7 @@ from loomproto import rpc
 
 from . import datadir
 from .heartbeat import HEARTBEAT_INTERVAL, MapKeeper, run_heartbeats
+from .missed import MissedLog
 from .recovery import RECOVERY_INTERVAL, RECOVERY_RATE, Recovery
 from .replication import REPLICA_TIMEOUT, Replicator
 from .service import OsdService
@@ -65,8 +66,9 @@ async def serve_osd(config, osd_id: int, data_dir: str, listen: str, *,
             mds = rpc.RpcClient(nursery, config.mds[0], config.cluster_id, config.key, name)
             maps = MapKeeper(mds)
             replicator = Replicator(nursery, config, osd_id, maps, store, replica_timeout)
+            replicator.missed = MissedLog(nursery, config, osd_id, maps)
             recovery = Recovery(nursery, config, osd_id, maps, store, replicator,
-                                recovery_interval, recovery_rate)
+                                recovery_interval, recovery_rate, replicator.missed)
             service = OsdService(osd_id, store, replicator, _capacity_fn(capacity, data_dir),
                                  recovery)
             addr = await _listen(nursery, service, config, name, listen, advertise)

@@ -31,7 +31,14 @@ Reads call `freshen` (copy a newer version from another replica before
 serving) while this OSD is *suspect*: from its start, and from any map that
 shows mds0 marked it up anew (`up_since` changed: it was down in between and
 writes went elsewhere), until a pass finds every member of every chunk's set
-answering with no newer copy.
+answering with no newer copy.  When a member does not answer (it is down), a
+suspect OSD asks the inode's metadata shard whether a write of the chunk was
+acknowledged while this OSD was down (the missed-write record, `osd.missed`,
+written by the primary before it acknowledged): if so it answers EIO, as its
+copy is old or absent and the new one is out of reach; if not its copy is
+current and served.  Each pass lists this OSD's records and clears those of
+chunks that every member now confirms current; a read that finds every member
+answering clears its chunk's record too.
 A copy that took every write in order needs no check, so a healthy OSD serves
 reads without asking its peers.  `repair` replaces a copy that fails its
 checksums; ``loomfs scrub`` calls `scrub`.
@@ -66,7 +73,8 @@ FRESHEN_TIMEOUT = 2.0
 
 class Recovery:
     def __init__(self, nursery, config, osd_id: int, maps, store, replicator,
-                 interval: float = RECOVERY_INTERVAL, rate: int = RECOVERY_RATE):
+                 interval: float = RECOVERY_INTERVAL, rate: int = RECOVERY_RATE,
+                 missed=None):
         self.nursery = nursery
         self.config = config
         self.osd_id = osd_id
@@ -86,6 +94,8 @@ class Recovery:
         self._up_since = None
         self._push_slots = trio.Semaphore(PUSH_PARALLEL)
         self._next_send = 0.0
+        self.missed = missed  # osd.missed.MissedLog; None in bare unit setups
+        self._missed_mine: set[tuple[int, int]] = set()  # as the last pass listed them
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
                       "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0}
         replicator.on_degraded = self.kick
@@ -169,6 +179,7 @@ class Recovery:
 
         if not self._behind(plans, versions):
             self._clean_gen = stale_gen
+        await self._clear_missed(plans, versions)
         degraded = misplaced = 0
         pushes, removals = [], []
         for key, members in plans:
@@ -210,15 +221,56 @@ class Recovery:
         return pushed
 
     def _behind(self, plans, versions) -> bool:
-        """Whether some member may hold a newer copy than ours of some chunk: it
-        says so, or it did not answer."""
-        for key, members in plans:
-            meta = self.store.meta(*key)
-            mine = 0 if meta is None or meta.corrupt else meta.version
-            for osd_id in members:
-                if osd_id != self.osd_id and versions.get((osd_id, key), mine + 1) > mine:
-                    return True
-        return False
+        """Whether some member may hold a newer copy than ours of some chunk."""
+        return any(self._maybe_behind(key, members, versions) for key, members in plans)
+
+    def _maybe_behind(self, key, members, versions) -> bool:
+        """Whether a member says it holds a newer copy than ours, or did not answer."""
+        meta = self.store.meta(*key)
+        mine = 0 if meta is None or meta.corrupt else meta.version
+        return any(versions.get((osd_id, key), mine + 1) > mine
+                   for osd_id in members if osd_id != self.osd_id)
+
+    async def _clear_missed(self, plans, versions) -> None:
+        """Drop this OSD's missed-write records of chunks it now holds at the newest
+        version every member confirmed (`osd.missed`)."""
+        if self.missed is None:
+            return
+        try:
+            self._missed_mine = await self.missed.mine()
+            confirmed = [key for key, members in plans if key in self._missed_mine
+                         and self.store.meta(*key) is not None
+                         and not self._maybe_behind(key, members, versions)]
+            if confirmed:
+                await self.missed.clear(confirmed)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("recovery: missed-write records not listed or cleared: %s",
+                        exc or "timeout")
+            return
+        self._missed_mine.difference_update(confirmed)
+        if confirmed or self._missed_mine:
+            log.info("recovery: %d missed chunks caught up, %d still behind here",
+                     len(confirmed), len(self._missed_mine))
+
+    async def record_truncate(self, ino: int, cut: dict[int, int]) -> None:
+        """A truncate cut these chunks here (``{chunk_index: new version}``): record
+        it as missed by the down members of their sets before it is answered."""
+        current = self.maps.current
+        in_osds = current.in_osds()
+        if not cut or all(current.is_up(o) for o in in_osds):
+            return
+        try:
+            attr = (await self._attrs([ino])).get(ino)
+        except trio.TooSlowError:
+            raise errors.TryAgain(f"truncate of ino {ino}: its shard did not answer") from None
+        if attr is None or not attr.get("layout"):
+            return  # deleted meanwhile: nothing to protect
+        layout = Layout.from_wire(attr["layout"])
+        order = osd_order(ino, in_osds)
+        for chunk_index, version in sorted(cut.items()):
+            members = replicas_for_chunk(layout, ino, chunk_index, order, current.hosts())
+            down = [o for o in members if o != self.osd_id and not current.is_up(o)]
+            await self.replicator.record_missed(ino, chunk_index, down, version)
 
     async def _attrs(self, inos: list[int]) -> dict[int, dict]:
         """Attributes of the inodes that still exist, asked of each owning shard
@@ -302,10 +354,14 @@ class Recovery:
     # -- on the read path -------------------------------------------------------
 
     async def freshen(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
-        """Before serving a read: copy the chunk from a replica that has a newer version.
+        """Before serving a read: make this copy the newest any member has, or fail.
 
-        Raises `IOFailure` when a newer copy exists but cannot be fetched, so
-        the client reads another replica instead of old data from here.
+        Copies the chunk from a member with a newer version.  When some member
+        does not answer (down, or too slow), it may hold writes that went past
+        this OSD, so the copy is served only if the missed-write record
+        (`osd.missed`) holds none for it.  Raises `IOFailure` when a newer copy
+        cannot be fetched or the record says this copy was written past, so the
+        client reads another replica instead of old data (or zeros) from here.
         """
         self.watch_up_since(self.maps.current)
         meta = self.store.meta(ino, chunk_index)
@@ -313,15 +369,21 @@ class Recovery:
             return  # every write since our last check came through us in order
         members = [o for o in replicas if o != self.osd_id]
         others = [o for o in members if self.replicator.peer(o)]
-        # Known gap (issue 6): a suspect copy is served even when a member that
-        # may hold newer data is down.  Answering EIO then made reads fail on a
-        # loaded machine while a restarted OSD was still catching up; a finer
-        # rule (EIO only for chunks written while we were down) is to come.
-        if not others:
-            if meta is None:
-                await self.locate(ino, chunk_index, replicas)
+        found = await self._versions_of(ino, chunk_index, others) if others else {}
+        await self._take_newest(ino, chunk_index, found, replicas)
+        if all(o in found for o in members):
+            await self._confirmed_at_read(ino, chunk_index)
             return
-        found = await self._versions_of(ino, chunk_index, others)
+        if self.missed is not None and await self.missed.was_missed(ino, chunk_index):
+            silent = [o for o in members if o not in found]
+            raise errors.IOFailure(f"ino {ino} chunk {chunk_index} was written while osd "
+                                   f"{self.osd_id} was down, and osds {silent} that hold "
+                                   f"the newer copy do not answer")
+
+    async def _take_newest(self, ino: int, chunk_index: int, found: dict[int, int],
+                           replicas: list[int]) -> None:
+        """Copy the newest of the `found` versions here if it beats ours; look for an
+        absent chunk outside its set."""
         meta = self.store.meta(ino, chunk_index)
         mine = 0 if meta is None or meta.corrupt else meta.version
         newer = sorted((v, o) for o, v in found.items() if v > mine)
@@ -341,6 +403,21 @@ class Recovery:
                                        f"v{version}, this osd v{mine} and cannot copy it")
         log.info("read of ino %d chunk %d: caught up from v%d to v%d (osd %d)", ino,
                  chunk_index, mine, version, osd_id)
+
+    async def _confirmed_at_read(self, ino: int, chunk_index: int) -> None:
+        """Every member answered and none is ahead: a missed-write record of the
+        chunk the last pass listed is obsolete.  Best effort: the next pass
+        clears what this could not."""
+        key = (ino, chunk_index)
+        if self.missed is None or key not in self._missed_mine:
+            return
+        try:
+            await self.missed.clear([key])
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("missed-write record of ino %d chunk %d not cleared: %s", ino,
+                        chunk_index, exc or "timeout")
+            return
+        self._missed_mine.discard(key)
 
     async def _versions_of(self, ino: int, chunk_index: int, osd_ids) -> dict[int, int]:
         """``{osd_id: version}`` of one chunk from those of `osd_ids` that answer in time

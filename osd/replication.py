@@ -28,6 +28,12 @@ So a copy is never given a version it does not have the content of, and a
 returning OSD is never trusted just because it is the primary again.  A
 local chunk that fails its checksums is repaired from a replica the same way.
 
+A write that a member did not take (down in the map, skipped or failed) is
+recorded as missed by that member on the inode's metadata shard before it is
+acknowledged (`osd.missed`), so the member, back and not caught up yet,
+answers EIO for the chunk rather than its old copy while no member holding
+the new one answers.
+
 Limitations:
 - ``truncate_file`` does not take the order lock, so a truncate racing a write
   to the same chunk may share its version number with that write.
@@ -61,6 +67,7 @@ class Replicator:
         self.degraded_writes = 0
         self.on_degraded = None  # callable, set by the recovery worker
         self.locate = None  # async callable, set by the recovery worker
+        self.missed = None  # osd.missed.MissedLog; None in bare unit setups
         self._peers: dict[int, rpc.RpcClient] = {}
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
@@ -82,9 +89,21 @@ class Replicator:
                 args = {"ino": ino, "chunk": chunk_index, "offset": offset, "version": version}
                 failures, answers = await self._apply_everywhere(args, data, targets)
                 if await self._settle(ino, chunk_index, version, failures, answers, targets):
+                    # Every failure left was judged down: those members and the
+                    # skipped ones missed it.  Recorded before the acknowledgement.
+                    reached = {osd_id for osd_id, _ in targets} - set(failures)
+                    await self.record_missed(ino, chunk_index,
+                                             [o for o in replicas[1:] if o not in reached],
+                                             version)
                     return version
         raise errors.TryAgain(f"ino {ino} chunk {chunk_index}: replicas kept moving ahead "
                               f"of primary osd {self.osd_id}")
+
+    async def record_missed(self, ino: int, chunk_index: int, osd_ids, version: int) -> None:
+        """Record on the inode's shard that `osd_ids` missed this version of the
+        chunk (`osd.missed`); raises `TryAgain` when it cannot be recorded."""
+        if osd_ids and self.missed is not None:
+            await self.missed.record(ino, chunk_index, osd_ids, version)
 
     def _note_degraded(self) -> None:
         self.degraded_writes += 1

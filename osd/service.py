@@ -119,7 +119,9 @@ class OsdService:
         unit = validate.unit(args)
 
         log.debug("truncate ino %d to %d (unit %d)", ino, size, unit)
-        await self.store.truncate_file(ino, size, unit)
+        cut = await self.store.truncate_file(ino, size, unit)
+        if self.recovery is not None:
+            await self.recovery.record_truncate(ino, cut)
         return {}
 
     async def rpc_delete_file(self, args, payload, peer):

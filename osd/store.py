@@ -276,8 +276,9 @@ class ChunkStore:
             return False
         return True
 
-    async def truncate_file(self, ino: int, size: int, unit: int) -> None:
-        """Cut every chunk to what lies below `size`; idempotent.
+    async def truncate_file(self, ino: int, size: int, unit: int) -> dict[int, int]:
+        """Cut every chunk to what lies below `size`; idempotent.  Returns
+        ``{chunk_index: new version}`` of the chunks this call cut.
 
         A chunk wholly past `size` is cut to nothing, not removed: the empty
         copy keeps its version, one higher than before the cut.  A replica
@@ -286,16 +287,20 @@ class ChunkStore:
         chunk been removed, the stale copy would be the newest one left.
         Only `delete_file` (the inode is gone for good) removes chunks.
         """
+        cut = {}
         for chunk_index in sorted(self.index.get(ino, {})):
             start = chunk_index * unit
             if start + unit > size:
-                await self._cut_chunk(ino, chunk_index, max(0, size - start))
+                version = await self._cut_chunk(ino, chunk_index, max(0, size - start))
+                if version is not None:
+                    cut[chunk_index] = version
+        return cut
 
-    async def _cut_chunk(self, ino: int, chunk_index: int, size: int) -> None:
+    async def _cut_chunk(self, ino: int, chunk_index: int, size: int) -> int | None:
         async with self._locks.hold((ino, chunk_index)):
             meta = self.meta(ino, chunk_index)
             if meta is None or meta.length <= size:
-                return
+                return None
             handle = await self._handle(ino, chunk_index, create=False)
             version = handle.header.version + 1
             where = _where(ino, chunk_index)
@@ -305,6 +310,7 @@ class ChunkStore:
             handle.header = header
             self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
             self._dirty.setdefault(ino, set()).add(chunk_index)
+            return header.version
 
     async def _remove_chunk(self, ino: int, chunk_index: int) -> None:
         async with self._locks.hold((ino, chunk_index)):

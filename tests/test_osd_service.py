@@ -1,7 +1,8 @@
 """OSD services in-process over loopback, beside a stand-in for mdsd 0.
 
-`FakeMds` answers only ``osd_heartbeat`` and ``get_map``: just enough of mdsd 0
-for OSDs to register and find each other.  These tests exercise osd/, not the
+`FakeMds` answers only ``osd_heartbeat``, ``get_map`` and the missed-write
+record (``missed_*``): just enough of mdsd 0 for OSDs to register, find each
+other and write past a down replica.  These tests exercise osd/, not the
 metadata server.
 """
 
@@ -31,6 +32,7 @@ class FakeMds:
         self.map = ClusterMap()
         self.heartbeats: dict[int, dict] = {}
         self.frozen: set[int] = set()  # ids whose heartbeats no longer revive them
+        self.missed: set[tuple] = set()  # (ino, chunk, osd_id) recorded as missed
 
     def _bump(self):
         self.map = ClusterMap(self.map.epoch + 1, dict(self.map.osds))
@@ -42,12 +44,29 @@ class FakeMds:
         if osd_id in self.frozen:
             return {"epoch": self.map.epoch}
         if info is None or info.addr != args["addr"] or not info.up:
-            self.map.osds[osd_id] = OsdInfo(osd_id, args["addr"], args["host"])
+            self.map.osds[osd_id] = OsdInfo(osd_id, args["addr"], args["host"],
+                                            up_since=self.map.epoch + 1)
             self._bump()
         return {"epoch": self.map.epoch}
 
     async def rpc_get_map(self, args, payload, peer):
         return self.map.to_wire()
+
+    async def rpc_missed_record(self, args, payload, peer):
+        self.missed.update(tuple(entry) for entry in args["entries"])
+        return {}
+
+    async def rpc_missed_query(self, args, payload, peer):
+        return [(ino, chunk, args["osd"]) in self.missed for ino, chunk in args["keys"]]
+
+    async def rpc_missed_clear(self, args, payload, peer):
+        gone = {(ino, chunk, args["osd"]) for ino, chunk in args["keys"]} & self.missed
+        self.missed -= gone
+        return {"cleared": len(gone)}
+
+    async def rpc_missed_list(self, args, payload, peer):
+        keys = sorted([ino, chunk] for ino, chunk, osd_id in self.missed if osd_id == args["osd"])
+        return {"keys": keys, "more": False}
 
     def mark_down(self, osd_id):
         self.frozen.add(osd_id)

@@ -52,8 +52,6 @@ def test_a_missed_truncate_never_brings_old_bytes_back(repl):
     assert path.read_bytes() == bytes(4 * MiB)
 
 
-@pytest.mark.xfail(strict=False, reason="known gap, open in issue 6: a returning OSD still "
-                   "catching up serves its old copy when the only current one is down")
 def test_the_only_current_copy_lost_gives_eio_not_old_bytes(repl):
     repl.wait_healthy(60)
     path = repl.mnt / "written-while-down"

@@ -1,0 +1,154 @@
+"""Missed writes: which chunks an OSD missed while it was down (issue 6).
+
+An OSD that acknowledges a write (or a truncate) of a chunk while a member of
+the chunk's replica set did not take it, because the map shows that member
+down, first records ``(ino, chunk_index) missed by osd_id`` on the shard that
+owns the inode, and answers only once the record is durable.  The returning
+OSD, while it is *suspect* (`osd.recovery`) and some member that may hold a
+newer copy does not answer, asks whether its copy was missed: recorded means
+its copy is old or absent, and it answers EIO rather than serve it; not
+recorded means nothing was written past it, and its copy is current.  It
+clears its records once every member answered with nothing newer than its
+own copy.  Dropping an inode drops its records (``inode_drop`` in
+`mdsd.apply`).
+
+RPCs, each sent to the shard of the inode (``ino % n``); the key layout is in
+`mdsd.schema` (family ``missed``):
+
+- ``missed_record {entries: [[ino, chunk, osd_id]], by, version}`` -> ``{}``
+  once durable; a row that exists already is kept as it is (the first write
+  of an outage is the one that matters);
+- ``missed_query {osd, keys: [[ino, chunk]]}`` -> ``[bool]``: recorded or not;
+- ``missed_clear {osd, keys: [[ino, chunk]]}`` -> ``{cleared}``;
+- ``missed_list {osd, after: [ino, chunk] | nil, limit}`` -> ``{keys, more}``:
+  the records of one OSD on this shard, in key order.
+
+A record is idempotent and small, so a primary that dies after recording but
+before acknowledging leaves a harmless row: the returning OSD checks with
+its peers as it would anyway, and clears it.
+"""
+
+import logging
+import time
+from functools import partial
+
+from loomproto import errors
+
+from . import args as check
+from . import schema
+
+log = logging.getLogger(__name__)
+
+ENTRIES_MAX = 10000
+LIST_LIMIT_MAX = 10000
+
+
+class MissedWrites:
+    """The ``missed_*`` RPCs of one shard."""
+
+    def __init__(self, store, mds_id: int, nshards: int):
+        self.store = store
+        self.mds_id = mds_id
+        self.nshards = nshards
+
+    async def record(self, args: dict) -> dict:
+        entries = self._triples(args.get("entries"))
+        value = schema.pack({"time": time.time_ns(),
+                             "by": check.integer(args, "by", default=-1, lo=-1),
+                             "version": check.integer(args, "version", default=0)})
+
+        added = await self.store.write(partial(_put_absent, self.store.dbs, entries, value))
+        if added:
+            log.info("recorded %d missed chunk copies (of %d asked)", added, len(entries))
+        return {}
+
+    def query(self, args: dict) -> list[bool]:
+        osd_id = check.integer(args, "osd")
+        keys = [schema.missed_key(ino, chunk, osd_id)[1] for ino, chunk in self._pairs(args)]
+
+        db = self.store.dbs[schema.MISSED]
+        return self.store.read(lambda txn: [txn.get(key, db=db) is not None for key in keys])
+
+    async def clear(self, args: dict) -> dict:
+        osd_id = check.integer(args, "osd")
+        keys = [schema.missed_key(ino, chunk, osd_id)[1] for ino, chunk in self._pairs(args)]
+
+        cleared = await self.store.write(partial(_delete, self.store.dbs, keys))
+        if cleared:
+            log.info("osd %d caught up %d missed chunk copies", osd_id, cleared)
+        return {"cleared": cleared}
+
+    def listing(self, args: dict) -> dict:
+        osd_id = check.integer(args, "osd")
+        limit = check.integer(args, "limit", 1, LIST_LIMIT_MAX, default=1000)
+        after = args.get("after")
+        start = b""
+        if after is not None:
+            ino, chunk = self._pair(after)
+            start = schema.missed_key(ino, chunk + 1, 0)[1]
+
+        db = self.store.dbs[schema.MISSED]
+        keys, more = self.store.read(lambda txn: _list(txn, db, start, osd_id, limit))
+        return {"keys": keys, "more": more}
+
+    # -- arguments ------------------------------------------------------------
+
+    def _pair(self, item) -> tuple[int, int]:
+        if not (isinstance(item, list) and len(item) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+            raise errors.BadRequest("a chunk key must be [ino, chunk]")
+        ino, chunk = item
+        if not (0 < ino <= check.U63_MAX and 0 <= chunk <= check.U63_MAX):
+            raise errors.BadRequest(f"chunk key {item} out of range")
+        if ino % self.nshards != self.mds_id:
+            raise errors.BadRequest(f"ino {ino} belongs to shard {ino % self.nshards}, "
+                                    f"not {self.mds_id}")
+        return ino, chunk
+
+    def _pairs(self, args: dict) -> list[tuple[int, int]]:
+        keys = args.get("keys")
+        if not isinstance(keys, list) or len(keys) > ENTRIES_MAX:
+            raise errors.BadRequest(f"argument 'keys' must be a list of at most "
+                                    f"{ENTRIES_MAX} [ino, chunk]")
+        return [self._pair(item) for item in keys]
+
+    def _triples(self, entries) -> list[bytes]:
+        if not isinstance(entries, list) or len(entries) > ENTRIES_MAX:
+            raise errors.BadRequest(f"argument 'entries' must be a list of at most "
+                                    f"{ENTRIES_MAX} [ino, chunk, osd]")
+        keys = []
+        for item in entries:
+            if not isinstance(item, list) or len(item) != 3:
+                raise errors.BadRequest("a missed entry must be [ino, chunk, osd]")
+            ino, chunk = self._pair(item[:2])
+            osd_id = check.integer({"osd": item[2]}, "osd")
+            keys.append(schema.missed_key(ino, chunk, osd_id)[1])
+        return keys
+
+
+# -- in the writer thread / a read transaction ---------------------------------
+
+def _put_absent(dbs, keys: list[bytes], value: bytes, txn) -> int:
+    db = dbs[schema.MISSED]
+    return sum(1 for key in keys if txn.put(key, value, db=db, overwrite=False))
+
+
+def _delete(dbs, keys: list[bytes], txn) -> int:
+    db = dbs[schema.MISSED]
+    return sum(1 for key in keys if txn.delete(key, db=db))
+
+
+def _list(txn, db, start: bytes, osd_id: int, limit: int):
+    """Records of `osd_id` from `start` on: ``([[ino, chunk]], more)``."""
+    keys = []
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(start):
+            return keys, False
+        for raw in cursor.iternext(keys=True, values=False):
+            ino, chunk, owner = schema.missed_parse(raw)
+            if owner != osd_id:
+                continue
+            if len(keys) == limit:
+                return keys, True
+            keys.append([ino, chunk])
+    return keys, False
