@@ -15,7 +15,7 @@ PYTHON := .venv/bin/python
 CLUSTER = $(PYTHON) scripts/cluster --state $(STATE)
 OPTS_ARG = $(if $(MOUNT_OPTS),--mount-opts $(MOUNT_OPTS))
 
-.PHONY: deps up down status test bench bench-quick bench-meta
+.PHONY: deps up down status test bench bench-quick bench-meta bench-scale
 
 deps:
 	scripts/install-deps
@@ -54,3 +54,11 @@ bench-quick: deps
 # BENCH_META_FILES=N (default 100000) sets the file count.
 bench-meta: deps
 	$(PYTHON) scripts/bench-meta
+
+# Scale-out over rate-limited links (scripts/bench-scale, root): each daemon in its own
+# network namespace; stripe counts 1, 2 and 4, then 1, 2 and 4 clients on their own links.
+# BENCH_SCALE_ARGS="--rate 15 --mb 128" overrides the link rate (MiB/s) and file size.
+BENCH_SCALE_ARGS ?=
+
+bench-scale: deps
+	$(PYTHON) scripts/bench-scale $(BENCH_SCALE_ARGS)
