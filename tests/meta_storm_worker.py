@@ -1,22 +1,30 @@
 """One client process of the metadata storm (tests/test_meta_storm.py).
 
     python tests/meta_storm_worker.py CFG SEED SECONDS
+    python tests/meta_storm_worker.py --mount STORM_DIR SEED SECONDS
 
 Runs random mkdir, rmdir, create, link, unlink and rename (across
 directories, over existing names, RENAME_EXCHANGE, directories into other
-directories) on the small shared name pool under /storm, through the real
-client's metadata path (`client.meta.Meta`: request ids, retries of
-transport failures for `mds_timeout`), until SECONDS pass.  Prints one JSON
-line: ops done, expected refusals by kind, and unexpected errors.
+directories) on the small shared name pool under /storm until SECONDS pass.
+The first form goes through the real client's metadata path
+(`client.meta.Meta`: request ids, retries of transport failures for
+`mds_timeout`); with --mount, through a FUSE mount by syscalls (`MountStorm`).
+Prints one JSON line: ops done, expected refusals by kind, and unexpected errors
+(--mount also: errnos of failed calls and the slowest call's seconds).
 """
 
+import errno
 import json
+import os
 import random
 import stat
 import sys
+import time
 from collections import Counter
 
 import trio
+
+from posix_util import RENAME_EXCHANGE, renameat2
 
 from client.cluster import Cluster
 from client.meta import Meta
@@ -87,5 +95,73 @@ async def main(cfg: str, seed: int, seconds: float):
                       "unexpected": unexpected[:20]}))
 
 
+# -- through a mount ------------------------------------------------------------
+
+# What a namespace race between clients answers (two mounts also see stale names).
+REFUSED_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR,
+                  errno.EINVAL, errno.EPERM, errno.EMLINK, errno.EBUSY, errno.ESTALE}
+# What a call may answer while a metadata server is down: clear, and only then.
+FAULT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
+
+
+class MountStorm:
+    """The same random operations as `Storm`, by path through a mount."""
+
+    def __init__(self, rng: random.Random, top: list[str]):
+        self.rng = rng
+        self.dirs = list(top)
+        self.top = top
+
+    def place(self) -> str:
+        return os.path.join(self.rng.choice(self.dirs), self.rng.choice(NAMES).decode())
+
+    def step(self) -> str:
+        op = self.rng.choice(("create", "create", "mkdir", "unlink", "rmdir", "link",
+                              "rename", "rename", "exchange"))
+        path, other = self.place(), self.place()
+        if op == "create":
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                os.write(fd, self.rng.randbytes(self.rng.choice((0, 64))))
+            finally:
+                os.close(fd)
+        elif op == "mkdir":
+            os.mkdir(path)
+            self.dirs.append(path)
+            del self.dirs[len(self.top):-16]
+        elif op == "unlink":
+            os.unlink(path)
+        elif op == "rmdir":
+            os.rmdir(path)
+        elif op == "link":
+            os.link(path, other)
+        elif op == "rename":
+            os.rename(path, other)
+        else:
+            renameat2(path, other, RENAME_EXCHANGE)
+        return op
+
+
+def mount_main(storm_dir: str, seed: int, seconds: float):
+    rng = random.Random(seed)
+    storm = MountStorm(rng, [os.path.join(storm_dir, f"d{i}") for i in range(4)])
+    done, errnos, unexpected, slowest = Counter(), Counter(), [], 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            done[storm.step()] += 1
+        except OSError as exc:
+            errnos[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
+            if exc.errno not in REFUSED_ERRNOS | FAULT_ERRNOS:
+                unexpected.append(f"{exc!r}")
+        slowest = max(slowest, time.monotonic() - started)
+    print(json.dumps({"seed": seed, "done": done, "errnos": errnos,
+                      "slowest_call_s": round(slowest, 3), "unexpected": unexpected[:20]}))
+
+
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    if sys.argv[1] == "--mount":
+        mount_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        trio.run(main, sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))

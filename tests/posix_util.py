@@ -5,9 +5,11 @@
   it raised (same errno), so permission checks read like ordinary calls.
 - `wait_until(predicate, timeout, what)` polls a condition with a deadline.
 - `errno_of(fn, *args)` is 0 when the call succeeds, else its errno.
+- `renameat2(old, new, flags)` is renameat2(2) (Python has no binding).
 """
 
 import contextlib
+import ctypes
 import itertools
 import os
 import pickle
@@ -17,6 +19,16 @@ USER = 4321
 GROUP = 4321
 OTHER_USER = 4322
 OTHER_GROUP = 4322
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def renameat2(old, new, flags):
+    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(old))
 
 
 def as_user(uid, gid, fn, *args, groups=()):

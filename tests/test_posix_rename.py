@@ -1,26 +1,14 @@
 """rename(2) and renameat2(2) as Linux does them, across shards, and link counts on
 every name, handle and directory (nlink = 2 + subdirectories)."""
 
-import ctypes
 import errno
 import os
 
 import pytest
 
-from posix_util import errno_of
+from posix_util import RENAME_EXCHANGE, RENAME_NOREPLACE, errno_of, renameat2
 
 pytestmark = pytest.mark.mount
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-AT_FDCWD = -100
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def renameat2(old, new, flags):
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(old))
 
 
 def test_rename_over_file_and_empty_dir(workdir):
