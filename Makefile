@@ -50,8 +50,10 @@ bench: deps
 bench-quick: deps
 	$(PYTHON) scripts/bench --quick --targets $(BENCH_TARGETS) $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
 
-# mdtest-style metadata benchmark at RPC level over 1, 2 and 4 shards (scripts/bench-meta);
-# BENCH_META_FILES=N (default 100000) sets the file count.
+# mdtest-style metadata benchmark (scripts/bench-meta): at RPC level and through the mount
+# over 1, 2 and 4 shards, beside the local disk and GlusterFS, in one run and one table.
+# BENCH_META_FILES=N (default 100000) sets the file count, BENCH_META_TARGETS=rpc-4,local
+# narrows the targets; results land in results/bench-meta-*.json.
 bench-meta: deps
 	$(PYTHON) scripts/bench-meta
 
