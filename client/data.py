@@ -405,6 +405,7 @@ class DataPath:
         with trio.fail_after(self.io_timeout):
             await self.cluster.osd(osd_id).call(
                 "truncate_file", {"ino": ino, "size": size, "unit": unit})
+        fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
 
 
 def _pad(data: bytes, length: int) -> bytes:
