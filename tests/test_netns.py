@@ -45,8 +45,8 @@ def netns_skip_reason():
     return None
 
 
-pytestmark = pytest.mark.skipif(netns_skip_reason() is not None,
-                                reason=str(netns_skip_reason()))
+SKIP_REASON = netns_skip_reason()
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 
 
 def leftovers(record):
