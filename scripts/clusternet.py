@@ -22,6 +22,12 @@ after the harness itself was killed, removes exactly what was made, and nothing 
 
 Daemons are started inside their namespace with `nsenter --net=...`, which changes
 the network namespace only: `ip netns exec` would also make a private mount namespace.
+
+Limitations:
+- With br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1, traffic between two
+  daemons crosses iptables' FORWARD chain; a DROP policy there (Docker sets one) cuts
+  OSD heartbeats and replication.  `bridge_filter_note` says so at `up`; clients are
+  not affected (their traffic is local delivery, not forwarding).
 """
 
 import fcntl
@@ -163,6 +169,19 @@ def make_bridge(record, save, subnet=None):
         run("ip", "link", "add", bridge, "type", "bridge")
         run("ip", "addr", "add", f"{subnet.network_address + 1}/24", "dev", bridge)
         run("ip", "link", "set", bridge, "up")
+
+
+def bridge_filter_note():
+    """A warning when bridged traffic passes through iptables here, or None."""
+    try:
+        with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as fp:
+            filtered = fp.read().strip() == "1"
+    except OSError:
+        return None
+    if not filtered:
+        return None
+    return ("netns: note: bridge-nf-call-iptables=1, so daemon-to-daemon traffic passes "
+            "iptables FORWARD; a DROP policy there would cut it")
 
 
 def tbf(rate):

@@ -46,7 +46,7 @@ def netns_skip_reason():
 
 
 SKIP_REASON = netns_skip_reason()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+needs_netns = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 
 
 def leftovers(record):
@@ -94,6 +94,7 @@ def sent_bytes(namespace):
     return int(re.search(r"Sent (\d+) bytes", shown).group(1))
 
 
+@needs_netns
 def test_mount_over_limited_links(tmp_path):
     reason = mount_skip_reason()
     if reason:
@@ -148,6 +149,7 @@ def tbf_rate(text):
     return float(number) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[unit]
 
 
+@needs_netns
 def test_body_that_raises_still_removes_everything(tmp_path):
     harness = Harness(tmp_path / "state", dummy_daemon.write_bin(tmp_path / "bin"))
     seen = {}
@@ -160,6 +162,7 @@ def test_body_that_raises_still_removes_everything(tmp_path):
     assert harness.running() == []
 
 
+@needs_netns
 def test_failed_up_removes_its_namespaces(tmp_path):
     harness = Harness(tmp_path / "state", dummy_daemon.write_bin(tmp_path / "bin"))
     env = dict(os.environ, DUMMY_FAIL="osd1")
@@ -177,6 +180,7 @@ def test_failed_up_removes_its_namespaces(tmp_path):
         assert not problems, "\n".join(problems)
 
 
+@needs_netns
 def test_down_cleans_up_after_a_killed_harness(tmp_path):
     """SIGKILL the harness while `up` waits for a daemon: its namespaces stay recorded,
     and `down` stops the daemons by pid and deletes them."""
@@ -214,13 +218,47 @@ def test_down_cleans_up_after_a_killed_harness(tmp_path):
         assert not problems, "\n".join(problems)
 
 
+@needs_netns
 def test_restart_keeps_netns_and_refuses_without(tmp_path):
     harness = Harness(tmp_path / "state", dummy_daemon.write_bin(tmp_path / "bin"))
-    with netns_cluster(harness, "--mds", 1, "--osd", 1, "--replicas", 1):
+    with netns_cluster(harness, "--mds", 1, "--osd", 1, "--replicas", 1) as record:
         first = harness.nodes()["mds0"]["addr"]
+        harness.run("add-osd")  # joins the running cluster in a namespace of its own
+        added = harness.nodes()["osd1"]
+        assert added["netns"] == f"{record['prefix']}-osd1"
+        assert added["addr"] == clusternet.daemon_addr(record, "osd", 1)
+        assert cluster_script.accepts_tcp(added["addr"])
     done = harness.run("up", "--mds", 1, "--osd", 1, "--replicas", 1, check=False)
     assert done.returncode == 1 and "pass --netns RATE again" in done.stderr
     with netns_cluster(harness, "--mds", 1, "--osd", 1, "--replicas", 1):
         assert harness.nodes()["mds0"]["addr"] == first
         assert cluster_script.accepts_tcp(first)
     assert Path(harness.config).exists()
+
+
+def test_rate_and_address_units():
+    assert clusternet.parse_rate("20") == 20 << 20
+    assert clusternet.parse_rate("0.5") == 1 << 19
+    for bad in ("fast", "0", "-3", "1e6"):
+        with pytest.raises(clusternet.NetnsError):
+            clusternet.parse_rate(bad)
+    record = {"prefix": "lf000000", "subnet": "10.231.7.0/24"}
+    assert clusternet.daemon_addr(record, "mds", 1) == "10.231.7.11:6700"
+    assert clusternet.daemon_addr(record, "osd", 3) == "10.231.7.103:6700"
+    assert str(clusternet.subnet_of("10.231.7.103:6700")) == "10.231.7.0/24"
+    assert clusternet.subnet_of("127.0.0.1:20000") is None
+    assert clusternet.subnet_of("[::1]:20000") is None
+    assert clusternet.node_names(record, "client2", "client", 2) == ("lf000000-client2",
+                                                                      "lf000000c2")
+
+
+def test_teardown_touches_only_names_of_its_prefix(monkeypatch):
+    """A record whose names lack its prefix (edited by hand, say) deletes nothing."""
+    calls = []
+    monkeypatch.setattr(clusternet, "namespaces", lambda: {"other-ns", "lf111111-osd0"})
+    monkeypatch.setattr(clusternet, "links", lambda: {"eth0", "lf111111br"})
+    monkeypatch.setattr(clusternet, "run", lambda *argv: calls.append(argv) or "")
+    record = {"prefix": "lf111111", "namespaces": ["other-ns", "lf111111-osd0"],
+              "links": ["eth0", "lf111111br", "lf111111o0"]}
+    assert clusternet.teardown(record) == []
+    assert calls == [("ip", "link", "del", "lf111111br"), ("ip", "netns", "del", "lf111111-osd0")]
