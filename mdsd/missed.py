@@ -16,10 +16,12 @@ RPCs, each sent to the shard of the inode (``ino % n``); the key layout is in
 `mdsd.schema` (family ``missed``):
 
 - ``missed_record {entries: [[ino, chunk, osd_id]], by, version}`` -> ``{}``
-  once durable; a row that exists already is kept as it is (the first write
-  of an outage is the one that matters);
+  once durable; a row that exists keeps the higher of the two versions;
 - ``missed_query {osd, keys: [[ino, chunk]]}`` -> ``[bool]``: recorded or not;
-- ``missed_clear {osd, keys: [[ino, chunk]]}`` -> ``{cleared}``;
+- ``missed_clear {osd, keys: [[ino, chunk, version]]}`` -> ``{cleared}``: drops
+  each row whose version is at most `version`, the newest version every member
+  of the set confirmed the OSD holds.  A write missed after that confirmation
+  has a higher version, so its row survives a clear that arrives late;
 - ``missed_list {osd, after: [ino, chunk] | nil, limit}`` -> ``{keys, more}``:
   the records of one OSD on this shard, in key order.
 
@@ -52,14 +54,14 @@ class MissedWrites:
         self.nshards = nshards
 
     async def record(self, args: dict) -> dict:
-        entries = self._triples(args.get("entries"))
-        value = schema.pack({"time": time.time_ns(),
-                             "by": check.integer(args, "by", default=-1, lo=-1),
-                             "version": check.integer(args, "version", default=0)})
+        keys = [schema.missed_key(*triple)[1]
+                for triple in self._triples(args.get("entries"), "entries")]
+        row = {"time": time.time_ns(), "by": check.integer(args, "by", default=-1, lo=-1),
+               "version": check.integer(args, "version", default=0)}
 
-        added = await self.store.write(partial(_put_absent, self.store.dbs, entries, value))
+        added = await self.store.write(partial(_put_max, self.store.dbs, keys, row))
         if added:
-            log.info("recorded %d missed chunk copies (of %d asked)", added, len(entries))
+            log.info("recorded %d missed chunk copies (of %d asked)", added, len(keys))
         return {}
 
     def query(self, args: dict) -> list[bool]:
@@ -71,9 +73,10 @@ class MissedWrites:
 
     async def clear(self, args: dict) -> dict:
         osd_id = check.integer(args, "osd")
-        keys = [schema.missed_key(ino, chunk, osd_id)[1] for ino, chunk in self._pairs(args)]
+        keys = [(schema.missed_key(ino, chunk, osd_id)[1], version)
+                for ino, chunk, version in self._triples(args.get("keys"), "keys")]
 
-        cleared = await self.store.write(partial(_delete, self.store.dbs, keys))
+        cleared = await self.store.write(partial(_delete_upto, self.store.dbs, keys))
         if cleared:
             log.info("osd %d caught up %d missed chunk copies", osd_id, cleared)
         return {"cleared": cleared}
@@ -112,30 +115,47 @@ class MissedWrites:
                                     f"{ENTRIES_MAX} [ino, chunk]")
         return [self._pair(item) for item in keys]
 
-    def _triples(self, entries) -> list[bytes]:
-        if not isinstance(entries, list) or len(entries) > ENTRIES_MAX:
-            raise errors.BadRequest(f"argument 'entries' must be a list of at most "
-                                    f"{ENTRIES_MAX} [ino, chunk, osd]")
-        keys = []
-        for item in entries:
+    def _triples(self, items, name: str) -> list[tuple[int, int, int]]:
+        """``[[ino, chunk, n]]`` with n an osd id or a version."""
+        if not isinstance(items, list) or len(items) > ENTRIES_MAX:
+            raise errors.BadRequest(f"argument {name!r} must be a list of at most "
+                                    f"{ENTRIES_MAX} [ino, chunk, n]")
+        triples = []
+        for item in items:
             if not isinstance(item, list) or len(item) != 3:
-                raise errors.BadRequest("a missed entry must be [ino, chunk, osd]")
+                raise errors.BadRequest(f"an item of {name!r} must be [ino, chunk, n]")
             ino, chunk = self._pair(item[:2])
-            osd_id = check.integer({"osd": item[2]}, "osd")
-            keys.append(schema.missed_key(ino, chunk, osd_id)[1])
-        return keys
+            triples.append((ino, chunk, check.integer({name: item[2]}, name)))
+        return triples
 
 
 # -- in the writer thread / a read transaction ---------------------------------
 
-def _put_absent(dbs, keys: list[bytes], value: bytes, txn) -> int:
+def _put_max(dbs, keys: list[bytes], row: dict, txn) -> int:
+    """Add the rows, or raise the version of those that exist; returns how many
+    were new."""
     db = dbs[schema.MISSED]
-    return sum(1 for key in keys if txn.put(key, value, db=db, overwrite=False))
+    added = 0
+    for key in keys:
+        raw = txn.get(key, db=db)
+        if raw is None:
+            added += 1
+        elif schema.unpack(raw)["version"] >= row["version"]:
+            continue
+        txn.put(key, schema.pack(row), db=db)
+    return added
 
 
-def _delete(dbs, keys: list[bytes], txn) -> int:
+def _delete_upto(dbs, keys: list[tuple[bytes, int]], txn) -> int:
+    """Drop each row whose version is at most the one given with it."""
     db = dbs[schema.MISSED]
-    return sum(1 for key in keys if txn.delete(key, db=db))
+    cleared = 0
+    for key, version in keys:
+        raw = txn.get(key, db=db)
+        if raw is not None and schema.unpack(raw)["version"] <= version:
+            txn.delete(key, db=db)
+            cleared += 1
+    return cleared
 
 
 def _list(txn, db, start: bytes, osd_id: int, limit: int):

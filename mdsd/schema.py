@@ -46,7 +46,7 @@ database              key                             value
                       + be64(osd_id)                  write (or truncate) of the chunk skipped
                                                       osd_id, which was down (`mdsd.missed`);
                                                       by = the recording OSD, version = the
-                                                      chunk's version then
+                                                      highest chunk version recorded
 ====================  ==============================  ===========================================
 
 Placement: ``inode``, ``xattr``, ``orphan`` and ``missed`` keys of ino live on shard
@@ -69,8 +69,9 @@ Invariants:
 - a ``lock`` row exists iff a ``prepared`` record lists it.
 - a directory's nlink is ``2 + sum(subdirs over all shards)``; it is never stored.
 - a ``missed`` row exists from before the write it names was acknowledged until
-  its OSD has confirmed a copy no member beats, or the inode is dropped
-  (``inode_drop`` removes every row of the inode).
+  every member of the chunk's set confirmed that its OSD holds a version at
+  least the row's, or the inode is dropped (``inode_drop`` removes every row of
+  the inode).
 """
 
 import struct

@@ -4,6 +4,9 @@
                [--advertise HOST:PORT] [--host NAME] [--capacity BYTES] [--log-level info]
                [--recovery-interval S] [--recovery-rate BYTES_PER_S]
 
+``--recovery-rate`` defaults to ``$LOOMFS_RECOVERY_RATE`` when set (a test cluster
+started by scripts/cluster throttles its recovery that way), else 200 MiB/s.
+
 SIGTERM and SIGINT stop it cleanly (exit status 0).  A data directory of
 another format, OSD id or cluster is refused (exit status 1).
 """
@@ -11,6 +14,7 @@ another format, OSD id or cluster is refused (exit status 1).
 import argparse
 import functools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -126,8 +130,10 @@ def _parse_args(argv):
     parser.add_argument("--capacity", type=int, help="bytes (default: size of the data fs)")
     parser.add_argument("--recovery-interval", type=float, default=RECOVERY_INTERVAL,
                         help="seconds between recovery passes without a map change")
-    parser.add_argument("--recovery-rate", type=int, default=RECOVERY_RATE,
-                        help="bytes per second recovery may send (throttle)")
+    parser.add_argument("--recovery-rate", type=int,
+                        default=int(os.environ.get("LOOMFS_RECOVERY_RATE", RECOVERY_RATE)),
+                        help="bytes per second recovery may send (throttle; default "
+                             "$LOOMFS_RECOVERY_RATE, else %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)

@@ -9,7 +9,9 @@
 - `MissedLog.was_missed`: a suspect OSD that cannot hear from every member
   asks whether its copy of a chunk was written past.
 - `MissedLog.mine` and `MissedLog.clear`: the recovery pass lists this OSD's
-  records and clears those of chunks it has confirmed current.
+  records and clears those of chunks every member confirmed current; an OSD
+  that pushed the newest copy to a member that was behind clears that
+  member's record.
 
 Limitations:
 - A primary whose map is older than the one that marked a returning OSD up
@@ -113,17 +115,20 @@ class MissedLog:
                 after = reply["keys"][-1]
         return found
 
-    async def clear(self, keys) -> int:
-        """Drop this OSD's records of `keys` (copies confirmed current)."""
+    async def clear(self, confirmed, osd_id: int | None = None) -> int:
+        """Drop the records of `osd_id` (this OSD by default) for `confirmed`
+        ``(ino, chunk, version)``: every member confirmed that copy holds
+        `version`, the newest.  A row of a later missed write, with a higher
+        version, stays."""
         by_shard: dict[int, list] = {}
-        for ino, chunk_index in keys:
-            by_shard.setdefault(ino % len(self._mds), []).append([ino, chunk_index])
+        for ino, chunk_index, version in confirmed:
+            by_shard.setdefault(ino % len(self._mds), []).append([ino, chunk_index, version])
+        owner = self.osd_id if osd_id is None else osd_id
         cleared = 0
         for shard, group in by_shard.items():
             for start in range(0, len(group), LIST_LIMIT):
                 with trio.fail_after(CALL_TIMEOUT):
                     reply = await self._mds[shard].call(
-                        "missed_clear", {"osd": self.osd_id,
-                                         "keys": group[start:start + LIST_LIMIT]})
+                        "missed_clear", {"osd": owner, "keys": group[start:start + LIST_LIMIT]})
                 cleared += reply["cleared"]
         return cleared

@@ -204,9 +204,11 @@ class Recovery:
                 continue  # another copy is responsible (or nobody has data)
             if good < len(members):
                 degraded += 1
+            # With every member answering, `best` is the newest copy there is.
+            newest = best if all(o in have for o in members) else None
             for osd_id in members:
                 if osd_id in have and have[osd_id] < best:
-                    pushes.append((key, osd_id))
+                    pushes.append((key, osd_id, newest))
         self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes))
         for key in removals:
             await self.store.remove_chunk(*key)
@@ -238,16 +240,18 @@ class Recovery:
             return
         try:
             self._missed_mine = await self.missed.mine()
-            confirmed = [key for key, members in plans if key in self._missed_mine
-                         and self.store.meta(*key) is not None
-                         and not self._maybe_behind(key, members, versions)]
-            if confirmed:
-                await self.missed.clear(confirmed)
         except (errors.LoomError, trio.TooSlowError) as exc:
-            log.warning("recovery: missed-write records not listed or cleared: %s",
-                        exc or "timeout")
+            log.warning("recovery: missed-write records not listed: %s", exc or "timeout")
             return
-        self._missed_mine.difference_update(confirmed)
+        confirmed = []
+        for key, members in plans:
+            meta = self.store.meta(*key)
+            if key in self._missed_mine and meta is not None and not meta.corrupt \
+                    and not self._maybe_behind(key, members, versions):
+                confirmed.append((*key, meta.version))
+        if confirmed and not await self._clear_records(confirmed):
+            return
+        self._missed_mine.difference_update(key[:2] for key in confirmed)
         if confirmed or self._missed_mine:
             log.info("recovery: %d missed chunks caught up, %d still behind here",
                      len(confirmed), len(self._missed_mine))
@@ -319,9 +323,12 @@ class Recovery:
         return found
 
     async def _push_all(self, pushes) -> int:
+        """Push whole copies; ``pushes`` is ``[(key, osd_id, newest or None)]``.
+        A member that got the newest copy has its missed-write record cleared."""
         done = 0
+        caught_up: dict[int, list] = {}  # osd_id -> [(ino, chunk, version)]
 
-        async def one(key, osd_id):
+        async def one(key, osd_id, newest):
             nonlocal done
             async with self._push_slots:
                 meta = self.store.meta(*key)
@@ -333,6 +340,8 @@ class Recovery:
                             key[0], key[1], osd_id, client.addr):
                         done += 1
                         self.stats["recovered"] += 1
+                        if newest is not None:
+                            caught_up.setdefault(osd_id, []).append((*key, newest))
                 except (errors.LoomError, trio.TooSlowError) as exc:
                     log.warning("recovery: push of ino %d chunk %d to osd %d failed: %s",
                                 key[0], key[1], osd_id, exc or "timeout")
@@ -340,9 +349,24 @@ class Recovery:
                     self.stats["recovering"] -= 1
 
         async with trio.open_nursery() as nursery:
-            for key, osd_id in pushes:
-                nursery.start_soon(one, key, osd_id)
+            for key, osd_id, newest in pushes:
+                nursery.start_soon(one, key, osd_id, newest)
+        for osd_id, confirmed in caught_up.items():
+            await self._clear_records(confirmed, osd_id)
         return done
+
+    async def _clear_records(self, confirmed, osd_id: int | None = None) -> bool:
+        """Clear missed-write records (`osd.missed`); best effort, as a later
+        pass confirms the copies again."""
+        if self.missed is None:
+            return False
+        try:
+            await self.missed.clear(confirmed, osd_id)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("missed-write records of osd %s not cleared: %s",
+                        self.osd_id if osd_id is None else osd_id, exc or "timeout")
+            return False
+        return True
 
     async def _throttle(self, nbytes: int) -> None:
         now = trio.current_time()
@@ -409,15 +433,11 @@ class Recovery:
         chunk the last pass listed is obsolete.  Best effort: the next pass
         clears what this could not."""
         key = (ino, chunk_index)
-        if self.missed is None or key not in self._missed_mine:
+        meta = self.store.meta(ino, chunk_index)
+        if key not in self._missed_mine or meta is None or meta.corrupt:
             return
-        try:
-            await self.missed.clear([key])
-        except (errors.LoomError, trio.TooSlowError) as exc:
-            log.warning("missed-write record of ino %d chunk %d not cleared: %s", ino,
-                        chunk_index, exc or "timeout")
-            return
-        self._missed_mine.discard(key)
+        if await self._clear_records([(ino, chunk_index, meta.version)]):
+            self._missed_mine.discard(key)
 
     async def _versions_of(self, ino: int, chunk_index: int, osd_ids) -> dict[int, int]:
         """``{osd_id: version}`` of one chunk from those of `osd_ids` that answer in time

@@ -92,9 +92,10 @@ class Replicator:
                     # Every failure left was judged down: those members and the
                     # skipped ones missed it.  Recorded before the acknowledgement.
                     reached = {osd_id for osd_id, _ in targets} - set(failures)
-                    await self.record_missed(ino, chunk_index,
-                                             [o for o in replicas[1:] if o not in reached],
-                                             version)
+                    missed = [o for o in replicas[1:] if o not in reached]
+                    await self.record_missed(ino, chunk_index, missed, version)
+                    if not missed:
+                        await self._caught_up(ino, chunk_index, version, answers, failures)
                     return version
         raise errors.TryAgain(f"ino {ino} chunk {chunk_index}: replicas kept moving ahead "
                               f"of primary osd {self.osd_id}")
@@ -104,6 +105,21 @@ class Replicator:
         chunk (`osd.missed`); raises `TryAgain` when it cannot be recorded."""
         if osd_ids and self.missed is not None:
             await self.missed.record(ino, chunk_index, osd_ids, version)
+
+    async def _caught_up(self, ino, chunk_index, version, answers, failures) -> None:
+        """Every member took this write, some through a whole copy (they were
+        behind): their missed-write records are obsolete.  Best effort: their
+        recovery passes clear what this could not."""
+        pushed = [o for o, a in answers.items() if not a.get("applied", True)
+                  and o not in failures]
+        if not pushed or self.missed is None:
+            return
+        for osd_id in pushed:
+            try:
+                await self.missed.clear([(ino, chunk_index, version)], osd_id)
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                log.warning("missed-write record of ino %d chunk %d on osd %d not "
+                            "cleared: %s", ino, chunk_index, osd_id, exc or "timeout")
 
     def _note_degraded(self) -> None:
         self.degraded_writes += 1

@@ -28,17 +28,19 @@ BLOCK = 1 << 20
 class ReplCluster(Harness):
     """A cluster run by scripts/cluster whose OSDs the test may kill."""
 
-    def __init__(self, base, osds=4, replicas=2):
+    def __init__(self, base, osds=4, replicas=2, env=None):
         super().__init__(base / "state")
         self.base = base
         self.mnt = base / "mnt"
         self.osds = osds
         self.replicas = replicas
+        # Extra environment of every daemon (e.g. LOOMFS_RECOVERY_RATE), None: ours.
+        self.env = dict(os.environ, **env) if env else None
 
     def up(self):
         self.run("up", "--mds", 2, "--osd", self.osds, "--replicas", self.replicas,
                  "--down-after", DOWN_AFTER, "--mount", self.mnt, "--mount-opts",
-                 f"allow_other,default_permissions,io_timeout={IO_TIMEOUT}")
+                 f"allow_other,default_permissions,io_timeout={IO_TIMEOUT}", env=self.env)
 
     def loomfs(self, *args, timeout=120, check=True):
         done = subprocess.run([str(LOOMFS), *map(str, args), "--cluster", str(self.config)],
@@ -62,7 +64,7 @@ class ReplCluster(Harness):
         self.run("kill", f"osd{osd_id}")
 
     def restart(self, osd_id):
-        self.run("start", f"osd{osd_id}")
+        self.run("start", f"osd{osd_id}", env=self.env)
         self.wait_osd(osd_id, True)
 
     def wait_healthy(self, seconds=90):

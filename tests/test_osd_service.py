@@ -60,7 +60,7 @@ class FakeMds:
         return [(ino, chunk, args["osd"]) in self.missed for ino, chunk in args["keys"]]
 
     async def rpc_missed_clear(self, args, payload, peer):
-        gone = {(ino, chunk, args["osd"]) for ino, chunk in args["keys"]} & self.missed
+        gone = {(ino, chunk, args["osd"]) for ino, chunk, _ in args["keys"]} & self.missed
         self.missed -= gone
         return {"cleared": len(gone)}
 
