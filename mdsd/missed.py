@@ -133,10 +133,15 @@ class MissedWrites:
 
 def _put_max(dbs, keys: list[bytes], row: dict, txn) -> int:
     """Add the rows, or raise the version of those that exist; returns how many
-    were new."""
+    were new.  None for an inode that is gone: its drop took the rows with it,
+    and nothing is left to protect."""
     db = dbs[schema.MISSED]
     added = 0
     for key in keys:
+        ino = schema.missed_parse(key)[0]
+        inode_db, inode_raw = schema.inode_key(ino)
+        if txn.get(inode_raw, db=dbs[inode_db]) is None:
+            continue
         raw = txn.get(key, db=db)
         if raw is None:
             added += 1

@@ -115,3 +115,14 @@ async def test_a_returning_osd_answers_eio_only_for_what_it_missed(rig):  # noqa
     with pytest.raises(errors.IOFailure, match="was written while osd 1 was down"):
         await _read(rig, 1, 62, [1, 0])
     assert await _read(rig, 1, 61, [1, 0]) == b"same" * 10  # nothing went past it
+
+
+async def test_no_record_for_an_inode_that_is_gone(tmp_path, nursery):
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    ino = await _file_on(mds, 0, "late")
+    store = mds.handles[0].shard.store
+    await store.write(lambda txn: apply.Applier(store, txn).apply([["inode_drop", ino]]))
+
+    await mds.client(0).call("missed_record", {"entries": [[ino, 0, 1]], "version": 3})
+    assert await mds.client(0).call("missed_query", {"osd": 1, "keys": [[ino, 0]]}) == [False]
