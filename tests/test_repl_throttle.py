@@ -34,6 +34,7 @@ FLOOR = 2 * IO_TIMEOUT
 RATE = int(os.environ.get("LOOMFS_RECOVERY_RATE",
                           max(64 << 10, (BIG_MB << 20) // 2 // PUSHERS // FLOOR)))
 VICTIM = 1
+BASELINE_OPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,10 @@ class ClientLoad(threading.Thread):
     """Alternates 1 MiB write+fsync of a new file and a 1 MiB read of `missed`
     until stopped; records ``(kind, start, end)`` of every operation."""
 
-    def __init__(self, mnt, missed, digests):
+    def __init__(self, mnt, missed, digests, count=None):
         super().__init__(daemon=True)
         self.mnt, self.missed, self.digests = mnt, missed, digests
+        self.count = count  # operations to do, None: until stopped
         self.stop = threading.Event()
         self.ops = []
         self.written = {}  # path -> sha256
@@ -56,7 +58,7 @@ class ClientLoad(threading.Thread):
     def run(self):
         try:
             step = 0
-            while not self.stop.is_set():
+            while not self.stop.is_set() and step != self.count:
                 if step % 2 == 0:
                     self._write(step)
                 else:
@@ -99,15 +101,34 @@ class ClientLoad(threading.Thread):
         self._timed("read", work)
 
 
-def _write_missed(path):
+def _write_seeded(path, seed, nblocks):
+    """A file of seeded 1 MiB blocks, fsynced; returns the sha256 of each block."""
     digests = []
     with open(path, "wb") as fp:
-        for block in seeded_blocks(SEED, BIG_MB):
+        for block in seeded_blocks(seed, nblocks):
             fp.write(block)
             digests.append(hashlib.sha256(block).hexdigest())
         fp.flush()
         os.fsync(fp.fileno())
     return digests
+
+
+def _throughput(ops) -> float:
+    """MiB/s of 1 MiB operations over the span they cover."""
+    if not ops:
+        return 0.0
+    return len(ops) / max(1e-6, ops[-1][2] - ops[0][1])
+
+
+def _baseline(repl) -> float:
+    """The client's MiB/s with no recovery running, for comparison."""
+    path = repl.mnt / "baseline"
+    digests = _write_seeded(path, SEED - 1, BASELINE_OPS)
+    load = ClientLoad(repl.mnt, path, digests, count=BASELINE_OPS)
+    load.run()
+    if load.error is not None:
+        raise load.error
+    return _throughput(load.ops)
 
 
 def _recovered(repl):
@@ -125,10 +146,11 @@ def _wait_healthy_since(repl, deadline):
 def test_client_io_goes_on_while_a_returning_osd_catches_up(repl):
     print(f"seed {SEED}, {BIG_MB} MiB, recovery rate {RATE} B/s per osd")
     repl.wait_healthy(60)
+    baseline = _baseline(repl)
     path = repl.mnt / "missed"
     repl.kill(VICTIM)
     repl.wait_osd(VICTIM, False)
-    digests = _write_missed(path)
+    digests = _write_seeded(path, SEED, BIG_MB)
     slots = repl.getstripe(path)
     missed = sum(1 for index in range(BIG_MB) if VICTIM in slots[index % len(slots)])
     recovered_before = _recovered(repl)
@@ -155,7 +177,8 @@ def test_client_io_goes_on_while_a_returning_osd_catches_up(repl):
           f"healthy {window:.1f}s after the return: {missed / window:.1f} MiB/s")
     print(f"client meanwhile: {len(during)} ops of 1 MiB "
           f"({sum(op[0] == 'write' for op in during)} write+fsync), "
-          f"{moved / window:.1f} MiB/s; slowest {slowest[0]} {slowest[2] - slowest[1]:.2f}s")
+          f"{moved / window:.1f} MiB/s (without recovery {baseline:.1f} MiB/s); "
+          f"slowest {slowest[0]} {slowest[2] - slowest[1]:.2f}s")
 
     assert pushed > 0, "nothing was pushed to the returning osd"
     assert slowest[2] - slowest[1] < IO_TIMEOUT, f"a {slowest[0]} stalled during recovery"
