@@ -29,6 +29,7 @@ import trio
 
 from loomproto import config as cluster_config
 from loomproto import errors
+from loomproto.memory import keep_freed_memory
 
 from .cluster import Cluster
 from .data import DataPath
@@ -136,6 +137,7 @@ def _report(ready_fd, message: str):
 
 
 def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
+    keep_freed_memory()  # each FUSE write arrives in a fresh 1 MiB bytes (loomproto.memory)
     failure = None
     try:
         _run_profiled(_main, config, mountpoint, own, fuse_options, ready_fd)

@@ -52,7 +52,8 @@ KIND_REPLY = 2
 _PREFIX = struct.Struct(">2sBBII")
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20
-RECV_SIZE = 1 << 20
+FILL_SIZE = 64 << 10  # socket read size for frame prefixes, headers and small payloads
+SMALL_PAYLOAD = 64 << 10  # larger payloads are received into a buffer of their own
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -113,7 +114,9 @@ class FrameStream:
 
     async def _fill(self, need: int) -> bool:
         while len(self._buf) < need:
-            data = await self.stream.receive_some(max(RECV_SIZE, need - len(self._buf)))
+            # Small reads here: a big payload after the header is read by
+            # _take_payload straight into its own buffer.
+            data = await self.stream.receive_some(max(FILL_SIZE, need - len(self._buf)))
             if not data:
                 if self._buf:
                     raise FrameError(f"connection closed inside a frame ({len(self._buf)} bytes)")
@@ -122,7 +125,10 @@ class FrameStream:
         return True
 
     async def receive(self):
-        """Next frame as ``(kind, header, payload)``, or None at a clean EOF."""
+        """Next frame as ``(kind, header, payload)``, or None at a clean EOF.
+
+        The payload is ``bytes`` up to SMALL_PAYLOAD and a ``bytearray`` above it.
+        """
         if not await self._fill(_PREFIX.size):
             return None
         magic, version, kind, head_len, payload_len = _PREFIX.unpack_from(self._buf)
@@ -133,18 +139,47 @@ class FrameStream:
                 f"peer speaks protocol {version}, we speak {PROTO_VERSION}")
         if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
             raise FrameError(f"oversized frame: header {head_len}, payload {payload_len}")
-        total = _PREFIX.size + head_len + payload_len
-        if not await self._fill(total):
+
+        head_end = _PREFIX.size + head_len
+        if not await self._fill(head_end):
             raise FrameError("connection closed inside a frame")
-        start = _PREFIX.size
         try:
-            header = _unpackb(self._buf[start:start + head_len])
+            header = _unpackb(self._buf[_PREFIX.size:head_end])
         except Exception as exc:  # msgpack raises many unrelated types
             raise FrameError(f"undecodable header: {exc}") from None
+        return kind, header, await self._take_payload(head_end, payload_len)
+
+    async def _take_payload(self, start: int, length: int):
+        """The `length` payload bytes after `start` in the buffer, which drops the frame."""
+        if length <= SMALL_PAYLOAD:
+            if not await self._fill(start + length):
+                raise FrameError("connection closed inside a frame")
+            with memoryview(self._buf) as view:
+                payload = bytes(view[start:start + length])
+            del self._buf[:start + length]  # cheap: CPython moves a bytearray's start forward
+            return payload
+
+        # Bulk data: one buffer of the right size, filled from the socket directly.
+        payload = bytearray(length)
+        have = min(len(self._buf) - start, length)
         with memoryview(self._buf) as view:
-            payload = bytes(view[start + head_len:total])  # the one copy of bulk data
-        del self._buf[:total]  # cheap: CPython moves a bytearray's start forward
-        return kind, header, payload
+            payload[:have] = view[start:start + have]
+        del self._buf[:start + have]
+        with memoryview(payload) as view:
+            while have < length:
+                got = await self._receive_into(view[have:])
+                if not got:
+                    raise FrameError(f"connection closed inside a payload ({have} of {length})")
+                have += got
+        return payload
+
+    async def _receive_into(self, view) -> int:
+        sock = getattr(self.stream, "socket", None)
+        if sock is not None:  # a trio SocketStream: no intermediate bytes object
+            return await sock.recv_into(view)
+        data = await self.stream.receive_some(len(view))
+        view[:len(data)] = data
+        return len(data)
 
     async def aclose(self):
         await self.stream.aclose()

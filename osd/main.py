@@ -24,6 +24,7 @@ import trio
 
 from loomproto import config as configmod
 from loomproto import rpc
+from loomproto.memory import keep_freed_memory
 
 from . import datadir
 from .heartbeat import HEARTBEAT_INTERVAL, MapKeeper, run_heartbeats
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     except (configmod.ConfigError, datadir.DataDirError, ValueError, OSError) as exc:
         log.error("cannot start osd %d: %s", opts.osd_id, exc)
         return 1
+    keep_freed_memory()  # chunk payloads reuse heap pages (loomproto.memory)
     failed = False
     try:
         trio.run(_run, opts, config)

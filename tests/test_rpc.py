@@ -4,6 +4,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from loomproto import errors, rpc, wire
 
@@ -39,6 +40,42 @@ async def test_call_roundtrip_with_payload(server, nursery):
     result, data = await client.call_payload("echo", {"x": 1}, b"\0" * 200_000)
     assert result == {"args": {"x": 1}}
     assert data == b"\0" * 200_000
+
+
+async def test_bulk_payloads_back_to_back(server, nursery):
+    """Payloads past wire.SMALL_PAYLOAD are received into their own buffer; many
+    in flight on one connection keep their bytes and their order within a frame."""
+    client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
+    sizes = [wire.SMALL_PAYLOAD + 1, 1 << 20, 3 * (1 << 20) + 7, 1 << 20]
+    sent = {i: bytes(range(256)) * (size // 256) + bytes([i]) * (size % 256)
+            for i, size in enumerate(sizes)}
+    got = {}
+
+    async def one(i):
+        _, got[i] = await client.call_payload("echo", {"i": i}, sent[i])
+
+    async with trio.open_nursery() as inner:
+        for i in sent:
+            inner.start_soon(one, i)
+    assert got == sent
+
+
+async def test_frames_over_a_stream_without_socket():
+    """FrameStream on a plain trio stream (no .socket): the bulk path still works,
+    and a peer that stops inside a payload is a FrameError, not a short payload."""
+    left, right = trio.testing.memory_stream_pair()
+    sender, receiver = wire.FrameStream(left), wire.FrameStream(right)
+    payload = b"x" * (wire.SMALL_PAYLOAD * 3 + 5)
+    await sender.send(wire.encode_frame(wire.KIND_REQUEST, [1, "echo", {}], payload))
+    with trio.fail_after(5):
+        kind, header, data = await receiver.receive()
+    assert (kind, header, data) == (wire.KIND_REQUEST, [1, "echo", {}], payload)
+
+    head, _ = wire.encode_frame(wire.KIND_REQUEST, [2, "echo", {}], payload)
+    await left.send_all(head + payload[:wire.SMALL_PAYLOAD * 2])
+    await left.aclose()
+    with trio.fail_after(5), pytest.raises(wire.FrameError, match="inside a payload"):
+        await receiver.receive()
 
 
 async def test_many_calls_in_flight(server, nursery):
