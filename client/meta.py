@@ -14,6 +14,13 @@ them -- with this client's own changes applied (`_dir_changed`: entry count,
 subdirectory links, mtime and ctime), as the shards apply them.  A rename
 drops both parents from that cache.  Other clients' changes show after at
 most attr_timeout, as they would through the kernel's cache.
+
+The kernel asks for the ``security.capability`` attribute before every
+write() to a file, to drop file capabilities (pyfuse3 cannot negotiate
+FUSE_HANDLE_KILLPRIV_V2, which would stop that).  A shard's "no such
+attribute" is remembered for CAPS_TTL seconds, so a 1 MiB write costs no shard
+round trip; this client's own setxattr/removexattr forget it at once, another
+client's `setcap` shows here after at most CAPS_TTL.
 """
 
 import logging
@@ -28,6 +35,8 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 CACHE_ENTRIES = 100_000
+CAPS_XATTR = b"security.capability"
+CAPS_TTL = 1.0  # the mount's default attr_timeout
 
 
 def _rid() -> bytes:
@@ -54,6 +63,7 @@ class Meta:
         self.clock = 0
         self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
         self.fetched: dict[int, float] = {}  # ino -> monotonic time of the server's answer
+        self.no_caps: OrderedDict[int, float] = OrderedDict()  # ino -> when a shard said none
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
@@ -241,14 +251,33 @@ class Meta:
     # -- extended attributes ----------------------------------------------
 
     async def getxattr(self, ino, name) -> bytes:
-        return await self._at_ino(ino, "getxattr", {"ino": ino, "name": name})
+        if name != CAPS_XATTR:
+            return await self._at_ino(ino, "getxattr", {"ino": ino, "name": name})
+
+        asked = self.no_caps.get(ino)
+        if asked is not None and time.monotonic() - asked < CAPS_TTL:
+            raise errors.NoData(f"ino {ino} has no {CAPS_XATTR.decode()} (cached)")
+        try:
+            return await self._at_ino(ino, "getxattr", {"ino": ino, "name": name})
+        except errors.NoData:
+            self.no_caps[ino] = time.monotonic()
+            self.no_caps.move_to_end(ino)
+            if len(self.no_caps) > CACHE_ENTRIES:
+                self.no_caps.popitem(last=False)
+            raise
 
     async def setxattr(self, ino, name, value, flags=0) -> None:
         args = {"ino": ino, "name": name, "value": value, "flags": flags}
-        await self._at_ino(ino, "setxattr", args)
+        try:
+            await self._at_ino(ino, "setxattr", args)
+        finally:  # after the call: a "none" answered meanwhile is stale too
+            self.no_caps.pop(ino, None)
 
     async def listxattr(self, ino) -> list:
         return await self._at_ino(ino, "listxattr", {"ino": ino})
 
     async def removexattr(self, ino, name) -> None:
-        await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})
+        try:
+            await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})
+        finally:
+            self.no_caps.pop(ino, None)

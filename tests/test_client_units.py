@@ -102,3 +102,56 @@ def test_admin_commands_find_the_nearest_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOMFS_CLUSTER", "/x/cluster.json")
     assert find_cluster(argparse.Namespace(cluster=None)) == "/x/cluster.json"
     assert find_cluster(argparse.Namespace(cluster="/y")) == "/y"
+
+
+class _XattrShard:
+    """A cluster stub whose one shard stores xattrs and counts the calls it gets."""
+
+    def __init__(self):
+        self.xattrs, self.calls = {}, []
+
+    def shard_of_ino(self, ino):
+        return 0
+
+    async def mds(self, shard, op, args):
+        from loomproto import errors
+
+        self.calls.append(op)
+        key = (args["ino"], args["name"])
+        if op == "setxattr":
+            self.xattrs[key] = args["value"]
+        elif op == "removexattr":
+            self.xattrs.pop(key, None)
+        elif key not in self.xattrs:
+            raise errors.NoData("no such xattr")
+        return self.xattrs.get(key)
+
+
+async def test_missing_capability_xattr_is_remembered_until_this_client_sets_one(
+        monkeypatch):
+    from client import meta as metamod
+    from loomproto import errors
+
+    clock = [100.0]
+    monkeypatch.setattr(metamod.time, "monotonic", lambda: clock[0])
+    shard = _XattrShard()
+    meta = metamod.Meta(shard)
+    for _ in range(3):  # what the kernel asks before each write()
+        with pytest.raises(errors.NoData):
+            await meta.getxattr(5, metamod.CAPS_XATTR)
+    assert shard.calls == ["getxattr"]
+    with pytest.raises(errors.NoData):
+        await meta.getxattr(5, b"user.other")  # other names are never cached
+    with pytest.raises(errors.NoData):
+        await meta.getxattr(5, b"user.other")
+    assert shard.calls.count("getxattr") == 3
+
+    clock[0] += metamod.CAPS_TTL  # another client's setcap shows after the TTL
+    shard.xattrs[(5, metamod.CAPS_XATTR)] = b"caps"
+    assert await meta.getxattr(5, metamod.CAPS_XATTR) == b"caps"
+
+    await meta.removexattr(5, metamod.CAPS_XATTR)
+    with pytest.raises(errors.NoData):
+        await meta.getxattr(5, metamod.CAPS_XATTR)
+    await meta.setxattr(5, metamod.CAPS_XATTR, b"new")  # ours: seen at once
+    assert await meta.getxattr(5, metamod.CAPS_XATTR) == b"new"
