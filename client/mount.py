@@ -11,7 +11,10 @@ Mount options (``-o``): LoomFS's own, removed before the rest go to FUSE:
 default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 (the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
 metadata call retries an unreachable shard before EIO, default 60),
-``io_timeout=S`` (the same for OSDs, default 60).  With LOOMFS_PROFILE=FILE in
+``io_timeout=S`` (the same for OSDs, default 60), ``writeback_cache`` (the
+kernel's writeback cache: write() returns once the bytes are in the page
+cache and the kernel sends them in the background; off by default, see
+README "Kernel writeback cache" for the trade-off).  With LOOMFS_PROFILE=FILE in
 its environment the client runs under cProfile and writes the stats to FILE
 at unmount.  Everything else (allow_other,
 default_permissions, ro, ...) is passed to FUSE.  The defaults used by
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
-                "debug_faults": bool}
+                "debug_faults": bool, "writeback_cache": bool}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
             "exec", "async"}
 
@@ -54,7 +57,7 @@ def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
-           "debug_faults": False}
+           "debug_faults": False, "writeback_cache": False}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
@@ -182,6 +185,10 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
                              on_init=lambda: nursery.start_soon(
                                  _tune_mount, mountpoint, own["readahead_kb"]),
                              debug_faults=own["debug_faults"])
+        # Read by pyfuse3 when the kernel's INIT arrives.  The kernel then owns
+        # size and mtime while it holds dirty pages, turns O_APPEND into writes
+        # at its own size, and may read partial pages through write-only handles.
+        ops.enable_writeback_cache = own["writeback_cache"]
         options = set(pyfuse3.default_options) | fuse_options
         options |= {"fsname=loomfs:" + config.cluster_id, "subtype=loomfs"}
         try:
