@@ -5,7 +5,11 @@ OSDs with 2 replicas, OSDs marked down after 2 s of silence.
 - a truncate missed by a down OSD: the file, extended again, reads as zeros;
 - a write that reached only the other replica, whose OSD then dies before the
   returning OSD caught up: the read returns the new bytes or EIO, never the old
-  bytes or zeros.
+  bytes or zeros;
+- the same with the other replica dead before the OSD returns, so that it cannot
+  have caught up: EIO for the chunk written while it was down, its own copy for a
+  chunk of the same replica set that was not (the missed-write record tells them
+  apart), and the new bytes once the other replica is back.
 """
 
 import errno
@@ -76,3 +80,38 @@ def test_the_only_current_copy_lost_gives_eio_not_old_bytes(repl):
     repl.wait_healthy(120)
     drop_page_cache()
     assert path.read_bytes() == new
+
+
+def _pread(path, offset, length):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_returning_osd_answers_eio_only_for_the_chunks_it_missed(repl):
+    repl.wait_healthy(60)
+    path = repl.mnt / "partly-written-while-down"
+    old, kept, new = b"o" * MiB, b"k" * MiB, b"n" * MiB
+    _write(path, old + bytes(3 * MiB) + kept)  # chunks 0 and 4 share stripe slot 0
+    first, second = repl.getstripe(path)[0][:2]
+    repl.kill(first)
+    repl.wait_osd(first, False)
+    _write(path, new)  # chunk 0 only, past `first`
+    repl.kill(second)
+    repl.wait_osd(second, False)
+    repl.restart(first)
+
+    drop_page_cache()
+    assert _pread(path, 4 * MiB, MiB) == kept, "a chunk nothing went past was refused"
+    drop_page_cache()
+    with pytest.raises(OSError) as failed:
+        _pread(path, 0, 4096)
+    assert failed.value.errno == errno.EIO
+
+    repl.restart(second)
+    repl.wait_healthy(120)
+    drop_page_cache()
+    assert _pread(path, 0, MiB) == new
+    assert _pread(path, 4 * MiB, MiB) == kept
