@@ -9,7 +9,9 @@ OSDs with 2 replicas, OSDs marked down after 2 s of silence.
 - the same with the other replica dead before the OSD returns, so that it cannot
   have caught up: EIO for the chunk written while it was down, its own copy for a
   chunk of the same replica set that was not (the missed-write record tells them
-  apart), and the new bytes once the other replica is back.
+  apart), and the new bytes once the other replica is back;
+- a truncate missed by a down OSD whose only peer then dies: EIO, not the old
+  bytes, until the peer is back.
 """
 
 import errno
@@ -115,3 +117,27 @@ def test_a_returning_osd_answers_eio_only_for_the_chunks_it_missed(repl):
     drop_page_cache()
     assert _pread(path, 0, MiB) == new
     assert _pread(path, 4 * MiB, MiB) == kept
+
+
+def test_a_missed_truncate_with_the_other_copy_lost_gives_eio(repl):
+    repl.wait_healthy(60)
+    path = repl.mnt / "cut-while-down"
+    _write(path, os.urandom(MiB))
+    first, second = repl.getstripe(path)[0][:2]
+    repl.kill(first)
+    repl.wait_osd(first, False)
+    os.truncate(path, 0)  # recorded as missed by `first`
+    repl.kill(second)
+    repl.wait_osd(second, False)
+    repl.restart(first)
+    os.truncate(path, MiB)
+
+    drop_page_cache()
+    with pytest.raises(OSError) as failed:
+        _pread(path, 0, 4096)
+    assert failed.value.errno == errno.EIO
+
+    repl.restart(second)
+    repl.wait_healthy(120)
+    drop_page_cache()
+    assert path.read_bytes() == bytes(MiB)
