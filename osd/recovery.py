@@ -252,8 +252,8 @@ class Recovery:
         if confirmed and not await self._clear_records(confirmed):
             return
         self._missed_mine.difference_update(key[:2] for key in confirmed)
-        if confirmed or self._missed_mine:
-            log.info("recovery: %d missed chunks caught up, %d still behind here",
+        if confirmed:
+            log.info("recovery: %d missed chunks confirmed caught up, %d to go",
                      len(confirmed), len(self._missed_mine))
 
     async def record_truncate(self, ino: int, cut: dict[int, int]) -> None:
