@@ -107,6 +107,10 @@ class FileData:
         self.written_osds: set[int] = set()
         self.chunks_written: set[int] = set()  # since the last commit_size (loomproto.chunkset)
         self.size_dirty = False
+        # The end of this client's writes since its last commit_size: what it
+        # commits, not `size`, which may be another client's older size.
+        self.written_end = 0
+        self.server_stamp = None  # (size, mtime) the shard last reported, to spot others' changes
         self.mtime_ns = 0
         self.read_cache: OrderedDict[int, bytes] = OrderedDict()
         self.fetching: dict[int, trio.Event] = {}
@@ -166,6 +170,7 @@ class DataPath:
                 self._send_chunk(fd, chunk_index)
         fd.generation += 1
         fd.size = max(fd.size, offset + len(data))
+        fd.written_end = max(fd.written_end, offset + len(data))
         fd.size_dirty = True
         fd.mtime_ns = now_ns
         if fd.dirty_bytes > self.write_window:

@@ -18,6 +18,8 @@ RuntimeError inside the handler, to prove that a bug costs one EIO and not
 the mount.
 """
 
+import collections
+import contextlib
 import errno
 import functools
 import inspect
@@ -126,6 +128,7 @@ class LoomOperations(pyfuse3.Operations):
         self.files: dict[int, FileData] = {}
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
+        self._resizing = collections.Counter()  # ino -> our size changes in flight
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -149,14 +152,40 @@ class LoomOperations(pyfuse3.Operations):
         entry.st_ctime_ns = attr["ctime"]
         entry.st_blksize = 1 << 20
         fd = self.files.get(attr["ino"])
-        if fd is not None and fd.size_dirty:
-            # Our unflushed writes are newer than what the shard knows.
-            entry.st_size = fd.size
-            entry.st_mtime_ns = max(entry.st_mtime_ns, fd.mtime_ns)
+        if fd is not None:
+            entry.st_size = self._open_size(fd, attr)
+            if fd.size_dirty:
+                entry.st_mtime_ns = max(entry.st_mtime_ns, fd.mtime_ns)
         entry.st_blocks = (entry.st_size + 511) // 512
         entry.attr_timeout = self.attr_timeout
         entry.entry_timeout = self.entry_timeout
         return entry
+
+    def _open_size(self, fd: FileData, attr: dict) -> int:
+        """The size of a file open here, kept in `fd.size` for reads: the shard's
+        size, or the end of our unflushed writes when that is further.  The
+        shard may have a size another client committed since we opened, larger
+        or smaller; a new (size, mtime) from it also drops our cached chunks."""
+        if self._resizing[fd.ino]:
+            return fd.size  # our truncate or commit is on its way; attr may predate it
+        stamp = (attr["size"], attr["mtime"])
+        if stamp != fd.server_stamp:
+            fd.server_stamp = stamp
+            fd.read_cache.clear()
+            fd.generation += 1
+        fd.size = max(attr["size"], fd.written_end) if fd.size_dirty else attr["size"]
+        return fd.size
+
+    @contextlib.contextmanager
+    def _changing_size(self, ino: int):
+        """Around our own size change of `ino`: replies sent before it do not set fd.size."""
+        self._resizing[ino] += 1
+        try:
+            yield
+        finally:
+            self._resizing[ino] -= 1
+            if not self._resizing[ino]:
+                del self._resizing[ino]
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
@@ -195,11 +224,14 @@ class LoomOperations(pyfuse3.Operations):
             await self._flush(fd)
             if fields.update_mtime:
                 fd.mtime_ns = 0
-        if fields.update_size:
-            changes["size"] = attr.st_size
-            await self._truncate(inode, attr.st_size)
         caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
-        return self._entry(await self.meta.setattr(inode, changes, caller))
+        if not fields.update_size:
+            return self._entry(await self.meta.setattr(inode, changes, caller))
+        changes["size"] = attr.st_size
+        with self._changing_size(inode):
+            await self._truncate(inode, attr.st_size)
+            new_attr = await self.meta.setattr(inode, changes, caller)
+        return self._entry(new_attr)
 
     async def _truncate(self, ino: int, size: int):
         fd = self.files.get(ino)
@@ -210,6 +242,7 @@ class LoomOperations(pyfuse3.Operations):
             fd = FileData(ino, Layout.from_wire(attr["layout"]), attr["size"])
         await self.data.truncate(fd, size)
         fd.size_dirty = False
+        fd.written_end = 0
 
     # -- namespace --------------------------------------------------------
 
@@ -347,9 +380,10 @@ class LoomOperations(pyfuse3.Operations):
                 mode &= ~stat.S_ISGID
             changes["mode"] = mode
         await self._flush(self.files[ino])
-        await self._truncate(ino, 0)
         caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
-        await self.meta.setattr(ino, changes, caller)
+        with self._changing_size(ino):
+            await self._truncate(ino, 0)
+            await self.meta.setattr(ino, changes, caller)
 
     def _new_handle(self, attr: dict, flags: int) -> pyfuse3.FileInfo:
         ino = attr["ino"]
@@ -358,9 +392,9 @@ class LoomOperations(pyfuse3.Operations):
             layout = Layout.from_wire(attr["layout"]) if attr.get("layout") else Layout()
             fd = self.files[ino] = FileData(ino, layout, attr["size"])
             self.meta.cluster.open_inos[ino] = 0
-        elif not fd.size_dirty:
-            fd.size = attr["size"]
-            fd.read_cache.clear()
+        else:
+            self._open_size(fd, attr)
+            fd.read_cache.clear()  # close-to-open: what another client wrote is fetched anew
         fd.handles += 1
         self.meta.cluster.open_inos[ino] += 1
         fh = next(self._fhs)
@@ -390,12 +424,19 @@ class LoomOperations(pyfuse3.Operations):
             # The size those writes would have given the file is not recorded:
             # a failed write must not leave a file that reads as zeros.
             fd.size_dirty = False
+            fd.written_end = 0
             raise error
         if fd.size_dirty:
+            # Commit the end of our own writes: fd.size may be a size from
+            # before another client truncated the file, not ours to restore.
             chunks = set(fd.chunks_written)
-            await self.meta.commit_size(fd.ino, fd.size, fd.mtime_ns, chunks)
+            end, mtime = fd.written_end, fd.mtime_ns
+            with self._changing_size(fd.ino):
+                await self.meta.commit_size(fd.ino, end, mtime, chunks)
             fd.chunks_written -= chunks
-            fd.size_dirty = False
+            if (fd.written_end, fd.mtime_ns) == (end, mtime):  # no write meanwhile
+                fd.size_dirty = False
+                fd.written_end = 0
 
     async def release(self, fh):
         handle = self.handles.pop(fh)

@@ -1,0 +1,73 @@
+"""Sizes between two mounts of one cluster while handles stay open (close-to-open,
+README "POSIX behaviour"): a client commits the end of its own writes, never a size
+it read before another client changed the file, and an open handle takes up a size
+another client committed at its next stat."""
+
+import os
+
+import pytest
+
+from posix_util import extra_mount
+
+pytestmark = pytest.mark.mount
+
+NO_CACHE = "allow_other,default_permissions,attr_timeout=0,entry_timeout=0"
+
+
+@pytest.fixture
+def two_mounts(cluster, request):
+    """Two more clients with no kernel attribute cache; yields one directory as seen
+    through each."""
+    with extra_mount(cluster, NO_CACHE) as one, extra_mount(cluster, NO_CACHE) as two:
+        name = f"coherence-{request.node.name}"
+        os.mkdir(one / name)
+        try:
+            yield one / name, two / name
+        finally:
+            for entry in os.listdir(one / name):
+                os.unlink(one / name / entry)
+            os.rmdir(one / name)
+
+
+def test_write_after_other_mounts_truncate_keeps_its_size(two_mounts):
+    one, two = two_mounts
+    (one / "f").write_bytes(b"x" * 10_000)
+    fd = os.open(two / "f", os.O_RDWR)  # this client learns size 10,000 here
+    try:
+        os.truncate(one / "f", 0)
+        os.pwrite(fd, b"hello", 100)
+        assert os.fstat(fd).st_size == 105
+    finally:
+        os.close(fd)
+    # The write came after the truncate: nothing of the old 10,000 bytes comes back.
+    assert (one / "f").read_bytes() == bytes(100) + b"hello"
+    assert os.stat(two / "f").st_size == 105
+
+
+def test_open_handle_sees_size_committed_by_other_mount(two_mounts):
+    one, two = two_mounts
+    (one / "f").write_bytes(b"")
+    fd = os.open(two / "f", os.O_RDWR)  # size 0 here
+    try:
+        with open(one / "f", "r+b") as fp:
+            fp.write(b"z" * 10_000)
+        os.pwrite(fd, b"ab", 0)  # unflushed, and below the other client's end
+        assert os.fstat(fd).st_size == 10_000
+        assert os.pread(fd, 20_000, 0) == b"ab" + b"z" * 9_998
+    finally:
+        os.close(fd)
+    assert (one / "f").read_bytes() == b"ab" + b"z" * 9_998
+
+
+def test_open_handle_rereads_data_other_mount_rewrote(two_mounts):
+    one, two = two_mounts
+    (one / "f").write_bytes(b"a" * 5_000)
+    fd = os.open(two / "f", os.O_RDWR)
+    try:
+        assert os.pread(fd, 5_000, 0) == b"a" * 5_000  # now cached by this client
+        with open(one / "f", "r+b") as fp:
+            fp.write(b"b" * 6_000)
+        assert os.fstat(fd).st_size == 6_000
+        assert os.pread(fd, 6_000, 0) == b"b" * 6_000
+    finally:
+        os.close(fd)
