@@ -274,3 +274,50 @@ def test_link_of_every_file_type_shares_mode_owner_and_count(workdir):
         os.unlink(third)
         assert os.lstat(second).st_nlink == 1
         os.unlink(second)
+
+
+# -- what set-user-ID and set-group-ID survive ------------------------------
+
+def _as_owner(call):
+    return lambda path: as_user(USER, GROUP, call, path)
+
+
+def _open_trunc(path):
+    _open(path, os.O_WRONLY | os.O_TRUNC)
+
+
+# name -> (mode given to a file (or directory) owned by USER:GROUP, the call on it)
+MODE_CASES = {
+    "root chown -1 -1": (0o6755, lambda p: os.chown(p, -1, -1)),
+    "owner chown -1 -1": (0o6755, _as_owner(lambda p: os.chown(p, -1, -1))),
+    "root chown to the same ids": (0o6755, lambda p: os.chown(p, USER, GROUP)),
+    "root chown, sgid without group exec": (0o2745, lambda p: os.chown(p, 0, 0)),
+    "owner writes": (0o6755, _as_owner(_write)),
+    "root writes": (0o6755, _write),
+    "owner truncates": (0o6755, _as_owner(lambda p: os.truncate(p, 1))),
+    "root truncates": (0o6755, lambda p: os.truncate(p, 1)),
+    "owner opens with O_TRUNC": (0o6755, _as_owner(_open_trunc)),
+    "owner sets times": (0o6755, _as_owner(lambda p: os.utime(p, (5, 5)))),
+    "owner sets an xattr": (0o6755, _as_owner(lambda p: os.setxattr(p, "user.k", b"v"))),
+    "root chown of a setgid directory": (0o2755, lambda p: os.chown(p, 0, 0)),
+    "owner chmod 07777 of a directory": (0o755, _as_owner(lambda p: os.chmod(p, 0o7777))),
+}
+
+
+def _mode_answers(root):
+    answers = {}
+    for number, (name, (mode, call)) in enumerate(MODE_CASES.items()):
+        path = os.path.join(root, f"m{number}")
+        if "directory" in name:
+            os.mkdir(path)
+        else:
+            _file(path)
+        os.chown(path, USER, GROUP)
+        os.chmod(path, mode)
+        result = _errno(call, path)
+        answers[name] = (result, oct(stat.S_IMODE(os.stat(path).st_mode)))
+    return answers
+
+
+def test_set_id_bits_kept_or_cleared_as_locally(local_and_mount):
+    _assert_same(_mode_answers, *local_and_mount)
