@@ -405,12 +405,12 @@ class DataPath:
                     nursery.start_soon(self._truncate_one, osd_id, fd.ino, size,
                                        fd.layout.unit)
         fd.size = size
+        fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
 
     async def _truncate_one(self, osd_id, ino, size, unit):
         with trio.fail_after(self.io_timeout):
             await self.cluster.osd(osd_id).call(
                 "truncate_file", {"ino": ino, "size": size, "unit": unit})
-        fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
 
 
 def _pad(data: bytes, length: int) -> bytes:
