@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import struct
 
 import msgpack
@@ -54,6 +55,9 @@ MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20
 FILL_SIZE = 64 << 10  # socket read size for frame prefixes, headers and small payloads
 SMALL_PAYLOAD = 64 << 10  # larger payloads are received into a buffer of their own
+RECV_LOWAT = 512 << 10  # SO_RCVLOWAT while a bulk payload comes in
+SEND_LOWAT = 1 << 20  # TCP_NOTSENT_LOWAT of every connection
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -100,14 +104,20 @@ class FrameStream:
         self.stream = stream
         self._buf = bytearray()
         self._send_lock = trio.Lock()
+        self._sock = getattr(stream, "socket", None)  # a trio SocketStream's socket
+        if self._sock is not None:
+            # trio's 16 KiB would wake a sender every 16 KiB of a 1 MiB chunk.
+            _setsockopt(self._sock, socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, SEND_LOWAT)
 
     async def send(self, pieces: list) -> None:
         head, payload = pieces
         async with self._send_lock:
             # Small payloads ride along with the header in one send; big ones
             # are sent as they are, to avoid copying megabytes.
-            if len(payload) <= 65536:
+            if len(payload) <= SMALL_PAYLOAD:
                 await self.stream.send_all(head + payload if payload else head)
+            elif self._sock is not None:
+                await _sendmsg_all(self._sock, [memoryview(head), memoryview(payload)])
             else:
                 await self.stream.send_all(head)
                 await self.stream.send_all(payload)
@@ -171,18 +181,44 @@ class FrameStream:
                 if not got:
                     raise FrameError(f"connection closed inside a payload ({have} of {length})")
                 have += got
+        if self._sock is not None:
+            _setsockopt(self._sock, socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return payload
 
     async def _receive_into(self, view) -> int:
-        sock = getattr(self.stream, "socket", None)
-        if sock is not None:  # a trio SocketStream: no intermediate bytes object
-            return await sock.recv_into(view)
-        data = await self.stream.receive_some(len(view))
-        view[:len(data)] = data
-        return len(data)
+        if self._sock is None:
+            data = await self.stream.receive_some(len(view))
+            view[:len(data)] = data
+            return len(data)
+        # Wake up only once a good part of the rest has arrived (loopback TCP
+        # hands it over 64 KiB at a time), never for more than is still due.
+        _setsockopt(self._sock, socket.SOL_SOCKET, socket.SO_RCVLOWAT,
+                    min(len(view), RECV_LOWAT))
+        return await self._sock.recv_into(view)
 
     async def aclose(self):
         await self.stream.aclose()
+
+
+def _setsockopt(sock, level: int, option: int, value: int) -> None:
+    """A socket tuning that may be missing (another OS, a closed socket): skipped."""
+    try:
+        sock.setsockopt(level, option, value)
+    except OSError as exc:
+        log.debug("setsockopt(%d, %d, %d) failed: %s", level, option, value, exc)
+
+
+async def _sendmsg_all(sock, views: list) -> None:
+    """Send every byte of `views` with as few sendmsg calls as the socket allows:
+    header and bulk payload leave together, with no copy joining them."""
+    views = [view for view in views if view.nbytes]
+    while views:
+        sent = await sock.sendmsg(views)
+        while sent:
+            if sent < len(views[0]):
+                views[0] = views[0][sent:]
+                break
+            sent -= len(views.pop(0))
 
 
 def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:

@@ -127,13 +127,50 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
         offset += written
 
 
-def create(fd: int) -> ChunkHeader:
-    """Give a new, empty file the header of an empty chunk (version 0, length 0)."""
-    header = ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))
+def _pwritev_all(fd: int, buffers: list, offset: int) -> None:
+    views = [view for view in map(memoryview, buffers) if view.nbytes]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while written:
+            if written < len(views[0]):
+                views[0] = views[0][written:]
+                break
+            written -= len(views.pop(0))
+
+
+def _raw_header(header: ChunkHeader) -> bytearray:
     raw = bytearray(HEADER_SIZE)
     fixed = encode_fixed(header)
     raw[:len(fixed)] = fixed
-    _pwrite_all(fd, raw, 0)
+    raw[CRC_TABLE_OFFSET:CRC_TABLE_OFFSET + len(header.crcs)] = header.crcs
+    return raw
+
+
+def create(fd: int) -> ChunkHeader:
+    """Give a new, empty file the header of an empty chunk (version 0, length 0)."""
+    header = ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))
+    _pwrite_all(fd, _raw_header(header), 0)
+    return header
+
+
+def create_with(fd: int, payload, version: int, where: str) -> ChunkHeader:
+    """Fill a new, empty file with a chunk whose bytes are `payload`: what `create`
+    then `write` at offset 0 leave, in two system calls.
+
+    One pwritev lays down the header of an empty chunk and the data behind it,
+    then the real header follows, so a crash in between leaves an empty chunk
+    (bytes past a chunk's length are never read).
+    """
+    payload = memoryview(payload)
+    if len(payload) > MAX_CHUNK:
+        raise errors.Invalid(f"{where}: write of {len(payload)} bytes passes {MAX_CHUNK}")
+    header = ChunkHeader(version, len(payload), bytearray(MAX_BLOCKS * 4))
+    for block in _block_range(0, len(payload)) if payload else ():
+        header.set_crc(block, zlib.crc32(payload[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]))
+
+    _pwritev_all(fd, [_raw_header(ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))), payload], 0)
+    _pwrite_all(fd, _raw_header(header), 0)
     return header
 
 

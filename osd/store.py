@@ -215,6 +215,9 @@ class ChunkStore:
                 have = 0 if meta is None or meta.corrupt else meta.version
                 if have != version - 1:
                     raise OutOfSequence(have)
+            if offset == 0 and self.meta(ino, chunk_index) is None:
+                return await self._write_new(ino, chunk_index, data, version or 1)
+
             handle = await self._handle(ino, chunk_index, create=True)
             if version is None:
                 version = handle.header.version + 1
@@ -227,6 +230,23 @@ class ChunkStore:
             self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
             self._dirty.setdefault(ino, set()).add(chunk_index)
             return header.version
+
+    async def _write_new(self, ino: int, chunk_index: int, data, version: int) -> int:
+        """The first write of an absent chunk, at offset 0: created and written in
+        one trip to an I/O thread (the common case of sequential writes).  The
+        caller holds the chunk's lock."""
+        key = (ino, chunk_index)
+        path = self.chunk_path(ino, chunk_index)
+        fd, header, new_dirs = await self._io(path, _create_chunk, path, data, version,
+                                              _where(ino, chunk_index))
+
+        # No checkpoint from here on: the index follows the disk at once.
+        self._handles[key] = _Handle(fd, header, path)
+        self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
+        self._dirty_dirs.setdefault(ino, set()).update(new_dirs)
+        self._dirty.setdefault(ino, set()).add(chunk_index)
+        self._evict()
+        return header.version
 
     async def replace(self, ino: int, chunk_index: int, data, version: int,
                       only_if_newer: bool = True) -> bool:
@@ -385,12 +405,15 @@ def _make_dirs(path: str) -> list[str]:
     return [path] + [os.path.dirname(directory) for directory in missing]
 
 
-def _create_chunk(path: str):
-    """Create an empty chunk file; returns ``(fd, header, dirs with new entries)``."""
+def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
+    """Create a chunk file, empty or holding `data` at `version`; returns
+    ``(fd, header, dirs with new entries)``.  A failure (ENOSPC) leaves no file."""
     new_dirs = _make_dirs(os.path.dirname(path))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        return fd, chunkfile.create(fd), new_dirs
+        if data is None:
+            return fd, chunkfile.create(fd), new_dirs
+        return fd, chunkfile.create_with(fd, data, version, where), new_dirs
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)

@@ -160,3 +160,38 @@ def test_random_writes_and_truncates_match_a_model(chunk, seed):
             offset = rng.randrange(0, 8 * BLOCK_SIZE)
             model.write(offset, rng.randbytes(rng.randrange(0, 2 * BLOCK_SIZE)))
     model.check()
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, 3 * BLOCK_SIZE + 5, 1 << 20])
+def test_create_with_equals_create_then_write(tmp_path, size):
+    data = random.Random(size).randbytes(size)
+    paths = tmp_path / "slow", tmp_path / "fast"
+    fds = [os.open(path, os.O_RDWR | os.O_CREAT, 0o644) for path in paths]
+    try:
+        slow = chunkfile.write(fds[0], chunkfile.create(fds[0]), 0, data, 3, "t")
+        fast = chunkfile.create_with(fds[1], data, 3, "t")
+        assert fast == slow
+        assert chunkfile.load(fds[1], "t") == slow
+        assert chunkfile.read(fds[1], fast, 0, size + 10, "t") == data
+        later = chunkfile.write(fds[1], fast, size // 2, b"xyz", 4, "t")  # and it goes on
+        expect = data[:size // 2] + b"xyz" + data[size // 2 + 3:]
+        assert chunkfile.read(fds[1], later, 0, size + 10, "t") == expect
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_create_with_cut_short_leaves_an_empty_chunk(chunk, monkeypatch):
+    """A crash between the data and the real header: the empty header went first."""
+    real = chunkfile._pwrite_all
+
+    def crash(fd, data, offset):
+        raise OSError(5, "simulated crash before the header")
+
+    monkeypatch.setattr(chunkfile, "_pwrite_all", crash)
+    with pytest.raises(OSError):
+        chunkfile.create_with(chunk, b"d" * (1 << 20), 1, "t")
+    monkeypatch.setattr(chunkfile, "_pwrite_all", real)
+    header = chunkfile.load(chunk, "t")
+    assert (header.version, header.length) == (0, 0)
+    assert chunkfile.read(chunk, header, 0, 100, "t") == b""
