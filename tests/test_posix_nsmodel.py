@@ -12,7 +12,7 @@ writer closes or fsyncs, so there a handle write is followed by fsync, as an
 application that shares a file it keeps open must do.  Everything else -- path
 writes, truncates, names, modes, and what an open handle of one mount sees of the
 other's committed changes -- must match at every step.  Knobs: ``LOOMFS_NS_SEED`` replays a failure (the seed is printed
-and in every failure message), ``LOOMFS_NS_STEPS`` sets the length (default 600).
+and in every failure message), ``LOOMFS_NS_STEPS`` sets the length (default 250).
 """
 
 import errno
