@@ -18,8 +18,8 @@ most attr_timeout, as they would through the kernel's cache.
 The kernel asks for the ``security.capability`` attribute before every
 write() to a file, to drop file capabilities (pyfuse3 cannot negotiate
 FUSE_HANDLE_KILLPRIV_V2, which would stop that).  A shard's "no such
-attribute" is remembered for CAPS_TTL seconds, so a 1 MiB write costs no shard
-round trip; this client's own setxattr/removexattr forget it at once, another
+attribute", and an inode this client just made, are remembered for CAPS_TTL
+seconds, so a 1 MiB write or a small file's first write costs no shard round trip; this client's own setxattr/removexattr forget it at once, another
 client's `setcap` shows here after at most CAPS_TTL.
 """
 
@@ -194,6 +194,7 @@ class Meta:
             args["session"] = self.cluster.session
         attr = self.remember(await self._at_entry(parent, name, "mknod", args))
         self._dir_changed(parent, attr["ctime"], 1)
+        self._no_caps(attr["ino"])  # a new inode has no attributes yet
         return attr
 
     async def mkdir(self, parent, name, mode, uid, gid) -> dict:
@@ -260,11 +261,14 @@ class Meta:
         try:
             return await self._at_ino(ino, "getxattr", {"ino": ino, "name": name})
         except errors.NoData:
-            self.no_caps[ino] = time.monotonic()
-            self.no_caps.move_to_end(ino)
-            if len(self.no_caps) > CACHE_ENTRIES:
-                self.no_caps.popitem(last=False)
+            self._no_caps(ino)
             raise
+
+    def _no_caps(self, ino: int) -> None:
+        self.no_caps[ino] = time.monotonic()
+        self.no_caps.move_to_end(ino)
+        if len(self.no_caps) > CACHE_ENTRIES:
+            self.no_caps.popitem(last=False)
 
     async def setxattr(self, ino, name, value, flags=0) -> None:
         args = {"ino": ino, "name": name, "value": value, "flags": flags}
