@@ -410,7 +410,8 @@ class DataPath:
     async def _truncate_one(self, osd_id, ino, size, unit):
         with trio.fail_after(self.io_timeout):
             await self.cluster.osd(osd_id).call(
-                "truncate_file", {"ino": ino, "size": size, "unit": unit})
+                "truncate_file", {"ino": ino, "size": size, "unit": unit,
+                                  "epoch": self.cluster.map.epoch})
 
 
 def _pad(data: bytes, length: int) -> bytes:

@@ -117,8 +117,12 @@ class OsdService:
         ino = validate.ino(args)
         size = validate.integer(args, "size")
         unit = validate.unit(args)
+        epoch = validate.integer(args, "epoch", default=0)
 
         log.debug("truncate ino %d to %d (unit %d)", ino, size, unit)
+        # The client saw the members it skipped down: know that too, so that the
+        # cut is recorded as missed by them (osd.missed).
+        await self.replicator.catch_up_map(epoch)
         cut = await self.store.truncate_file(ino, size, unit)
         if self.recovery is not None:
             await self.recovery.record_truncate(ino, cut)
