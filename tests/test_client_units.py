@@ -110,13 +110,23 @@ class _XattrShard:
     def __init__(self):
         self.xattrs, self.calls = {}, []
 
+    session = b"s" * 16
+
     def shard_of_ino(self, ino):
+        return 0
+
+    def shard_of_dentry(self, parent, name):
         return 0
 
     async def mds(self, shard, op, args):
         from loomproto import errors
 
         self.calls.append(op)
+        if op == "mknod":  # a new file, ino 9, in directory 1
+            return {"ino": 9, "mode": 0o100644, "ctime": 1, "gid": 0}
+        if op == "getattr":
+            return {"ino": args["ino"], "mode": 0o40755, "gid": 0, "ctime": 1, "mtime": 1,
+                    "nlink": 2, "size": 0}
         key = (args["ino"], args["name"])
         if op == "setxattr":
             self.xattrs[key] = args["value"]
@@ -155,3 +165,15 @@ async def test_missing_capability_xattr_is_remembered_until_this_client_sets_one
         await meta.getxattr(5, metamod.CAPS_XATTR)
     await meta.setxattr(5, metamod.CAPS_XATTR, b"new")  # ours: seen at once
     assert await meta.getxattr(5, metamod.CAPS_XATTR) == b"new"
+
+
+async def test_a_file_this_client_made_has_no_capability_without_asking():
+    from client import meta as metamod
+    from loomproto import errors
+
+    shard = _XattrShard()
+    meta = metamod.Meta(shard)
+    attr = await meta.mknod(1, b"new", 0o100644, 0, 0, 0, open_it=True)
+    with pytest.raises(errors.NoData):
+        await meta.getxattr(attr["ino"], metamod.CAPS_XATTR)
+    assert "getxattr" not in shard.calls
