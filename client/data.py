@@ -111,6 +111,7 @@ class FileData:
         # commits, not `size`, which may be another client's older size.
         self.written_end = 0
         self.server_stamp = None  # (size, mtime) the shard last reported, to spot others' changes
+        self.chunk_record = None  # (server_stamp, ranges of chunk indices ever written)
         self.mtime_ns = 0
         self.read_cache: OrderedDict[int, bytes] = OrderedDict()
         self.fetching: dict[int, trio.Event] = {}
@@ -314,25 +315,43 @@ class DataPath:
 
         async def fetch(i, chunk_index, in_chunk, length):
             cached = fd.read_cache.get(chunk_index)
-            if cached is not None:
-                results[i] = cached[in_chunk:in_chunk + length]
-            else:
-                results[i] = await self._fetch(fd, chunk_index, in_chunk, length)
+            try:
+                if cached is not None:
+                    results[i] = cached[in_chunk:in_chunk + length]
+                else:
+                    results[i] = await self._fetch(fd, chunk_index, in_chunk, length)
+            except errors.LoomError as exc:
+                results[i] = exc
 
         async with trio.open_nursery() as nursery:
             for i, piece in enumerate(pieces):
                 nursery.start_soon(fetch, i, *piece)
-        return b"".join(_pad(r, p[2]) for r, p in zip(results, pieces, strict=True))
+        out = bytearray()
+        for result, (_, _, length) in zip(results, pieces, strict=True):
+            if isinstance(result, errors.LoomError):
+                return _short_or_raise(out, result)
+            out += _pad(result, length)
+        return bytes(out)
 
     async def _read_chunks(self, fd, offset, end, read_ahead: bool):
         unit = fd.layout.unit
         first, last = offset // unit, (end - 1) // unit
         if read_ahead:
             last = min(last + max(fd.layout.count, 2), (fd.size - 1) // unit)
+        failed: dict[int, errors.LoomError] = {}
+
+        async def cache(chunk_index):
+            # A chunk that cannot be read fails only a read that reaches it, not
+            # one that merely read ahead past it.
+            try:
+                await self._cache_chunk(fd, chunk_index)
+            except errors.LoomError as exc:
+                failed[chunk_index] = exc
+
         async with trio.open_nursery() as nursery:
             for chunk_index in range(first, last + 1):
                 if chunk_index not in fd.read_cache:
-                    nursery.start_soon(self._cache_chunk, fd, chunk_index)
+                    nursery.start_soon(cache, chunk_index)
         pieces = list(fd.layout.chunks(offset, end - offset))
         if len(pieces) == 1 and pieces[0][0] in fd.read_cache:
             chunk_index, in_chunk, length = pieces[0]
@@ -340,9 +359,14 @@ class DataPath:
         out = bytearray()
         for chunk_index, in_chunk, length in pieces:
             data = fd.read_cache.get(chunk_index)
-            if data is None:  # evicted meanwhile by a concurrent reader
-                data = await self._fetch(fd, chunk_index, in_chunk, length)
-                in_chunk = 0
+            try:
+                if chunk_index in failed:
+                    raise failed[chunk_index]
+                if data is None:  # evicted meanwhile by a concurrent reader
+                    data = await self._fetch(fd, chunk_index, in_chunk, length)
+                    in_chunk = 0
+            except errors.LoomError as exc:
+                return _short_or_raise(out, exc)
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
 
@@ -370,6 +394,7 @@ class DataPath:
         deadline = trio.current_time() + self.io_timeout
         while True:
             failures = []
+            no_good_copy = 0  # replicas that answered with a corrupt copy or none at all
             replicas = self.replicas(fd, chunk_index)
             # Up replicas first; down ones last, in case the map is behind.
             ordered = sorted(replicas, key=lambda osd_id: not self.cluster.map.is_up(osd_id))
@@ -378,13 +403,29 @@ class DataPath:
             for osd_id in ordered:
                 try:
                     with trio.fail_after(max(0.1, deadline - trio.current_time())):
-                        _, data = await self.cluster.osd(osd_id).call_payload("read", args)
-                    return data
-                except (errors.TransportError, errors.Corrupt, errors.IOFailure,
-                        errors.StaleMap, errors.TryAgain, trio.TooSlowError) as exc:
+                        header, data = await self.cluster.osd(osd_id).call_payload("read", args)
+                    if header.get("version") or not await self._was_written(fd, chunk_index):
+                        return data  # a copy, or a hole
+                    no_good_copy += 1
+                    log.warning("read of ino %d chunk %d: osd %d has no copy of a chunk "
+                                "recorded as written", fd.ino, chunk_index, osd_id)
+                    failures.append(f"osd {osd_id}: no copy")
+                except errors.Corrupt as exc:
+                    no_good_copy += 1
+                    log.warning("read of ino %d chunk %d from osd %d: %s", fd.ino, chunk_index,
+                                osd_id, exc)
+                    failures.append(f"osd {osd_id}: {exc}")
+                except (errors.TransportError, errors.IOFailure, errors.StaleMap,
+                        errors.TryAgain, trio.TooSlowError) as exc:
                     log.warning("read of ino %d chunk %d from osd %d failed: %s",
                                 fd.ino, chunk_index, osd_id, exc or "timeout")
                     failures.append(f"osd {osd_id}: {exc or 'timeout'}")
+            if no_good_copy == len(ordered):
+                # Every replica answered, none with good data: waiting changes nothing.
+                log.error("read of ino %d chunk %d: no good copy on any replica (osds %s): %s",
+                          fd.ino, chunk_index, replicas, "; ".join(failures))
+                raise errors.IOFailure(f"ino {fd.ino} chunk {chunk_index} has no good copy: "
+                                       + "; ".join(failures))
             if trio.current_time() >= deadline:
                 break
             await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
@@ -392,6 +433,21 @@ class DataPath:
                   fd.ino, chunk_index, self.io_timeout, replicas)
         raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered: "
                                + "; ".join(failures))
+
+    async def _was_written(self, fd, chunk_index) -> bool:
+        """Whether the file's record (`loomproto.chunkset`) says this chunk was written,
+        so that no copy of it means data lost, not a hole.  The record is asked once
+        per (size, mtime) the shard reported for the file."""
+        if chunk_index in fd.chunks_written:
+            return True
+        if fd.chunk_record is None or fd.chunk_record[0] != fd.server_stamp:
+            try:
+                ranges = await self.cluster.mds(self.cluster.shard_of_ino(fd.ino),
+                                                "chunk_record", {"ino": fd.ino})
+            except errors.NotFound:
+                ranges = []
+            fd.chunk_record = (fd.server_stamp, ranges)
+        return any(start <= chunk_index < end for start, end in fd.chunk_record[1])
 
     # -- truncation -------------------------------------------------------
 
@@ -412,6 +468,15 @@ class DataPath:
             await self.cluster.osd(osd_id).call(
                 "truncate_file", {"ino": ino, "size": size, "unit": unit,
                                   "epoch": self.cluster.map.epoch})
+
+
+def _short_or_raise(out: bytearray, exc: errors.LoomError) -> bytes:
+    """What a read returns when one of its chunks failed: the bytes before that
+    chunk (a short read; the kernel asks again from there and gets the error),
+    or the error itself when it is the first chunk."""
+    if out:
+        return bytes(out)
+    raise exc
 
 
 def _pad(data: bytes, length: int) -> bytes:

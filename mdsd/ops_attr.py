@@ -34,12 +34,23 @@ async def getattr(ns, args: dict) -> dict:
     return found[ino]
 
 
-async def readlink(ns, args: dict) -> bytes:
-    ino = check.ino(args)
+async def _inode(ns, ino: int) -> dict:
     (raw,) = await ns.engine.fetch(ns.ino_shard(ino), [schema.inode_key(ino)])
     if raw is None:
         raise errors.NotFound(f"no inode {ino}")
-    inode = schema.unpack(raw)
+    return schema.unpack(raw)
+
+
+async def chunk_record(ns, args: dict) -> list:
+    """The chunk index ranges a file is recorded to have had written (`chunkset`):
+    a client reading a chunk that no replica holds asks, to tell a lost chunk
+    (EIO) from a hole (zeros)."""
+    return (await _inode(ns, check.ino(args))).get("chunks", [])
+
+
+async def readlink(ns, args: dict) -> bytes:
+    ino = check.ino(args)
+    inode = await _inode(ns, ino)
     if not stat.S_ISLNK(inode["mode"]):
         raise errors.Invalid(f"inode {ino} is not a symbolic link")
     return inode["target"]

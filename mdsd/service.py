@@ -36,6 +36,9 @@ class MdsService:
     async def rpc_getattr(self, args, payload, peer):
         return await ops_attr.getattr(self.ns, args)
 
+    async def rpc_chunk_record(self, args, payload, peer):
+        return await ops_attr.chunk_record(self.ns, args)
+
     async def rpc_readlink(self, args, payload, peer):
         return await ops_attr.readlink(self.ns, args)
 

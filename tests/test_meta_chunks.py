@@ -1,18 +1,24 @@
 """The record of written chunks (loomproto.chunkset) and fsck's missing-chunk check:
 range arithmetic, the checker on a model, and on a live cluster a chunk file
-deleted from every replica on disk is reported while a sparse file's holes are not."""
+deleted from every replica on disk is reported while a sparse file's holes are
+not; a read of that chunk through the mount gives EIO, not zeros, and a chunk
+whose every copy fails its checksums gives EIO at once."""
 
+import errno
 import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
 from client import fsck
 from conftest import started_cluster
+from repl_helpers import drop_page_cache
 from loomproto import chunkset
 from mdsd import schema
+from osd.chunkfile import HEADER_SIZE
 from test_mdsd_harness import ROOT, MdsCluster  # noqa: F401
 
 LOOMFS = os.path.join(os.path.dirname(sys.executable), "loomfs")
@@ -103,10 +109,11 @@ def fsck_run(live):
 def test_chunk_lost_from_every_replica_is_found(two_osd_cluster):
     live = two_osd_cluster
     path = live.mnt / "sparse"
+    expected = os.urandom(2 * MIB) + bytes(2 * MIB) + os.urandom(MIB // 2)
     with open(path, "wb") as f:  # chunks 0, 1 and 4 of 1 MiB; 2 and 3 are holes
-        f.write(os.urandom(2 * MIB))
+        f.write(expected[:2 * MIB])
         f.seek(4 * MIB)
-        f.write(os.urandom(MIB // 2))
+        f.write(expected[4 * MIB:])
     ino = os.stat(path).st_ino
     clean = fsck_run(live)
     assert clean.returncode == 0, clean.stdout + clean.stderr
@@ -122,3 +129,46 @@ def test_chunk_lost_from_every_replica_is_found(two_osd_cluster):
     lines = [line for line in found.stdout.splitlines() if "missing-chunk" in line]
     assert len(lines) == 1 and f"inode {ino}," in lines[0], found.stdout
     assert lines[0].endswith("1 written chunks on no OSD: 1"), lines[0]
+
+    # The mount refuses the lost chunk (EIO), still serves the rest, and reads the
+    # holes as zeros.
+    drop_page_cache()
+    with open(path, "rb") as f:
+        assert f.read(MIB) == expected[:MIB]
+        f.seek(MIB)
+        with pytest.raises(OSError) as lost:
+            f.read(MIB)
+        assert lost.value.errno == errno.EIO
+        f.seek(2 * MIB)
+        assert f.read(2 * MIB) == bytes(2 * MIB)
+        assert f.read() == expected[4 * MIB:]
+
+
+def test_every_copy_corrupt_gives_eio_without_waiting_out_io_timeout(two_osd_cluster):
+    live = two_osd_cluster
+    path = live.mnt / "rotten"
+    data = os.urandom(2 * MIB)
+    path.write_bytes(data)
+    ino = os.stat(path).st_ino
+    for osd in ("osd0", "osd1"):
+        live.run("stop", osd)
+        chunk = live.state / osd / "chunks" / f"{ino % 256:02x}" / f"{ino:x}" / "0"
+        with open(chunk, "r+b") as f:
+            f.seek(HEADER_SIZE + 1000)
+            byte = f.read(1)
+            f.seek(HEADER_SIZE + 1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        live.run("start", osd)
+    drop_page_cache()
+    started = time.monotonic()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as bad:
+            os.pread(fd, MIB, 0)
+        assert bad.value.errno == errno.EIO
+        assert os.pread(fd, MIB, MIB) == data[MIB:]  # the other chunk is intact
+    finally:
+        os.close(fd)
+    # Both replicas answered "corrupt": the client does not retry until its
+    # io_timeout (60 s) runs out.
+    assert time.monotonic() - started < 45
