@@ -398,6 +398,9 @@ async def repair(checker: Checker, findings: list[Finding]) -> list[str]:
     """Apply the repairs of `findings` in a safe order; one line per outcome."""
     done, seen = [], set()
     todo = [f for f in findings if f.repair is not None and not f.pending]
+    for finding in findings:
+        if finding.repair is None and not finding.pending:
+            done.append(f"no safe repair for {finding.kind}: {finding.message} (left as is)")
     todo.sort(key=lambda f: REPAIR_ORDER.index(f.repair[1]))
     for finding in todo:
         target, op, args = finding.repair

@@ -129,6 +129,10 @@ def test_chunk_lost_from_every_replica_is_found(two_osd_cluster):
     lines = [line for line in found.stdout.splitlines() if "missing-chunk" in line]
     assert len(lines) == 1 and f"inode {ino}," in lines[0], found.stdout
     assert lines[0].endswith("1 written chunks on no OSD: 1"), lines[0]
+    repaired = subprocess.run([LOOMFS, "fsck", "-q", "--repair", "--cluster", str(live.config)],
+                              capture_output=True, text=True, timeout=300)
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "no safe repair for missing-chunk" in repaired.stdout, repaired.stdout
 
     # The mount refuses the lost chunk (EIO), still serves the rest, and reads the
     # holes as zeros.
