@@ -326,12 +326,12 @@ class DataPath:
         async with trio.open_nursery() as nursery:
             for i, piece in enumerate(pieces):
                 nursery.start_soon(fetch, i, *piece)
-        out = bytearray()
-        for result, (_, _, length) in zip(results, pieces, strict=True):
+        # A failed chunk fails the whole request: a short reply would make the
+        # kernel take its end for the end of the file.
+        for result in results:
             if isinstance(result, errors.LoomError):
-                return _short_or_raise(out, result)
-            out += _pad(result, length)
-        return bytes(out)
+                raise result
+        return b"".join(_pad(r, p[2]) for r, p in zip(results, pieces, strict=True))
 
     async def _read_chunks(self, fd, offset, end, read_ahead: bool):
         unit = fd.layout.unit
@@ -359,14 +359,11 @@ class DataPath:
         out = bytearray()
         for chunk_index, in_chunk, length in pieces:
             data = fd.read_cache.get(chunk_index)
-            try:
-                if chunk_index in failed:
-                    raise failed[chunk_index]
-                if data is None:  # evicted meanwhile by a concurrent reader
-                    data = await self._fetch(fd, chunk_index, in_chunk, length)
-                    in_chunk = 0
-            except errors.LoomError as exc:
-                return _short_or_raise(out, exc)
+            if chunk_index in failed:
+                raise failed[chunk_index]  # not a short read: see _read_range
+            if data is None:  # evicted meanwhile by a concurrent reader
+                data = await self._fetch(fd, chunk_index, in_chunk, length)
+                in_chunk = 0
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
 
@@ -468,15 +465,6 @@ class DataPath:
             await self.cluster.osd(osd_id).call(
                 "truncate_file", {"ino": ino, "size": size, "unit": unit,
                                   "epoch": self.cluster.map.epoch})
-
-
-def _short_or_raise(out: bytearray, exc: errors.LoomError) -> bytes:
-    """What a read returns when one of its chunks failed: the bytes before that
-    chunk (a short read; the kernel asks again from there and gets the error),
-    or the error itself when it is the first chunk."""
-    if out:
-        return bytes(out)
-    raise exc
 
 
 def _pad(data: bytes, length: int) -> bytes:

@@ -137,15 +137,23 @@ def test_chunk_lost_from_every_replica_is_found(two_osd_cluster):
     # The mount refuses the lost chunk (EIO), still serves the rest, and reads the
     # holes as zeros.
     drop_page_cache()
-    with open(path, "rb") as f:
-        assert f.read(MIB) == expected[:MIB]
-        f.seek(MIB)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # No kernel read-ahead: each request covers only the range asked for.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(fd, MIB, 0) == expected[:MIB]
         with pytest.raises(OSError) as lost:
-            f.read(MIB)
+            os.pread(fd, MIB, MIB)
         assert lost.value.errno == errno.EIO
-        f.seek(2 * MIB)
-        assert f.read(2 * MIB) == bytes(2 * MIB)
-        assert f.read() == expected[4 * MIB:]
+        assert os.pread(fd, 2 * MIB, 2 * MIB) == bytes(2 * MIB)
+        assert os.pread(fd, MIB, 4 * MIB) == expected[4 * MIB:]
+    finally:
+        os.close(fd)
+    # A sequential reader gets EIO too, never a file that ends early.
+    drop_page_cache()
+    with pytest.raises(OSError) as lost:
+        path.read_bytes()
+    assert lost.value.errno == errno.EIO
 
 
 def test_every_copy_corrupt_gives_eio_without_waiting_out_io_timeout(two_osd_cluster):
