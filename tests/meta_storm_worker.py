@@ -98,8 +98,12 @@ async def main(cfg: str, seed: int, seconds: float):
 # -- through a mount ------------------------------------------------------------
 
 # What a namespace race between clients answers (two mounts also see stale names).
+# ELOOP: the kernel's own answer when a lookup finds a directory whose cached name
+# on this mount is an ancestor of the new parent (another mount moved it; the
+# dentry cache lags by entry_timeout) -- d_splice_alias refuses the loop.
 REFUSED_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR,
-                  errno.EINVAL, errno.EPERM, errno.EMLINK, errno.EBUSY, errno.ESTALE}
+                  errno.EINVAL, errno.EPERM, errno.EMLINK, errno.EBUSY, errno.ESTALE,
+                  errno.ELOOP}
 # What a call may answer while a metadata server is down: clear, and only then.
 FAULT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
 
