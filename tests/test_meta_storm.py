@@ -81,7 +81,7 @@ def kill_until_done(live, rng, workers) -> list:
         time.sleep(rng.uniform(0.5, 2.0))
         node = f"mds{rng.randrange(SHARDS)}"
         live.run("kill", node)
-        time.sleep(rng.uniform(0.0, 0.8))
+        time.sleep(rng.uniform(0.0, 0.8))  # pacing too: how long the node stays down
         live.run("start", node)
         kills.append(node)
     return kills
