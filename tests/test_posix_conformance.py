@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from posix_util import GROUP, USER, as_user, let_others_through, wait_until
+from posix_util import (GROUP, OTHER_GROUP, OTHER_USER, USER, as_user, let_others_through,
+                        wait_until)
 
 pytestmark = pytest.mark.mount
 
@@ -110,6 +111,62 @@ ROOT_CASES = {
     "setxattr missing": lambda d: os.setxattr(f"{d}/none", "user.k", b"v"),
 }
 
+def _sticky_with_roots_file(d):
+    os.chmod(f"{d}/dir", 0o1777)
+    _file(f"{d}/dir/x", 0o666)
+
+
+def _sticky_with_roots_dir(d):
+    os.chmod(f"{d}/dir", 0o1777)
+    os.mkdir(f"{d}/dir/sub")
+    os.chmod(f"{d}/dir/sub", 0o777)
+
+
+def _sticky_with_own_file(d):
+    os.chmod(f"{d}/dir", 0o1777)
+    _file(f"{d}/dir/mine")
+    os.chown(f"{d}/dir/mine", USER, GROUP)
+
+
+def _own_sticky_with_others_file(d):
+    os.chown(f"{d}/dir", USER, GROUP)
+    os.chmod(f"{d}/dir", 0o1777)
+    _file(f"{d}/dir/theirs")
+    os.chown(f"{d}/dir/theirs", OTHER_USER, OTHER_GROUP)
+
+
+def _rename_own_onto(d, target):
+    """As the user: make a file of one's own in the sticky dir, move it onto `target`."""
+    _file(f"{d}/dir/own")
+    os.rename(f"{d}/dir/own", f"{d}/dir/{target}")
+
+
+def _roots_dir_in_open_dirs(d):
+    os.chmod(f"{d}/dir", 0o777)
+    os.chmod(f"{d}/full", 0o777)
+    os.mkdir(f"{d}/dir/sub")
+    os.chmod(f"{d}/dir/sub", 0o755)
+
+
+def _own_file_and_roots_dir(d):
+    os.chmod(f"{d}/dir", 0o755)
+    _file(f"{d}/mine")
+    os.chown(f"{d}/mine", USER, GROUP)
+
+
+def _roots_private_file_with_xattr(d):
+    os.setxattr(f"{d}/f", "user.k", b"v")
+    os.chmod(f"{d}/f", 0o600)
+
+
+def _ftruncate(path, flags):
+    fd = os.open(path, flags)
+    try:
+        os.ftruncate(fd, 1)
+    finally:
+        os.close(fd)
+
+
 # name -> (root's preparation of d, the call the unprivileged user makes)
 USER_CASES = {
     "mkdir in root's 0755 dir": (lambda d: os.chmod(f"{d}/dir", 0o755),
@@ -144,6 +201,53 @@ USER_CASES = {
                             lambda d: os.chown(f"{d}/f", 0, -1)),
     "chown own file to root's group": (lambda d: os.chown(f"{d}/f", USER, GROUP),
                                        lambda d: os.chown(f"{d}/f", -1, 0)),
+    # A sticky directory lets only the owner of an entry (or of the directory) remove
+    # or move it, even with write permission on the directory.
+    "unlink root's file in a sticky 1777 dir": (_sticky_with_roots_file,
+                                                lambda d: os.unlink(f"{d}/dir/x")),
+    "rename root's file out of a sticky dir": (_sticky_with_roots_file,
+                                               lambda d: os.rename(f"{d}/dir/x", f"{d}/dir/y")),
+    "rename onto root's file in a sticky dir": (_sticky_with_roots_file,
+                                                lambda d: _rename_own_onto(d, "x")),
+    "rmdir root's dir in a sticky dir": (_sticky_with_roots_dir,
+                                         lambda d: os.rmdir(f"{d}/dir/sub")),
+    "unlink own file in root's sticky dir": (_sticky_with_own_file,
+                                             lambda d: os.unlink(f"{d}/dir/mine")),
+    "unlink another's file in own sticky dir": (_own_sticky_with_others_file,
+                                                lambda d: os.unlink(f"{d}/dir/theirs")),
+    # Moving a directory to another parent rewrites its "..": write permission on
+    # the directory itself is needed, not just on both parents.
+    "move root's 0755 dir between 0777 dirs": (_roots_dir_in_open_dirs,
+                                               lambda d: os.rename(f"{d}/dir/sub",
+                                                                   f"{d}/full/sub")),
+    "rename root's 0755 dir within its 0777 parent": (
+        _roots_dir_in_open_dirs, lambda d: os.rename(f"{d}/dir/sub", f"{d}/dir/sub2")),
+    "ftruncate a read-only descriptor": (lambda d: os.chmod(f"{d}/f", 0o666),
+                                         lambda d: _ftruncate(f"{d}/f", os.O_RDONLY)),
+    "ftruncate a read-write descriptor": (lambda d: os.chmod(f"{d}/f", 0o666),
+                                          lambda d: _ftruncate(f"{d}/f", os.O_RDWR)),
+    "open O_RDONLY|O_TRUNC of root's 0644 file": (
+        None, lambda d: _open(f"{d}/f", os.O_RDONLY | os.O_TRUNC)),
+    "read root's 0600 file": (lambda d: os.chmod(f"{d}/f", 0o600),
+                              lambda d: _open(f"{d}/f", os.O_RDONLY)),
+    "execute-only dir: stat a known name": (lambda d: os.chmod(f"{d}/full", 0o711),
+                                            lambda d: os.stat(f"{d}/full/x")),
+    "execute-only dir: list it": (lambda d: os.chmod(f"{d}/full", 0o711),
+                                  lambda d: os.listdir(f"{d}/full")),
+    "symlink in root's 0755 dir": (lambda d: os.chmod(f"{d}/dir", 0o755),
+                                   lambda d: os.symlink("x", f"{d}/dir/ln")),
+    "link into root's 0755 dir": (_own_file_and_roots_dir,
+                                  lambda d: os.link(f"{d}/mine", f"{d}/dir/mine")),
+    "mkfifo in root's 0755 dir": (lambda d: os.chmod(f"{d}/dir", 0o755),
+                                  lambda d: os.mkfifo(f"{d}/dir/p")),
+    "chown own file to a group not held": (lambda d: os.chown(f"{d}/f", USER, GROUP),
+                                           lambda d: os.chown(f"{d}/f", -1, OTHER_GROUP)),
+    "chmod sticky on own file": (lambda d: os.chown(f"{d}/f", USER, GROUP),
+                                 lambda d: os.chmod(f"{d}/f", 0o1644)),
+    "removexattr on root's 0644 file": (lambda d: os.setxattr(f"{d}/f", "user.k", b"v"),
+                                        lambda d: os.removexattr(f"{d}/f", "user.k")),
+    "getxattr on root's 0600 file": (_roots_private_file_with_xattr,
+                                     lambda d: os.getxattr(f"{d}/f", "user.k")),
 }
 
 
