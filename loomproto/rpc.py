@@ -12,6 +12,7 @@ A call cancelled while its request is being sent closes the connection, since
 an unknown prefix of the frame may be on the wire.
 """
 
+import collections
 import itertools
 import logging
 
@@ -22,6 +23,9 @@ from . import errors, wire
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_PER_CONN = 128
+# Requests this process has answered, by operation (shard_info and an OSD's stat
+# report it): counts the round trips a client syscall costs each daemon.
+SERVED = collections.Counter()
 
 
 class Payload:
@@ -116,6 +120,7 @@ class RpcServer:
 
     async def _dispatch(self, op, args, payload, peer):
         method = getattr(self.service, "rpc_" + op)
+        SERVED[op] += 1
         try:
             result = await method(args, payload, peer)
         except errors.LoomError as exc:

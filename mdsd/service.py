@@ -6,7 +6,7 @@ see `mdsd.peers`).
 
 import logging
 
-from loomproto import errors
+from loomproto import errors, rpc
 
 from . import args as check
 from . import ops_attr, ops_create, ops_readdir, ops_remove, ops_rename, ops_xattr, schema
@@ -128,7 +128,8 @@ class MdsService:
         store = self.shard.store
         return {"mds_id": self.shard.mds_id, "nshards": self.ns.nshards,
                 "inodes": store.entries(schema.INODE), "entries": store.entries(schema.DENTRY),
-                "commits": store.commits, "commit_seconds": store.commit_seconds}
+                "commits": store.commits, "commit_seconds": store.commit_seconds,
+                "requests": dict(rpc.SERVED)}
 
     async def rpc_statfs(self, args, payload, peer):
         if self.shard.keeper is not None:

@@ -141,7 +141,8 @@ class OsdService:
 
     async def rpc_stat(self, args, payload, peer):
         return {"capacity": self.capacity(), "used": self.store.used,
-                "chunks": self.store.chunk_count, "osd_id": self.osd_id}
+                "chunks": self.store.chunk_count, "osd_id": self.osd_id,
+                "requests": dict(rpc.SERVED)}
 
     async def rpc_list_chunks(self, args, payload, peer):
         ino = validate.optional_ino(args)
