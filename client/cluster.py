@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 MAP_WATCH_SECONDS = 25
 SESSION_RENEW_SECONDS = 10
+SLOW_CALL = 5.0  # a metadata call slower than this (retries included) is logged
+
+
+def delay_of(attempts: int) -> float:
+    """Backoff before the next try after `attempts` failed ones: 0.05 s doubling to 1 s."""
+    return min(0.05 * 2 ** (attempts - 1), 1.0)
 
 
 class Cluster:
@@ -71,21 +77,28 @@ class Cluster:
         return await self._call_until(shard, op, args, trio.current_time() + timeout)
 
     async def _call_until(self, shard: int, op: str, args: dict, deadline: float):
-        delay = 0.05
-        while True:
-            try:
-                return await self._mds[shard].call(op, args)
-            except errors.TransportError as exc:
-                if trio.current_time() + delay > deadline:
-                    log.error("metadata server %d (%s) unreachable for %s: %s", shard,
-                              self.config.mds[shard], op, exc)
-                    raise
-                log.debug("retrying %s on shard %d: %s", op, shard, exc)
-            except errors.Conflict:
-                if trio.current_time() + delay > deadline:
-                    raise
-            await trio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        started = trio.current_time()
+        attempts = 0
+        try:
+            while True:
+                attempts += 1
+                try:
+                    return await self._mds[shard].call(op, args)
+                except errors.TransportError as exc:
+                    if trio.current_time() + delay_of(attempts) > deadline:
+                        log.error("metadata server %d (%s) unreachable for %s: %s", shard,
+                                  self.config.mds[shard], op, exc)
+                        raise
+                    log.debug("retrying %s on shard %d: %s", op, shard, exc)
+                except errors.Conflict:
+                    if trio.current_time() + delay_of(attempts) > deadline:
+                        raise
+                await trio.sleep(delay_of(attempts))
+        finally:
+            took = trio.current_time() - started
+            if took > SLOW_CALL:
+                log.warning("slow metadata call: %s on shard %d took %.1fs in %d attempts",
+                            op, shard, took, attempts)
 
     # -- OSDs ---------------------------------------------------------------
 

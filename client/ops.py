@@ -44,6 +44,7 @@ COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
 SEQ_BITS = 48
 READDIR_BATCH = 256
 FAULT_XATTR = b"user.loomfs.debug.fault"
+SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 
 
 class InjectedFault(RuntimeError):
@@ -53,6 +54,7 @@ class InjectedFault(RuntimeError):
 def _guarded(handler):
     @functools.wraps(handler)
     async def wrapper(*args, **kwargs):
+        started = trio.current_time()
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -75,7 +77,18 @@ def _guarded(handler):
         except Exception:
             log.exception("unexpected error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            took = trio.current_time() - started
+            if took > SLOW_REQUEST:
+                log.warning("slow request: %s%r took %.1fs", handler.__name__,
+                            _brief(args[1:]), took)
     return wrapper
+
+
+def _brief(args: tuple) -> tuple:
+    """Handler arguments for a log line: no request contexts, no large buffers."""
+    return tuple(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
+                 else a for a in args if not isinstance(a, pyfuse3.RequestContext))
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -23,6 +23,8 @@ from . import errors, wire
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_PER_CONN = 128
+SLOW_HANDLER = 5.0  # a handler slower than this is logged
+LONG_OPS = frozenset(("watch_map", "backup_pause", "recover_now", "scrub"))  # slow by design
 # Requests this process has answered, by operation (shard_info and an OSD's stat
 # report it): counts the round trips a client syscall costs each daemon.
 SERVED = collections.Counter()
@@ -121,6 +123,7 @@ class RpcServer:
     async def _dispatch(self, op, args, payload, peer):
         method = getattr(self.service, "rpc_" + op)
         SERVED[op] += 1
+        started = trio.current_time()
         try:
             result = await method(args, payload, peer)
         except errors.LoomError as exc:
@@ -128,6 +131,10 @@ class RpcServer:
         except Exception:
             log.exception("%s: operation %s from %s failed unexpectedly", self.name, op, peer)
             return (errors.IOFailure.code, f"internal error in {op}", b"")
+        finally:
+            took = trio.current_time() - started
+            if took > SLOW_HANDLER and op not in LONG_OPS:
+                log.warning("%s: slow handler: %s from %s took %.1fs", self.name, op, peer, took)
         if isinstance(result, Payload):
             return (0, result.result, result.data)
         return (0, result, b"")

@@ -131,7 +131,8 @@ class TxnEngine:
         stored = self.stored_reply(rid)
         if stored is not None:
             return _replay(stored)
-        deadline = trio.current_time() + RETRY_SECONDS
+        started = trio.current_time()
+        deadline = started + RETRY_SECONDS
         delay = 0.002
         while True:
             tx = Txn(self)
@@ -140,6 +141,8 @@ class TxnEngine:
                 return await self._commit(tx, result, rid)
             except errors.Conflict as exc:
                 if trio.current_time() + delay > deadline:
+                    log.warning("transaction gave up after %.1fs: %s",
+                                trio.current_time() - started, exc.message)
                     raise errors.TryAgain(f"transaction kept conflicting: {exc.message}") from None
                 log.debug("retrying after conflict: %s", exc.message)
             except apply.AlreadyDone as done:
