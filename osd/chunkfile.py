@@ -15,7 +15,8 @@ File layout (all integers little-endian)::
         16     8  chunk version (u64): +1 on every write (the primary picks it, a
                   replica stores the primary's) and on every truncate that cuts it
         24     8  data length (u64, at most MAX_CHUNK = 64 MiB)
-        32     4  CRC32 (zlib.crc32) of bytes 0..31: detects a torn or damaged header
+        32     4  CRC32 (zlib's polynomial, computed by `osd.checksum`) of bytes
+                  0..31: detects a torn or damaged header
         36  4060  zero (reserved)
       4096  4096  CRC table: MAX_BLOCKS = 1024 u32 slots; slot i is the CRC32 of the
                   data bytes of block i, that is [i*64 KiB, min((i+1)*64 KiB, length));
@@ -42,10 +43,11 @@ Limitations:
 import errno
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 
 from loomproto import errors
+
+from .checksum import crc32
 
 MAGIC = b"LOOMCHK1"
 FORMAT_VERSION = 1
@@ -60,7 +62,7 @@ _FIXED = struct.Struct("<8sHHIQQ")
 _FIXED_CRC = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
-_ZERO_BLOCK_CRC = zlib.crc32(_ZERO_BLOCK)
+_ZERO_BLOCK_CRC = crc32(_ZERO_BLOCK)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class ChunkHeader:
 def encode_fixed(header: ChunkHeader) -> bytes:
     fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, header.flags, BLOCK_SIZE, header.version,
                         header.length)
-    return fixed + _FIXED_CRC.pack(zlib.crc32(fixed))
+    return fixed + _FIXED_CRC.pack(crc32(fixed))
 
 
 def decode_header(raw: bytes, where: str) -> ChunkHeader:
@@ -93,7 +95,7 @@ def decode_header(raw: bytes, where: str) -> ChunkHeader:
     if magic != MAGIC:
         raise errors.Corrupt(f"{where}: bad magic {magic!r}")
     (stored_crc,) = _FIXED_CRC.unpack_from(raw, _FIXED.size)
-    if zlib.crc32(raw[:_FIXED.size]) != stored_crc:
+    if crc32(raw[:_FIXED.size]) != stored_crc:
         raise errors.Corrupt(f"{where}: header checksum mismatch")
     if fmt != FORMAT_VERSION:
         raise errors.Corrupt(f"{where}: chunk format {fmt}, this osd reads {FORMAT_VERSION}")
@@ -167,7 +169,7 @@ def create_with(fd: int, payload, version: int, where: str) -> ChunkHeader:
         raise errors.Invalid(f"{where}: write of {len(payload)} bytes passes {MAX_CHUNK}")
     header = ChunkHeader(version, len(payload), bytearray(MAX_BLOCKS * 4))
     for block in _block_range(0, len(payload)) if payload else ():
-        header.set_crc(block, zlib.crc32(payload[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]))
+        header.set_crc(block, crc32(payload[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]))
 
     _pwritev_all(fd, [_raw_header(ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))), payload], 0)
     _pwrite_all(fd, _raw_header(header), 0)
@@ -191,7 +193,7 @@ def _verified_block(fd: int, header: ChunkHeader, block: int, where: str) -> byt
 
 
 def _check_block(header: ChunkHeader, block: int, data, where: str) -> None:
-    if zlib.crc32(data) != header.crc_of(block):
+    if crc32(data) != header.crc_of(block):
         raise errors.Corrupt(f"{where}: checksum mismatch in block {block}")
 
 
@@ -222,9 +224,9 @@ def _new_block_crc(fd, header: ChunkHeader, block: int, offset: int, payload, wh
     start = block * BLOCK_SIZE
     stop = min(start + BLOCK_SIZE, max(old_len, end))
     if offset <= start and stop <= end:
-        return zlib.crc32(payload[start - offset:stop - offset])
+        return crc32(payload[start - offset:stop - offset])
     if start >= old_len and stop <= offset:
-        return _ZERO_BLOCK_CRC if stop - start == BLOCK_SIZE else zlib.crc32(bytes(stop - start))
+        return _ZERO_BLOCK_CRC if stop - start == BLOCK_SIZE else crc32(bytes(stop - start))
 
     content = bytearray(stop - start)
     if start < old_len:
@@ -233,7 +235,7 @@ def _new_block_crc(fd, header: ChunkHeader, block: int, offset: int, payload, wh
     lo, hi = max(start, offset), min(stop, end)
     if lo < hi:  # else the block only gains gap zeros
         content[lo - start:hi - start] = payload[lo - offset:hi - offset]
-    return zlib.crc32(content)
+    return crc32(content)
 
 
 def write(fd: int, header: ChunkHeader, offset: int, payload, version: int,
@@ -277,7 +279,7 @@ def truncate(fd: int, header: ChunkHeader, size: int, version: int, where: str) 
     if size % BLOCK_SIZE:
         block = size // BLOCK_SIZE
         kept = _verified_block(fd, header, block, where)[:size - block * BLOCK_SIZE]
-        new.set_crc(block, zlib.crc32(kept))
+        new.set_crc(block, crc32(kept))
         _pwrite_all(fd, new.crcs[block * 4:block * 4 + 4], CRC_TABLE_OFFSET + block * 4)
     _pwrite_all(fd, encode_fixed(new), 0)
     os.ftruncate(fd, HEADER_SIZE + size)

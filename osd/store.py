@@ -36,7 +36,7 @@ import trio
 
 from loomproto import errors
 
-from . import chunkfile
+from . import checksum, chunkfile
 from .locks import KeyedLocks
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ class ChunkStore:
         found = await trio.to_thread.run_sync(_scan, self.root, limiter=self._limiter)
         for (ino, chunk_index), meta in found.items():
             self._set_meta(ino, chunk_index, meta)
-        log.info("chunk store %s: %d chunks, %d bytes", self.root, self.chunk_count, self.used)
+        log.info("chunk store %s: %d chunks, %d bytes, checksums by %s", self.root,
+                 self.chunk_count, self.used, checksum.IMPLEMENTATION)
 
     def close(self) -> None:
         while self._handles:

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from loomproto import errors
-from osd import chunkfile
+from osd import checksum, chunkfile
 from osd.chunkfile import BLOCK_SIZE, HEADER_SIZE, MAX_CHUNK
 
 
@@ -195,3 +195,28 @@ def test_create_with_cut_short_leaves_an_empty_chunk(chunk, monkeypatch):
     header = chunkfile.load(chunk, "t")
     assert (header.version, header.length) == (0, 0)
     assert chunkfile.read(chunk, header, 0, 100, "t") == b""
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4095, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 3])
+def test_checksum_gives_zlib_values(size):
+    data = random.Random(size).randbytes(size)
+    for form in (data, bytearray(data), memoryview(data)):
+        assert checksum.crc32(form) == zlib.crc32(data)
+    assert checksum.crc32(data, 0x1234) == zlib.crc32(data, 0x1234)
+
+
+def test_fast_checksum_is_installed():
+    # pyproject.toml depends on isal; without it every block costs 15x more CPU.
+    assert checksum.IMPLEMENTATION == "isal"
+
+
+def test_chunk_checksummed_by_zlib_reads_back(chunk, monkeypatch):
+    # Chunk files written before osd.checksum used zlib.crc32 directly.
+    data = os.urandom(2 * BLOCK_SIZE + 5)
+    monkeypatch.setattr(chunkfile, "crc32", zlib.crc32)
+    chunkfile.write(chunk, chunkfile.create(chunk), 0, data, 1, "t")
+    monkeypatch.undo()
+
+    assert chunkfile.crc32 is checksum.crc32
+    header = chunkfile.load(chunk, "t")
+    assert chunkfile.read(chunk, header, 0, MAX_CHUNK, "t") == data
