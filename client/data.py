@@ -112,6 +112,9 @@ class FileData:
         self.written_end = 0
         self.server_stamp = None  # (size, mtime) the shard last reported, to spot others' changes
         self.chunk_record = None  # (server_stamp, ranges of chunk indices ever written)
+        # The map's placement when this client made the inode (create), else None:
+        # while the placement is the same, no chunk of it can sit outside its set.
+        self.born_placement = None
         self.mtime_ns = 0
         self.read_cache: OrderedDict[int, bytes] = OrderedDict()
         self.fetching: dict[int, trio.Event] = {}
@@ -229,6 +232,9 @@ class DataPath:
                     raise errors.TryAgain(f"every replica is down: osds {replicas}")
                 args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
                         "replicas": acting, "epoch": self.cluster.map.epoch}
+                if fd.born_placement is not None \
+                        and fd.born_placement == self.cluster.map.placement():
+                    args["fresh"] = True  # the OSD need not look for it elsewhere
                 with trio.fail_after(max(0.1, deadline - trio.current_time())):
                     await self.cluster.osd(acting[0]).call("write", args, piece)
                 fd.written_osds.update(replicas)

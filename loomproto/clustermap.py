@@ -63,6 +63,12 @@ class ClusterMap:
     def in_osds(self) -> list[int]:
         return sorted(o.osd_id for o in self.osds.values() if o.in_)
 
+    def placement(self) -> tuple:
+        """What chunk placement depends on (the in OSDs and their hosts): two maps
+        with equal placements put every chunk on the same OSDs."""
+        return tuple((o.osd_id, o.host) for o in sorted(self.osds.values(),
+                                                         key=lambda o: o.osd_id) if o.in_)
+
     def hosts(self) -> dict[int, str]:
         """osd id -> host name, the failure domain `replicas_for_chunk` spreads over."""
         return {o.osd_id: o.host for o in self.osds.values()}

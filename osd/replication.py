@@ -71,14 +71,16 @@ class Replicator:
         self._peers: dict[int, rpc.RpcClient] = {}
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
-                    replicas: list[int], epoch: int) -> int:
-        """Apply a write as primary; returns the chunk's new version."""
+                    replicas: list[int], epoch: int, fresh: bool = False) -> int:
+        """Apply a write as primary; returns the chunk's new version.  `fresh`:
+        the client made the inode under the placement of its current map."""
         await self.catch_up_map(epoch)
         async with self.order.hold((ino, chunk_index)):
-            if len(replicas) == 1 and self.store.meta(ino, chunk_index) is None \
+            if len(replicas) == 1 and not fresh and self.store.meta(ino, chunk_index) is None \
                     and self.locate is not None:
                 # R = 1 and new here: after a placement change the only copy may
                 # still sit on another OSD (with R > 1 a member has it and answers).
+                # A fresh inode's chunks were all placed as now: no copy elsewhere.
                 await self.locate(ino, chunk_index, replicas)
             for attempt in range(MAX_ROUNDS):
                 targets = self._reachable(replicas[1:], ino, chunk_index)

@@ -35,7 +35,9 @@ class OsdService:
 
         log.debug("write ino %d chunk %d [%d, +%d) replicas %s from %s", ino, chunk_index,
                   offset, len(payload), replicas, peer)
-        version = await self.replicator.write(ino, chunk_index, offset, payload, replicas, epoch)
+        fresh = args.get("fresh") is True
+        version = await self.replicator.write(ino, chunk_index, offset, payload, replicas, epoch,
+                                              fresh)
         return {"version": version}
 
     async def rpc_replicate(self, args, payload, peer):

@@ -163,6 +163,32 @@ async def test_write_reaches_every_replica(rig):
         assert await rig.read(osd_id, 5, 0, 999, 7) == (expect[999:1006], 2)
 
 
+async def test_single_copy_write_looks_elsewhere_unless_fresh(rig):
+    """R = 1: a chunk new on its primary is looked for on the other OSDs (a
+    placement change may have left the only copy there), except when the client
+    says it made the inode under the current placement (`fresh`)."""
+    await rig.write(1, 9, 0, 0, b"old", [1])  # the copy an earlier placement left on osd 1
+    asked = rpc.SERVED["chunk_versions"]
+    args = {"ino": 9, "chunk": 0, "offset": 3, "replicas": [0], "epoch": rig.mds.map.epoch}
+    await rig.clients[0].call("write", args, b"new")
+    assert rpc.SERVED["chunk_versions"] == asked + 2  # osds 1 and 2 asked
+    assert await rig.read(0, 9, 0) == (b"oldnew", 2)  # located, copied, then written
+
+    args = {**args, "ino": 10, "offset": 0, "fresh": True}
+    await rig.clients[0].call("write", args, b"fresh")
+    assert rpc.SERVED["chunk_versions"] == asked + 2
+    assert await rig.read(0, 10, 0) == (b"fresh", 1)
+
+
+def test_placement_ignores_up_state_and_follows_in_and_hosts():
+    def one(up=True, in_=True, host="a"):
+        return ClusterMap(1, {0: OsdInfo(0, "x:1", "a"), 1: OsdInfo(1, "x:2", host, up, in_)})
+
+    assert one().placement() == one(up=False).placement()
+    assert one().placement() != one(in_=False).placement()
+    assert one().placement() != one(host="b").placement()
+
+
 async def test_write_past_end_leaves_zero_gap_everywhere(rig):
     await rig.write(1, 9, 3, 0, b"head", [1, 0, 2])
     await rig.write(1, 9, 3, 200_000, b"tail", [1, 0, 2])
