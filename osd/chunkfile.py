@@ -1,7 +1,7 @@
 """One chunk on disk: the file format, its checksums, and blocking I/O on an open fd.
 
 Every function here is synchronous and may block; `osd.store` calls them through
-``trio.to_thread.run_sync``.  Nothing here knows about trio, RPC or locking: the
+``trio.to_thread.run_sync``, except `read_cached`, which never waits for the disk.  Nothing here knows about trio, RPC or locking: the
 caller holds the chunk's lock around every call that takes a `ChunkHeader`.
 
 File layout (all integers little-endian)::
@@ -63,6 +63,7 @@ _FIXED_CRC = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ZERO_BLOCK_CRC = crc32(_ZERO_BLOCK)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
 
 
 @dataclass
@@ -199,18 +200,55 @@ def _check_block(header: ChunkHeader, block: int, data, where: str) -> None:
 
 def read(fd: int, header: ChunkHeader, offset: int, length: int, where: str) -> bytes:
     """Bytes [offset, offset+length) of the chunk, short at its end; every block verified."""
+    span = read_span(header, offset, length)
+    if span is None:
+        return b""
+    data = _pread_exact(fd, span.stop - span.start, HEADER_SIZE + span.start)
+    return _verified_range(header, data, span.start, offset, length, where)
+
+
+def read_cached(fd: int, header: ChunkHeader, offset: int, length: int, where: str):
+    """`read` for callers that must not wait for the disk: None, having read
+    nothing, unless every byte it needs is in the page cache (``RWF_NOWAIT``)."""
+    span = read_span(header, offset, length)
+    if span is None:
+        return b""
+    if _RWF_NOWAIT is None:
+        return None
+    data = bytearray(span.stop - span.start)
+    try:
+        got = os.preadv(fd, [data], HEADER_SIZE + span.start, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None  # some page is not cached: a disk read, for an I/O thread
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return None  # a filesystem that does not take the flag
+        raise
+    if got < len(data):  # partly cached, or a sparse tail past EOF: `read` knows
+        return None
+    return _verified_range(header, data, span.start, offset, length, where)
+
+
+def read_span(header: ChunkHeader, offset: int, length: int) -> range | None:
+    """The data bytes a read must fetch: whole blocks, so each can be verified;
+    None when the read lies past the chunk's end."""
     end = min(offset + length, header.length)
     if end <= offset:
-        return b""
+        return None
     blocks = _block_range(offset, end)
-    span_start = blocks.start * BLOCK_SIZE
-    span_end = min(blocks.stop * BLOCK_SIZE, header.length)
-    data = memoryview(_pread_exact(fd, span_end - span_start, HEADER_SIZE + span_start))
+    return range(blocks.start * BLOCK_SIZE, min(blocks.stop * BLOCK_SIZE, header.length))
 
-    for block in blocks:
-        rel = block * BLOCK_SIZE - span_start
-        _check_block(header, block, data[rel:rel + BLOCK_SIZE], where)
-    return bytes(data[offset - span_start:end - span_start])
+
+def _verified_range(header: ChunkHeader, data, span_start: int, offset: int, length: int,
+                    where: str) -> bytes:
+    """Check every block of `data` (the bytes of whole blocks from `span_start`)
+    and return the part [offset, offset+length) of it."""
+    view = memoryview(data)
+    for rel in range(0, len(view), BLOCK_SIZE):
+        block = (span_start + rel) // BLOCK_SIZE
+        _check_block(header, block, view[rel:rel + BLOCK_SIZE], where)
+    end = min(offset + length, header.length)
+    return bytes(view[offset - span_start:end - span_start])
 
 
 def _new_block_crc(fd, header: ChunkHeader, block: int, offset: int, payload, where) -> int:

@@ -1,5 +1,6 @@
 """osd.chunkfile: the on-disk chunk format, synchronously on a temporary file."""
 
+import errno
 import os
 import random
 import struct
@@ -220,3 +221,42 @@ def test_chunk_checksummed_by_zlib_reads_back(chunk, monkeypatch):
     assert chunkfile.crc32 is checksum.crc32
     header = chunkfile.load(chunk, "t")
     assert chunkfile.read(chunk, header, 0, MAX_CHUNK, "t") == data
+
+
+@pytest.mark.parametrize("offset,length", [(0, 4096), (5000, 100), (BLOCK_SIZE - 10, 20),
+                                           (3 * BLOCK_SIZE, 4096), (0, 2 * BLOCK_SIZE + 7),
+                                           (3 * BLOCK_SIZE + 100, 10), (4 * BLOCK_SIZE, 5)])
+def test_read_cached_equals_read(chunk, offset, length):
+    model = Model(chunk)
+    model.write(0, os.urandom(3 * BLOCK_SIZE + 123))
+    expect = chunkfile.read(chunk, model.header, offset, length, "t")
+    assert chunkfile.read_cached(chunk, model.header, offset, length, "t") == expect
+
+
+def test_read_cached_checks_crcs(chunk):
+    model = Model(chunk)
+    model.write(0, os.urandom(2 * BLOCK_SIZE))
+    os.pwrite(chunk, b"\xff", HEADER_SIZE + BLOCK_SIZE + 9)
+    assert chunkfile.read_cached(chunk, model.header, 0, 100, "t") is not None
+    with pytest.raises(errors.Corrupt, match="block 1"):
+        chunkfile.read_cached(chunk, model.header, BLOCK_SIZE, 100, "t")
+
+
+def test_read_cached_gives_none_when_a_page_needs_the_disk(chunk, monkeypatch):
+    model = Model(chunk)
+    model.write(0, os.urandom(BLOCK_SIZE))
+
+    def not_cached(fd, buffers, offset, flags=0):
+        assert flags & os.RWF_NOWAIT
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+    monkeypatch.setattr(chunkfile.os, "preadv", not_cached)
+    assert chunkfile.read_cached(chunk, model.header, 0, 4096, "t") is None
+
+
+def test_read_cached_gives_none_for_a_short_file(chunk):
+    # A header longer than the file (a crash inside a write): `read` pads with zeros.
+    model = Model(chunk)
+    model.write(0, os.urandom(BLOCK_SIZE))
+    os.ftruncate(chunk, HEADER_SIZE + 100)
+    assert chunkfile.read_cached(chunk, model.header, 0, 4096, "t") is None

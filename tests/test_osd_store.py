@@ -1,0 +1,64 @@
+"""osd.store.ChunkStore on its own: which reads skip the hop to an I/O thread."""
+
+import os
+
+import pytest
+
+from loomproto import errors
+from osd import chunkfile
+from osd.store import CACHED_READ_MAX, ChunkStore
+
+
+@pytest.fixture
+async def store(tmp_path):
+    chunks = ChunkStore(str(tmp_path))
+    await chunks.open()
+    yield chunks
+    chunks.close()
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    real = getattr(chunkfile, name)
+
+    def counted(*args):
+        calls.append(args[2:4])
+        return real(*args)
+
+    monkeypatch.setattr(chunkfile, name, counted)
+    return calls
+
+
+async def test_small_cached_read_skips_the_io_thread(store, monkeypatch):
+    data = os.urandom(1 << 20)
+    await store.write(5, 0, 0, data)
+    threaded = _count_calls(monkeypatch, "read")
+
+    assert await store.read(5, 0, 12345, 4096) == (data[12345:12345 + 4096], 1)
+    assert await store.read(5, 0, 0, CACHED_READ_MAX) == (data[:CACHED_READ_MAX], 1)
+    assert threaded == []
+    assert await store.read(5, 0, 0, CACHED_READ_MAX + 1) == (data[:CACHED_READ_MAX + 1], 1)
+    assert threaded == [(0, CACHED_READ_MAX + 1)]
+
+
+async def test_small_read_needing_the_disk_goes_to_the_io_thread(store, monkeypatch):
+    data = os.urandom(200_000)
+    await store.write(5, 0, 0, data)
+    monkeypatch.setattr(chunkfile, "read_cached", lambda *args: None)
+    threaded = _count_calls(monkeypatch, "read")
+
+    assert await store.read(5, 0, 70_000, 4096) == (data[70_000:74_096], 1)
+    assert threaded == [(70_000, 4096)]
+
+
+async def test_cached_read_of_a_corrupt_block_is_corrupt(store):
+    await store.write(5, 0, 0, os.urandom(100_000))
+    fd = os.open(store.chunk_path(5, 0), os.O_RDWR)
+    try:
+        where = chunkfile.HEADER_SIZE + 70_000
+        os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 0xFF]), where)
+    finally:
+        os.close(fd)
+
+    with pytest.raises(errors.Corrupt, match="block 1"):
+        await store.read(5, 0, 69_000, 4096)
