@@ -36,6 +36,7 @@ from loomproto import errors
 from loomproto.layout import Layout
 
 from .data import FileData
+from .dirnames import DirNames, drop_old_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ ACL_XATTR_PREFIX = b"system.posix_acl_"
 COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
 SEQ_BITS = 48
 READDIR_BATCH = 256
+RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
 FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 
@@ -142,6 +144,7 @@ class LoomOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
         self._resizing = collections.Counter()  # ino -> our size changes in flight
+        self.dir_names = DirNames()  # where the kernel knows each directory (client.dirnames)
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -202,13 +205,17 @@ class LoomOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
-            return self._entry(await self.meta.lookup(parent_inode, name))
+            attr = await self.meta.lookup(parent_inode, name)
         except errors.NotFound:
+            self.dir_names.forget_at(parent_inode, name)
             # A negative entry the kernel may cache for entry_timeout.
             entry = pyfuse3.EntryAttributes()
             entry.st_ino = 0
             entry.entry_timeout = self.entry_timeout
             return entry
+        if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
+            await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
+        return self._entry(attr)
 
     async def getattr(self, inode, ctx=None):
         # A directory's attributes are asked for again after each create or
@@ -265,7 +272,9 @@ class LoomOperations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        return self._entry(await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        self.dir_names.record(attr["ino"], parent_inode, name)
+        return self._entry(attr)
 
     async def symlink(self, parent_inode, name, target, ctx):
         attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
@@ -282,12 +291,16 @@ class LoomOperations(pyfuse3.Operations):
 
     async def rmdir(self, parent_inode, name, ctx):
         await self.meta.rmdir(parent_inode, name)
+        self.dir_names.forget_at(parent_inode, name)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
+                               exchange=bool(flags & RENAME_EXCHANGE))
 
     async def forget(self, inode_list):
         for ino, _ in inode_list:
+            self.dir_names.forget(ino)
             if ino not in self.files:
                 self.meta.forget(ino)
 

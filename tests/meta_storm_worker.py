@@ -98,9 +98,11 @@ async def main(cfg: str, seed: int, seconds: float):
 # -- through a mount ------------------------------------------------------------
 
 # What a namespace race between clients answers (two mounts also see stale names).
-# ELOOP: the kernel's own answer when a lookup finds a directory whose cached name
-# on this mount is an ancestor of the new parent (another mount moved it; the
-# dentry cache lags by entry_timeout) -- d_splice_alias refuses the loop.
+# ELOOP and ESTALE: the kernel's own answers (d_splice_alias) when a lookup finds a
+# directory another mount moved while its old name on this mount is still in use
+# (another worker walking through it; the dentry cache lags by entry_timeout): ELOOP
+# when the old name is an ancestor of the new parent, ESTALE when it cannot be moved.
+# An unused old name is dropped by the client first (client/dirnames.py).
 REFUSED_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR,
                   errno.EINVAL, errno.EPERM, errno.EMLINK, errno.EBUSY, errno.ESTALE,
                   errno.ELOOP}

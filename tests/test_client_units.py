@@ -5,6 +5,7 @@ import os
 import pytest
 
 from client.data import ChunkBuffer
+from client.dirnames import DirNames
 from client.mount import MountError, parse_options
 from client.ops import _cookie, _uncookie
 from loomproto.layout import Layout, osd_order, replicas_for_chunk, shard_of_dentry
@@ -177,3 +178,23 @@ async def test_a_file_this_client_made_has_no_capability_without_asking():
     with pytest.raises(errors.NoData):
         await meta.getxattr(attr["ino"], metamod.CAPS_XATTR)
     assert "getxattr" not in shard.calls
+
+
+def test_dir_names_follow_own_renames_and_removals():
+    names = DirNames()
+    names.record(10, 1, b"a")
+    names.record(11, 1, b"b")
+    names.renamed((1, b"a"), (2, b"x"), exchange=False)
+    assert names.place_of(10) == (2, b"x")
+    names.renamed((2, b"x"), (1, b"b"), exchange=True)
+    assert names.place_of(10) == (1, b"b") and names.place_of(11) == (2, b"x")
+    names.renamed((1, b"b"), (2, b"x"), exchange=False)  # over the other directory
+    assert names.place_of(10) == (2, b"x") and names.place_of(11) is None
+    names.forget_at(2, b"x")
+    assert names.place_of(10) is None
+    names.record(12, 3, b"c")
+    names.record(12, 4, b"d")  # seen at a new place: the old one is not kept
+    names.forget_at(3, b"c")
+    assert names.place_of(12) == (4, b"d")
+    names.forget(12)
+    assert names.place_of(12) is None
