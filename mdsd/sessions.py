@@ -11,6 +11,13 @@ to clean are written into the orphan record (one transaction), then
 ``delete_file`` goes to each of them; the record goes when all acknowledged.
 A down or unreachable OSD is tried again later.  After a start, reclaim waits
 one session timeout so that clients can register their opens again.
+
+Reclaim works in rounds: a round drops every orphan nobody has open (their
+commits share group commits), then sends each OSD one ``delete_file`` naming
+all of the round's inodes it must clean (up to DELETE_BATCH at a time), and
+records what was cleaned in one transaction.  A round starts RECLAIM_LINGER
+after the first unlink that woke it, so a burst of unlinks costs each OSD one
+request per round instead of one per file.
 """
 
 import logging
@@ -28,7 +35,9 @@ log = logging.getLogger(__name__)
 
 RECENT_OPEN = 10.0  # an open younger than this survives a renew that omits it
 RECLAIM_INTERVAL = 2.0
-RECLAIM_PARALLEL = 64  # orphans reclaimed at once: their commits share one group commit
+RECLAIM_PARALLEL = 64  # orphans dropped at once: their commits share one group commit
+RECLAIM_LINGER = 0.05  # from the wake-up to the round: later unlinks join its batches
+DELETE_BATCH = 256  # inodes per delete_file request
 
 
 class Sessions:
@@ -105,20 +114,24 @@ class Reclaimer:
             await self.reclaim_once()
             with trio.move_on_after(RECLAIM_INTERVAL):
                 await self.sessions.wake.wait()
+                await trio.sleep(RECLAIM_LINGER)
 
     async def reclaim_once(self):
         cluster_map = self.map_source()
         if cluster_map is None:
             return
         limiter = trio.CapacityLimiter(RECLAIM_PARALLEL)
+        cleaning: list[tuple[int, dict]] = []
         async with trio.open_nursery() as nursery:
             for ino, record in self.store.read(partial(_orphans, self.store.dbs)):
                 if record["dropped"] or not self.sessions.is_open(ino):
-                    nursery.start_soon(self._reclaim_one, ino, record, cluster_map, limiter)
+                    nursery.start_soon(self._drop_one, ino, record, cluster_map, limiter,
+                                       cleaning)
+        if cleaning:
+            await self._clean_osds(cleaning, cluster_map)
 
-    async def _reclaim_one(self, ino: int, record: dict, cluster_map, limiter):
-        """One orphan: drop its inode, then clean its OSDs.  Many run at once, so
-        that a burst of unlinks costs a few group commits, not two per file."""
+    async def _drop_one(self, ino: int, record: dict, cluster_map, limiter, cleaning: list):
+        """Drop one orphan's inode unless that was done; queue its OSDs for cleaning."""
         async with limiter:
             if not record["dropped"]:
                 if self.sessions.is_open(ino):  # opened while this waited
@@ -126,7 +139,7 @@ class Reclaimer:
                 record = await self._drop(ino, cluster_map)
                 if record is None or record.get("finished"):
                     return
-            await self._clean_osds(ino, record, cluster_map)
+            cleaning.append((ino, record))
 
     async def _drop(self, ino: int, cluster_map):
         pending = sorted(cluster_map.osds)
@@ -140,23 +153,32 @@ class Reclaimer:
             log.debug("orphan %d dropped; data on osds %s", ino, pending)
         return record
 
-    async def _clean_osds(self, ino: int, record: dict, cluster_map):
-        done = []
+    async def _clean_osds(self, cleaning: list, cluster_map):
+        """delete_file on every pending OSD of the `cleaning` orphans, batched per
+        OSD; then one transaction records which OSDs are done with which inodes."""
+        by_osd: dict[int, list[int]] = {}
+        for ino, record in cleaning:
+            for osd_id in record["pending"]:
+                by_osd.setdefault(osd_id, []).append(ino)
+        done: dict[int, list[int]] = {}  # ino -> osd ids cleaned
 
-        async def one(osd_id):
+        async def one(osd_id, inos):
             info = cluster_map.osds.get(osd_id)
-            if info is None:
-                done.append(osd_id)  # gone from the map: nothing left to clean
-            elif info.up and await self._delete_on(ino, info):
-                done.append(osd_id)
+            # Gone from the map: nothing left to clean there.
+            if info is None or (info.up and await self._delete_on(inos, info)):
+                for ino in inos:
+                    done.setdefault(ino, []).append(osd_id)
 
         async with trio.open_nursery() as nursery:
-            for osd_id in record["pending"]:
-                nursery.start_soon(one, osd_id)
-        if done or not record["pending"]:
-            await self.store.write(partial(_osds_done, self.store.dbs, ino, done))
+            for osd_id, inos in by_osd.items():
+                for start in range(0, len(inos), DELETE_BATCH):
+                    nursery.start_soon(one, osd_id, inos[start:start + DELETE_BATCH])
+        finished = [(ino, done.get(ino, [])) for ino, record in cleaning
+                    if done.get(ino) or not record["pending"]]
+        if finished:
+            await self.store.write(partial(_osds_done, self.store.dbs, finished))
 
-    async def _delete_on(self, ino: int, info) -> bool:
+    async def _delete_on(self, inos: list[int], info) -> bool:
         client = self.osd_clients.get(info.addr)
         if client is None:
             client = rpc.RpcClient(self.nursery, info.addr, self.config.cluster_id,
@@ -164,9 +186,10 @@ class Reclaimer:
             self.osd_clients[info.addr] = client
         try:
             with trio.fail_after(10.0):
-                await client.call("delete_file", {"ino": ino})
+                await client.call("delete_file", {"inos": inos})
         except (errors.LoomError, trio.TooSlowError) as exc:
-            log.warning("delete_file of orphan %d on osd %d failed: %s", ino, info.osd_id, exc)
+            log.warning("delete_file of %d orphans (%d ...) on osd %d failed: %s", len(inos),
+                        inos[0], info.osd_id, exc)
             return False
         return True
 
@@ -198,14 +221,17 @@ def _drop_orphan(store, ino: int, pending: list, txn):
 
 
 
-def _osds_done(dbs, ino: int, done: list, txn):
-    db, key = schema.orphan_key(ino)
-    raw = txn.get(key, db=dbs[db])
-    if raw is None:
-        return
-    record = schema.unpack(raw)
-    record["pending"] = [osd for osd in record["pending"] if osd not in done]
-    if record["pending"]:
-        txn.put(key, schema.pack(record), db=dbs[db])
-    else:
-        txn.delete(key, db=dbs[db])
+def _osds_done(dbs, finished: list, txn):
+    """`finished`: [(ino, osd ids that cleaned it)]; an orphan record with no
+    OSD left to clean goes."""
+    for ino, done in finished:
+        db, key = schema.orphan_key(ino)
+        raw = txn.get(key, db=dbs[db])
+        if raw is None:
+            continue
+        record = schema.unpack(raw)
+        record["pending"] = [osd for osd in record["pending"] if osd not in done]
+        if record["pending"]:
+            txn.put(key, schema.pack(record), db=dbs[db])
+        else:
+            txn.delete(key, db=dbs[db])

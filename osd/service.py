@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10000
+DELETE_BATCH_MAX = 1024  # inodes one delete_file may name
 
 
 class OsdService:
@@ -131,9 +132,9 @@ class OsdService:
         return {}
 
     async def rpc_delete_file(self, args, payload, peer):
-        ino = validate.ino(args)
-        log.debug("delete ino %d", ino)
-        await self.store.delete_file(ino)
+        inos = validate.inos(args, DELETE_BATCH_MAX)
+        log.debug("delete inos %s", inos)
+        await self.store.delete_files(inos)
         return {}
 
     async def rpc_sync_file(self, args, payload, peer):

@@ -24,6 +24,18 @@ def ino(args: dict) -> int:
     return integer(args, "ino", low=1)
 
 
+def inos(args: dict, limit: int) -> list[int]:
+    """`inos` (a list of at most `limit` inode numbers), else the single `ino`."""
+    value = args.get("inos")
+    if value is None:
+        return [ino(args)]
+    if (not isinstance(value, list) or len(value) > limit
+            or any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_U63
+                   for v in value)):
+        raise errors.BadRequest(f"inos must be a list of at most {limit} inode numbers")
+    return value
+
+
 def chunk_index(args: dict) -> int:
     return integer(args, "chunk", high=MAX_CHUNK_INDEX)
 

@@ -276,6 +276,13 @@ async def test_delete_file(rig):
     assert stat["chunks"] == 1 and stat["used"] == 4 and stat["osd_id"] == 0
 
 
+async def test_delete_file_of_many_inodes_in_one_request(rig):
+    for ino in (400, 401, 402):
+        await rig.write(0, ino, 0, 0, b"x" * 10, [0])
+    assert await rig.clients[0].call("delete_file", {"inos": [400, 402, 999]}) == {}
+    assert await rig.clients[0].call("list_chunks", {}) == [[401, 0, 10, 1]]
+
+
 async def test_sync_file_fsyncs_written_chunks_and_new_dirs(rig, monkeypatch):
     synced = []
     real_fsync = os.fsync
@@ -318,6 +325,8 @@ async def test_sync_file_fsyncs_written_chunks_and_new_dirs(rig, monkeypatch):
     ("truncate_file", {"ino": 1, "size": 0, "unit": 100_000}),
     ("truncate_file", {"ino": 1, "size": -5, "unit": UNIT}),
     ("delete_file", {}),
+    ("delete_file", {"inos": [1, 0]}),
+    ("delete_file", {"inos": list(range(1, 2000))}),
     ("sync_file", {"ino": None}),
     ("list_chunks", {"after": [1]}),
     ("list_chunks", {"limit": 0}),
