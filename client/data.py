@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SMALL_READ = 64 << 10  # reads below this that jump around fetch just their range
 READ_CACHE_STRIPES = 4
+READ_REORDER = 16  # requests of one size the kernel may have in flight out of order
 
 
 class ChunkBuffer:
@@ -308,8 +309,12 @@ class DataPath:
             if error is not None:
                 raise error
         # Kernel read-ahead sends several requests at once, so "sequential"
-        # tolerates a little reordering around the previous end.
-        sequential = abs(offset - fd.next_read) <= 2 * fd.layout.unit
+        # tolerates a little reordering around the previous end: a few requests
+        # of this one's size, at most two chunks.  A window of whole chunks for
+        # small reads too would take a random 4 KiB read that lands near the
+        # last one for the start of a stream, worth a whole stripe of fetches.
+        window = min(2 * fd.layout.unit, READ_REORDER * max(length, 4096))
+        sequential = abs(offset - fd.next_read) <= window
         fd.next_read = end
         if sequential or length >= SMALL_READ:
             return await self._read_chunks(fd, offset, end, sequential)
