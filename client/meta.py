@@ -21,6 +21,14 @@ FUSE_HANDLE_KILLPRIV_V2, which would stop that).  A shard's "no such
 attribute", and an inode this client just made, are remembered for CAPS_TTL
 seconds, so a 1 MiB write or a small file's first write costs no shard round trip; this client's own setxattr/removexattr forget it at once, another
 client's `setcap` shows here after at most CAPS_TTL.
+
+Closes (the end of an open registration, sent at the last release of a file)
+go out one request per shard at a time: the closes of files released while
+that request is in flight wait and leave together in the next one, so a busy
+client sends a few close requests instead of one per file.  An open of an
+inode whose close waits takes the close back (the registration was never
+ended); an open of one whose close is in flight waits for that request, so
+the shard never sees the close after the open.
 """
 
 import logging
@@ -28,6 +36,8 @@ import os
 import stat
 import time
 from collections import OrderedDict
+
+import trio
 
 from loomproto import chunkset, errors
 
@@ -37,6 +47,7 @@ NAME_MAX = 255
 CACHE_ENTRIES = 100_000
 CAPS_XATTR = b"security.capability"
 CAPS_TTL = 1.0  # the mount's default attr_timeout
+CLOSE_BATCH = 1024  # inodes per close request (a shard takes up to 4,096)
 
 
 def _rid() -> bytes:
@@ -64,6 +75,8 @@ class Meta:
         self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
         self.fetched: dict[int, float] = {}  # ino -> monotonic time of the server's answer
         self.no_caps: OrderedDict[int, float] = OrderedDict()  # ino -> when a shard said none
+        self.closing: dict[int, set[int]] = {}  # shard -> inos whose close waits to be sent
+        self.closes_sent: dict[int, tuple[set[int], trio.Event]] = {}  # shard -> in flight
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
@@ -163,12 +176,47 @@ class Meta:
         return reply
 
     async def open(self, ino: int, flags: int) -> dict:
+        await self._take_back_close(ino)
         args = {"ino": ino, "session": self.cluster.session, "flags": flags}
         sent_at = self.clock
         return self.remember(await self._at_ino(ino, "open", args), sent_at)
 
+    async def _take_back_close(self, ino: int) -> None:
+        """Before an open of `ino`: a close of it still queued is dropped, one in
+        flight is waited for.  A release racing this open on another handle of
+        the same file can still send its close while the open is on its way (as
+        before batching); the next session renewal registers the open again."""
+        shard = self.cluster.shard_of_ino(ino)
+        while True:
+            self.closing.get(shard, set()).discard(ino)
+            sent = self.closes_sent.get(shard)
+            if sent is None or ino not in sent[0]:
+                return
+            await sent[1].wait()
+
     async def close(self, ino: int) -> None:
-        await self._at_ino(ino, "close", {"ino": ino, "session": self.cluster.session})
+        """End this client's open registration of `ino` (see the module docstring)."""
+        shard = self.cluster.shard_of_ino(ino)
+        self.closing.setdefault(shard, set()).add(ino)
+        if shard in self.closes_sent:
+            return  # the sender of the request in flight sends this one next
+        while self.closing.get(shard):
+            inos = self._next_closes(shard)
+            done = trio.Event()
+            self.closes_sent[shard] = (inos, done)
+            try:
+                await self.cluster.mds(shard, "close", {"inos": sorted(inos),
+                                                        "session": self.cluster.session})
+            finally:
+                del self.closes_sent[shard]
+                done.set()
+
+    def _next_closes(self, shard: int) -> set[int]:
+        """Up to CLOSE_BATCH queued closes of `shard`, taken off its queue."""
+        queued = sorted(self.closing.pop(shard))
+        if len(queued) > CLOSE_BATCH:
+            self.closing[shard] = set(queued[CLOSE_BATCH:])
+        return set(queued[:CLOSE_BATCH])
 
     async def statfs(self) -> dict:
         return await self.cluster.mds(0, "statfs", {})
@@ -241,9 +289,10 @@ class Meta:
         args = {"parent": parent, "name": name, "new_parent": new_parent,
                 "new_name": new_name, "flags": flags, "rid": _rid()}
         try:
-            await self._at_entry(new_parent, new_name, "rename", args)
+            reply = await self._at_entry(new_parent, new_name, "rename", args)
         finally:
             self._dir_unknown(parent, new_parent)
+        self._dir_unknown(*reply.get("moved", ()))  # a moved directory's ctime changed
 
     async def setstripe(self, ino: int, layout_wire: list) -> dict:
         args = {"ino": ino, "layout": layout_wire}
@@ -276,6 +325,7 @@ class Meta:
             await self._at_ino(ino, "setxattr", args)
         finally:  # after the call: a "none" answered meanwhile is stale too
             self.no_caps.pop(ino, None)
+            self._dir_unknown(ino)  # the shard set its ctime
 
     async def listxattr(self, ino) -> list:
         return await self._at_ino(ino, "listxattr", {"ino": ino})
@@ -285,3 +335,4 @@ class Meta:
             await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})
         finally:
             self.no_caps.pop(ino, None)
+            self._dir_unknown(ino)

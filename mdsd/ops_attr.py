@@ -21,6 +21,7 @@ from .namespace import now_ns
 
 log = logging.getLogger(__name__)
 
+CLOSE_BATCH_MAX = 4096  # inodes one close request may name
 _FIELDS = {"mode": (0, check.U32_MAX), "uid": (0, check.U32_MAX), "gid": (0, check.U32_MAX),
            "size": (0, check.U63_MAX), "atime": (check.I64_MIN, check.U63_MAX),
            "mtime": (check.I64_MIN, check.U63_MAX), "ctime": (check.I64_MIN, check.U63_MAX)}
@@ -208,7 +209,10 @@ async def open_(ns, args: dict) -> dict:
 
 
 async def close(ns, args: dict) -> dict:
-    ino = check.ino(args)
+    """The open registrations of `ino`, or of each of `inos` (a client sends the
+    closes that queued while its previous close request was in flight)."""
+    inos = check.ino_list(args, max_len=CLOSE_BATCH_MAX) if "inos" in args else [check.ino(args)]
     session = check.session(args)
-    ns.sessions.close(ino, session)
+    for ino in inos:
+        ns.sessions.close(ino, session)
     return {}

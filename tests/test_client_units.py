@@ -198,3 +198,49 @@ def test_dir_names_follow_own_renames_and_removals():
     assert names.place_of(12) == (4, b"d")
     names.forget(12)
     assert names.place_of(12) is None
+
+
+class _CloseShard:
+    """One shard whose close requests wait for the test to let them through."""
+
+    nshards = 1
+    session = b"s"
+
+    def __init__(self):
+        import trio
+
+        self.calls = []
+        self.let_through = trio.Event()
+
+    def shard_of_ino(self, ino):
+        return 0
+
+    async def mds(self, shard, op, args):
+        self.calls.append((op, args.get("inos", args.get("ino"))))
+        if op == "close":
+            await self.let_through.wait()
+        return {"ino": args.get("ino"), "mode": 0o100644, "size": 0, "mtime": 1}
+
+
+async def test_closes_queue_behind_the_one_in_flight_and_an_open_takes_its_close_back(
+        nursery):
+    import trio
+    import trio.testing
+
+    from client import meta as metamod
+
+    shard = _CloseShard()
+    meta = metamod.Meta(shard)
+    nursery.start_soon(meta.close, 5)
+    await trio.testing.wait_all_tasks_blocked()
+    await meta.close(7)  # queued: returns at once
+    await meta.close(9)
+    await meta.open(9, 0)  # its close was never sent: taken back, opened at once
+    nursery.start_soon(meta.open, 5, 0)  # its close is in flight: waits for it
+    await trio.testing.wait_all_tasks_blocked()
+    assert shard.calls == [("close", [5]), ("open", 9)]
+
+    shard.let_through.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(shard.calls[2:]) == [("close", [7]), ("open", 5)]
+    assert not meta.closing.get(0) and not meta.closes_sent
