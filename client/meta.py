@@ -12,8 +12,10 @@ answered from the cache while the server's last answer is younger than the
 mount's attr_timeout -- the lifetime the kernel's own cache would have given
 them -- with this client's own changes applied (`_dir_changed`: entry count,
 subdirectory links, mtime and ctime), as the shards apply them.  A rename
-drops both parents from that cache.  Other clients' changes show after at
-most attr_timeout, as they would through the kernel's cache.
+drops both parents and the moved directory (the shard names the moved inodes
+in its reply: their ctime changed) from that cache, and this client's own
+setxattr/removexattr drop the inode (ctime again).  Other clients' changes
+show after at most attr_timeout, as they would through the kernel's cache.
 
 The kernel asks for the ``security.capability`` attribute before every
 write() to a file, to drop file capabilities (pyfuse3 cannot negotiate

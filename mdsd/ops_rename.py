@@ -68,11 +68,13 @@ async def rename(ns, args: dict) -> dict:
         if src.ino == dst.ino:
             return {}  # two names of one inode (or the same name): nothing to do
         await ns.check_parent_alive(tx, dst.parent, dst.name)
+        # The reply names the inodes that moved (their ctime changed), so a client
+        # that caches directory attributes knows which ones to ask for again.
         if flags & EXCHANGE:
             await _exchange(ns, tx, src, dst)
-        else:
-            await _move(ns, tx, src, dst)
-        return {}
+            return {"moved": [src.ino, dst.ino]}
+        await _move(ns, tx, src, dst)
+        return {"moved": [src.ino]}
 
     result = await ns.engine.run(body, rid)
     return result

@@ -357,6 +357,34 @@ def test_which_calls_change_which_times(local_and_mount):
     _assert_same(_time_answers, *local_and_mount)
 
 
+# A mount caches a directory's attributes for attr_timeout (client/meta.py
+# cached_dir), so a call that changes a directory's own ctime on the shard must
+# make the mount ask again; the name is where the directory is after the call.
+DIR_TIME_CASES = {
+    "rename dir within its parent": (lambda d: os.rename(f"{d}/dir", f"{d}/dir2"), "dir2"),
+    "rename dir into another": (lambda d: os.rename(f"{d}/dir", f"{d}/full/dir"), "full/dir"),
+    "setxattr on dir": (lambda d: os.setxattr(f"{d}/dir", "user.k", b"v"), "dir"),
+    "removexattr on dir": (lambda d: os.removexattr(f"{d}/dir", "user.old"), "dir"),
+    "chmod dir": (lambda d: os.chmod(f"{d}/dir", 0o700), "dir"),
+}
+
+
+def _dir_time_answers(root):
+    answers = {}
+    for name, (call, now_at) in DIR_TIME_CASES.items():
+        d = _fresh(root, "dt_" + name)
+        os.setxattr(f"{d}/dir", "user.old", b"v")
+        before = os.lstat(f"{d}/dir").st_ctime_ns
+        _tick()
+        result = _errno(call, d)
+        answers[name] = (result, os.lstat(f"{d}/{now_at}").st_ctime_ns != before)
+    return answers
+
+
+def test_calls_on_a_directory_move_its_ctime_at_once(local_and_mount):
+    _assert_same(_dir_time_answers, *local_and_mount)
+
+
 def test_link_of_every_file_type_shares_mode_owner_and_count(workdir):
     makers = {"file": lambda p: _file(p), "fifo": os.mkfifo,
               "socket": lambda p: os.mknod(p, stat.S_IFSOCK | 0o644),
