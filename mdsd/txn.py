@@ -147,6 +147,15 @@ class TxnEngine:
                 log.debug("retrying after conflict: %s", exc.message)
             except apply.AlreadyDone as done:
                 return _replay(done.stored)
+            except errors.LoomError:
+                # The body may have failed on the effects of an earlier attempt of
+                # this request (a client retry after a lost connection, running
+                # beside the first one): NotFound for a rename it made, Exists for
+                # its own mkdir.  That attempt's reply, once stored, is the answer.
+                stored = self.stored_reply(rid)
+                if stored is not None:
+                    return _replay(stored)
+                raise
             await trio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.25)
 

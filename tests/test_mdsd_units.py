@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 
 from loomproto import errors
 from mdsd import apply, recovery, schema
@@ -91,6 +92,41 @@ async def test_local_commit_validates_reads_and_locks(tmp_path):
             await store.write(lambda txn: apply.commit_local(store, [], [], rid, {}, txn))
     finally:
         store.close()
+
+
+async def test_retry_racing_its_first_attempt_answers_with_its_reply(tmp_path, nursery):
+    """A client retry (same rid) whose body ran into the first attempt's effects
+    answers with the stored reply, not with the error those effects cause."""
+    mds = MdsCluster(tmp_path, nursery, 1)
+    await mds.start_all()
+    engine = mds.handles[0].shard.engine
+    key = schema.xattr_key(ROOT, b"user.once")
+    rid = os.urandom(16)
+    first_done = trio.Event()
+
+    async def first(tx):
+        tx.put(0, key, b"v")
+        return {"made": True}
+
+    async def retry(tx):  # already past the stored-reply check when it waits
+        await first_done.wait()
+        if await tx.read(0, key) is not None:
+            raise errors.Exists("made by the first attempt")
+        return await first(tx)
+
+    answers = []
+
+    async def run_retry():
+        answers.append(await engine.run(retry, rid))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(run_retry)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await engine.run(first, rid) == {"made": True}
+        first_done.set()
+    assert answers == [{"made": True}]
+    with pytest.raises(errors.Exists):  # without a request id the error stands
+        await engine.run(retry)
 
 
 @pytest.fixture
