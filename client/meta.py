@@ -25,12 +25,14 @@ seconds, so a 1 MiB write or a small file's first write costs no shard round tri
 client's `setcap` shows here after at most CAPS_TTL.
 
 Closes (the end of an open registration, sent at the last release of a file)
-go out one request per shard at a time: the closes of files released while
-that request is in flight wait and leave together in the next one, so a busy
-client sends a few close requests instead of one per file.  An open of an
-inode whose close waits takes the close back (the registration was never
-ended); an open of one whose close is in flight waits for that request, so
-the shard never sees the close after the open.
+wait up to CLOSE_LINGER seconds for the next request this client sends to the
+inode's shard and ride along with it (``closes``, applied by the shard before
+the request itself); only when none comes do they leave in a close request of
+their own.  So a release costs no round trip of its own while the client is
+busy, and an unlink of a file just closed here finds it closed on its shard.
+An open of an inode whose close waits takes the close back (the registration
+was never ended); an open of one whose close is on its way waits for that
+request's reply, so the shard never sees the close after the open.
 """
 
 import logging
@@ -49,7 +51,8 @@ NAME_MAX = 255
 CACHE_ENTRIES = 100_000
 CAPS_XATTR = b"security.capability"
 CAPS_TTL = 1.0  # the mount's default attr_timeout
-CLOSE_BATCH = 1024  # inodes per close request (a shard takes up to 4,096)
+CLOSE_BATCH = 1024  # closes one request carries (a shard takes up to 4,096)
+CLOSE_LINGER = 0.01  # how long a close waits for a request to ride along with
 
 
 def _rid() -> bytes:
@@ -78,7 +81,9 @@ class Meta:
         self.fetched: dict[int, float] = {}  # ino -> monotonic time of the server's answer
         self.no_caps: OrderedDict[int, float] = OrderedDict()  # ino -> when a shard said none
         self.closing: dict[int, set[int]] = {}  # shard -> inos whose close waits to be sent
-        self.closes_sent: dict[int, tuple[set[int], trio.Event]] = {}  # shard -> in flight
+        self.closes_sent: dict[int, list[tuple[set[int], trio.Event]]] = {}  # shard -> on the way
+        self._close_senders: set[int] = set()  # shards with a task sending what is left
+        self.close_linger = CLOSE_LINGER
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
@@ -142,10 +147,23 @@ class Meta:
         self.fetched.pop(ino, None)
 
     async def _at_ino(self, ino: int, op: str, args: dict) -> dict:
-        return await self.cluster.mds(self.cluster.shard_of_ino(ino), op, args)
+        return await self._call(self.cluster.shard_of_ino(ino), op, args)
 
     async def _at_entry(self, parent: int, name: bytes, op: str, args: dict):
-        return await self.cluster.mds(self.cluster.shard_of_dentry(parent, name), op, args)
+        return await self._call(self.cluster.shard_of_dentry(parent, name), op, args)
+
+    async def _call(self, shard: int, op: str, args: dict):
+        """One request to `shard`, carrying the closes queued for it."""
+        if not self.closing.get(shard):
+            return await self.cluster.mds(shard, op, args)
+        carried = (self._next_closes(shard), trio.Event())
+        self.closes_sent.setdefault(shard, []).append(carried)
+        closes = {"session": self.cluster.session, "inos": sorted(carried[0])}
+        try:
+            return await self.cluster.mds(shard, op, {**args, "closes": closes})
+        finally:
+            self.closes_sent[shard].remove(carried)
+            carried[1].set()
 
     async def parent_info(self, parent: int) -> dict:
         attr = self.attrs.get(parent)
@@ -184,34 +202,43 @@ class Meta:
         return self.remember(await self._at_ino(ino, "open", args), sent_at)
 
     async def _take_back_close(self, ino: int) -> None:
-        """Before an open of `ino`: a close of it still queued is dropped, one in
-        flight is waited for.  A release racing this open on another handle of
+        """Before an open of `ino`: a close of it still queued is dropped, one on
+        its way is waited for.  A release racing this open on another handle of
         the same file can still send its close while the open is on its way (as
-        before batching); the next session renewal registers the open again."""
+        without queueing); the next session renewal registers the open again."""
         shard = self.cluster.shard_of_ino(ino)
         while True:
             self.closing.get(shard, set()).discard(ino)
-            sent = self.closes_sent.get(shard)
-            if sent is None or ino not in sent[0]:
+            carrying = [done for inos, done in self.closes_sent.get(shard, []) if ino in inos]
+            if not carrying:
                 return
-            await sent[1].wait()
+            await carrying[0].wait()
 
     async def close(self, ino: int) -> None:
-        """End this client's open registration of `ino` (see the module docstring)."""
+        """End this client's open registration of `ino` (see the module docstring);
+        returns at once."""
         shard = self.cluster.shard_of_ino(ino)
         self.closing.setdefault(shard, set()).add(ino)
-        if shard in self.closes_sent:
-            return  # the sender of the request in flight sends this one next
-        while self.closing.get(shard):
-            inos = self._next_closes(shard)
-            done = trio.Event()
-            self.closes_sent[shard] = (inos, done)
-            try:
-                await self.cluster.mds(shard, "close", {"inos": sorted(inos),
-                                                        "session": self.cluster.session})
-            finally:
-                del self.closes_sent[shard]
-                done.set()
+        if shard not in self._close_senders:
+            self._close_senders.add(shard)
+            self.cluster.nursery.start_soon(self._send_closes, shard,
+                                            name=f"closes to shard {shard}")
+
+    async def _send_closes(self, shard: int) -> None:
+        """Send the closes of `shard` that no other request took within CLOSE_LINGER."""
+        try:
+            while self.closing.get(shard):
+                await trio.sleep(self.close_linger)
+                if not self.closing.get(shard):
+                    continue
+                args = {"inos": [], "session": self.cluster.session}
+                try:
+                    await self._call(shard, "close", args)  # carries them
+                except errors.LoomError as exc:
+                    # The shard ends them at this client's next session renewal.
+                    log.warning("closes on shard %d not sent: %s", shard, exc)
+        finally:
+            self._close_senders.discard(shard)
 
     def _next_closes(self, shard: int) -> set[int]:
         """Up to CLOSE_BATCH queued closes of `shard`, taken off its queue."""

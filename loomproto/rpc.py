@@ -52,6 +52,9 @@ class RpcServer:
 
     def __init__(self, service, cluster_id: str, key: bytes, name: str):
         self.service = service
+        # Optional: service.before_request(args) runs before every request's
+        # handler; a LoomError from it is the request's answer.
+        self.before = getattr(service, "before_request", None)
         self.cluster_id = cluster_id
         self.key = key
         self.name = name
@@ -125,6 +128,8 @@ class RpcServer:
         SERVED[op] += 1
         started = trio.current_time()
         try:
+            if self.before is not None:
+                self.before(args)
             result = await method(args, payload, peer)
         except errors.LoomError as exc:
             return (exc.code, exc.message, b"")

@@ -28,6 +28,18 @@ class MdsService:
         self.backup = BackupAgent(shard.store, shard.mds_id)
         self.missed = MissedWrites(shard.store, shard.mds_id, shard.config.nshards)
 
+    def before_request(self, args):
+        """A client's request may carry the closes it queued for this shard
+        (``closes``: session and inos, see client.meta); they apply first."""
+        closes = args.get("closes")
+        if closes is None:
+            return
+        if not isinstance(closes, dict):
+            raise errors.BadRequest("argument 'closes' must be a map")
+        session = check.session(closes)
+        for ino in check.ino_list(closes, max_len=ops_attr.CLOSE_BATCH_MAX):
+            self.shard.sessions.close(ino, session)
+
     # -- namespace --------------------------------------------------------------
 
     async def rpc_lookup(self, args, payload, peer):

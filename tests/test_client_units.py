@@ -201,46 +201,64 @@ def test_dir_names_follow_own_renames_and_removals():
 
 
 class _CloseShard:
-    """One shard whose close requests wait for the test to let them through."""
+    """One shard whose requests carrying closes wait for the test to let them through."""
 
     nshards = 1
     session = b"s"
 
-    def __init__(self):
+    def __init__(self, nursery):
         import trio
 
+        self.nursery = nursery
         self.calls = []
         self.let_through = trio.Event()
 
     def shard_of_ino(self, ino):
         return 0
 
+    def shard_of_dentry(self, parent, name):
+        return 0
+
     async def mds(self, shard, op, args):
-        self.calls.append((op, args.get("inos", args.get("ino"))))
-        if op == "close":
+        self.calls.append((op, args.get("ino"), args.get("closes", {}).get("inos")))
+        if "closes" in args:
             await self.let_through.wait()
-        return {"ino": args.get("ino"), "mode": 0o100644, "size": 0, "mtime": 1}
+        return {"ino": args.get("ino", 3), "mode": 0o100644, "size": 0, "mtime": 1}
 
 
-async def test_closes_queue_behind_the_one_in_flight_and_an_open_takes_its_close_back(
-        nursery):
+async def test_closes_ride_on_the_next_request_and_an_open_takes_its_close_back(nursery):
     import trio
     import trio.testing
 
     from client import meta as metamod
 
-    shard = _CloseShard()
+    shard = _CloseShard(nursery)
     meta = metamod.Meta(shard)
-    nursery.start_soon(meta.close, 5)
+    meta.close_linger = 3600  # no close leaves on its own in this test
+    await meta.close(5)  # returns at once: queued
+    await meta.close(7)
+    nursery.start_soon(meta.open, 7, 0)  # takes its own close back, carries 5's
     await trio.testing.wait_all_tasks_blocked()
-    await meta.close(7)  # queued: returns at once
     await meta.close(9)
-    await meta.open(9, 0)  # its close was never sent: taken back, opened at once
-    nursery.start_soon(meta.open, 5, 0)  # its close is in flight: waits for it
+    nursery.start_soon(meta.open, 5, 0)  # its close is on its way: waits for the reply
     await trio.testing.wait_all_tasks_blocked()
-    assert shard.calls == [("close", [5]), ("open", 9)]
+    assert shard.calls == [("open", 7, [5])]
 
     shard.let_through.set()
     await trio.testing.wait_all_tasks_blocked()
-    assert sorted(shard.calls[2:]) == [("close", [7]), ("open", 5)]
-    assert not meta.closing.get(0) and not meta.closes_sent
+    assert shard.calls[1] == ("open", 5, [9])  # and 9's close rides on it
+    assert not meta.closing.get(0) and not meta.closes_sent[0]
+
+
+async def test_a_close_no_request_carries_leaves_on_its_own(nursery, autojump_clock):
+    import trio
+
+    from client import meta as metamod
+
+    shard = _CloseShard(nursery)
+    shard.let_through.set()
+    meta = metamod.Meta(shard)
+    await meta.close(5)
+    await trio.sleep(metamod.CLOSE_LINGER * 2)
+    assert shard.calls == [("close", None, [5])]
+    assert not meta.closing.get(0) and not meta._close_senders

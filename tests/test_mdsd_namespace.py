@@ -226,8 +226,11 @@ async def test_open_close_and_orphan_reclaim(tmp_path, nursery):
     await mds.call_ino("open", ino, session=b"s1", flags=0)
     assert (await mds.unlink(ROOT, b"tmp"))["nlink"] == 0
     assert (await mds.getattr(ino))["nlink"] == 0  # still there while open
-    # The client's form: every close that queued behind the last one, in one request.
-    await mds.client(shard).call("close", {"inos": [ino, ino + 2], "session": b"s1"})
+    # The client's form: its queued closes ride on its next request to the shard.
+    with pytest.raises(errors.BadRequest):
+        await mds.call_ino("getattr", ino, closes={"session": b"s1", "inos": "x"})
+    carried = {"session": b"s1", "inos": [ino, ino + 2]}
+    assert (await mds.call_ino("getattr", ino, closes=carried))["nlink"] == 0
     with trio.fail_after(10):
         while True:
             try:
