@@ -240,6 +240,15 @@ class Meta:
         finally:
             self._close_senders.discard(shard)
 
+    async def send_queued_closes(self) -> None:
+        """At unmount: send the closes still queued, or the shards would keep
+        those registrations until this client's session expires."""
+        for shard in [shard for shard, queued in self.closing.items() if queued]:
+            try:
+                await self._call(shard, "close", {"inos": [], "session": self.cluster.session})
+            except errors.LoomError as exc:
+                log.warning("closes on shard %d not sent at unmount: %s", shard, exc)
+
     def _next_closes(self, shard: int) -> set[int]:
         """Up to CLOSE_BATCH queued closes of `shard`, taken off its queue."""
         queued = sorted(self.closing.pop(shard))

@@ -41,6 +41,8 @@ from .ops import LoomOperations
 
 log = logging.getLogger(__name__)
 
+UNMOUNT_CLOSES_SECONDS = 2.0  # at unmount, how long queued closes may take to leave
+
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
@@ -204,6 +206,8 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
+            with trio.CancelScope(shield=True), trio.move_on_after(UNMOUNT_CLOSES_SECONDS):
+                await meta.send_queued_closes()
             nursery.cancel_scope.cancel()
 
 

@@ -262,3 +262,15 @@ async def test_a_close_no_request_carries_leaves_on_its_own(nursery, autojump_cl
     await trio.sleep(metamod.CLOSE_LINGER * 2)
     assert shard.calls == [("close", None, [5])]
     assert not meta.closing.get(0) and not meta._close_senders
+
+
+async def test_closes_still_queued_leave_at_unmount(nursery):
+    from client import meta as metamod
+
+    shard = _CloseShard(nursery)
+    shard.let_through.set()
+    meta = metamod.Meta(shard)
+    meta.close_linger = 3600
+    await meta.close(5)
+    await meta.send_queued_closes()
+    assert shard.calls == [("close", None, [5])]
