@@ -15,7 +15,10 @@ Failover: a chunk write goes to the first replica the map shows up (the
 acting primary), which forwards to the other up replicas.  When that OSD does
 not answer, or answers TryAgain (a replica did not answer and is not marked
 down yet), the write waits for a newer map and is sent again with the
-replica list of that map, until `io_timeout` passes; then the file's next
+replica list of that map, until `io_timeout` passes.  A call in flight to an
+OSD that the map then marks down is given up at once (`_call_osd`): an OSD
+that hangs without closing its connections (stopped, stuck on its disk) would
+otherwise hold the request for the whole `io_timeout`; then the file's next
 flush/fsync fails with EIO and the log names the chunk and its OSDs.  Reads
 try every replica (up ones first) and go round again after a map change,
 until `io_timeout`.  A write is acknowledged once every up replica holds it;
@@ -236,8 +239,7 @@ class DataPath:
                 if fd.born_placement is not None \
                         and fd.born_placement == self.cluster.map.placement():
                     args["fresh"] = True  # the OSD need not look for it elsewhere
-                with trio.fail_after(max(0.1, deadline - trio.current_time())):
-                    await self.cluster.osd(acting[0]).call("write", args, piece)
+                await self._call_osd(acting[0], "write", args, piece, deadline=deadline)
                 fd.written_osds.update(replicas)
                 fd.chunks_written.add(chunk_index)
                 return
@@ -253,6 +255,40 @@ class DataPath:
                 log.warning("write of ino %d chunk %d to osd %s failed, retrying: %s",
                             fd.ino, chunk_index, acting[0] if acting else "-", exc or "timeout")
                 await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
+
+    async def _call_osd(self, osd_id: int, op: str, args: dict, payload=b"", *,
+                        deadline: float):
+        """``(result, payload)`` of one OSD call.  Raises `trio.TooSlowError` at
+        `deadline`, and `TransportError` as soon as a newer map marks the OSD down
+        while the call waits (an OSD already down when asked is asked anyway: the
+        map may be behind)."""
+        outcome, failure = [], []
+
+        async def call():
+            try:
+                with trio.fail_after(max(0.1, deadline - trio.current_time())):
+                    outcome.append(await self.cluster.osd(osd_id).call_payload(
+                        op, args, payload))
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
+
+        async def watch():
+            while self.cluster.map.is_up(osd_id):
+                await self.cluster.map_changed.wait()
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            if self.cluster.map.is_up(osd_id):
+                nursery.start_soon(watch)
+        if failure:
+            raise failure[0]
+        if not outcome:
+            log.warning("%s of ino %s on osd %d given up: the map marks it down", op,
+                        args.get("ino"), osd_id)
+            raise errors.TransportError(f"osd {osd_id} was marked down during {op}")
+        return outcome[0]
 
     async def _wait_for_map(self, seconds: float):
         with trio.move_on_after(seconds):
@@ -281,8 +317,7 @@ class DataPath:
         deadline = trio.current_time() + self.io_timeout
         while self.cluster.map.is_up(osd_id):
             try:
-                with trio.fail_after(max(0.1, deadline - trio.current_time())):
-                    await self.cluster.osd(osd_id).call("sync_file", {"ino": ino})
+                await self._call_osd(osd_id, "sync_file", {"ino": ino}, deadline=deadline)
                 return
             except (errors.TransportError, errors.StaleMap, trio.TooSlowError) as exc:
                 # A replica that died after taking the data: once the map
@@ -413,8 +448,8 @@ class DataPath:
                     "replicas": replicas, "epoch": self.cluster.map.epoch}
             for osd_id in ordered:
                 try:
-                    with trio.fail_after(max(0.1, deadline - trio.current_time())):
-                        header, data = await self.cluster.osd(osd_id).call_payload("read", args)
+                    header, data = await self._call_osd(osd_id, "read", args,
+                                                        deadline=deadline)
                     if header.get("version") or not await self._was_written(fd, chunk_index):
                         return data  # a copy, or a hole
                     no_good_copy += 1
@@ -475,10 +510,20 @@ class DataPath:
         fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
 
     async def _truncate_one(self, osd_id, ino, size, unit):
-        with trio.fail_after(self.io_timeout):
-            await self.cluster.osd(osd_id).call(
-                "truncate_file", {"ino": ino, "size": size, "unit": unit,
-                                  "epoch": self.cluster.map.epoch})
+        # Not given up when the map marks the OSD down meanwhile (see _call_osd):
+        # the others cut without recording that it missed the cut, which only an
+        # OSD that knew it down at the time does (osd.recovery.record_truncate).
+        # A hung OSD therefore holds a truncate for up to io_timeout.
+        try:
+            with trio.fail_after(self.io_timeout):
+                await self.cluster.osd(osd_id).call(
+                    "truncate_file", {"ino": ino, "size": size, "unit": unit,
+                                      "epoch": self.cluster.map.epoch})
+        except trio.TooSlowError:
+            log.error("truncate of ino %d on osd %d: no answer within %gs", ino, osd_id,
+                      self.io_timeout)
+            raise errors.IOFailure(f"truncate of ino {ino} on osd {osd_id}: no answer "
+                                   f"within {self.io_timeout:g}s") from None
 
 
 def _pad(data: bytes, length: int) -> bytes:

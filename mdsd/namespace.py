@@ -71,6 +71,7 @@ class Namespace:
         self.attrs = attrs
         self.sessions = sessions
         self.inos = InoAllocator(store, mds_id, config.nshards)
+        self.map_source = lambda: None  # the shard's current ClusterMap (set by Shard)
 
     def ino_shard(self, ino: int) -> int:
         return ino % self.nshards
@@ -143,22 +144,39 @@ class Namespace:
     def drop_link(self, tx, ino: int, inode: dict, now: int):
         """One name of a non-directory is gone: nlink-1, an orphan at 0.
 
-        An inode of this shard that nobody has open and that never held data
-        goes at once, in this transaction: there is nothing to wait for and
-        nothing on the OSDs to clean (an empty file's unlink, the common case
-        of `rm -rf` over many small files, costs one commit, not three).
+        An inode of this shard that nobody has open goes at once, in this
+        transaction (one commit instead of a second one for reclaim): one that
+        never held data entirely (an empty file's unlink, the common case of
+        `rm -rf` over many small files), one that did with an orphan record that
+        lists the OSDs to clean, which reclaim then does.  Only once reclaim is
+        active: before, clients may still be registering their opens again
+        after this shard started.
         """
         inode["nlink"] = max(0, inode["nlink"] - 1)
         inode["ctime"] = now
         shard = self.ino_shard(ino)
-        if inode["nlink"] == 0 and shard == self.mds_id and not may_have_chunks(inode) \
-                and not self.sessions.is_open(ino):
-            tx.mutate(shard, ["inode_drop", ino])
+        if inode["nlink"] == 0 and shard == self.mds_id and self.sessions.settled \
+                and not self.sessions.is_open(ino) and self._drop_now(tx, ino, inode, now):
             return
         self.write_inode(tx, ino, inode)
         if inode["nlink"] == 0:
             record = {"since": now, "dropped": False, "pending": []}
             tx.put(shard, schema.orphan_key(ino), schema.pack(record))
+
+    def _drop_now(self, tx, ino: int, inode: dict, now: int) -> bool:
+        """Drop an unlinked inode nobody has open in `tx`; False when the OSDs to
+        clean are not known yet (no cluster map): reclaim drops it later."""
+        if not may_have_chunks(inode):
+            tx.mutate(self.mds_id, ["inode_drop", ino])
+            return True
+        cluster_map = self.map_source()
+        if cluster_map is None:
+            return False
+        tx.mutate(self.mds_id, ["inode_drop", ino])
+        record = {"since": now, "dropped": True, "pending": sorted(cluster_map.osds),
+                  "dropped_at": now}
+        tx.put(self.mds_id, schema.orphan_key(ino), schema.pack(record))
+        return True
 
     async def attr_of(self, ino: int, inode: dict) -> dict:
         """Client attributes; a directory's shares are gathered (not validated)."""

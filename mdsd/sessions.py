@@ -46,6 +46,9 @@ class Sessions:
         self.expires: dict = {}  # session -> trio deadline
         self.opens: dict[int, dict] = {}  # ino -> {session: time opened}
         self.wake = trio.Event()
+        # Every client had its chance to register its opens again since this
+        # shard started (reclaim's grace passed): is_open can be trusted.
+        self.settled = False
 
     def open(self, ino: int, session):
         self.expires[session] = max(self.expires.get(session, 0), self._deadline())
@@ -108,6 +111,7 @@ class Reclaimer:
 
     async def run(self, grace: float):
         await trio.sleep(grace)
+        self.sessions.settled = True
         log.info("orphan reclaim active")
         while True:
             self.sessions.wake = trio.Event()

@@ -39,6 +39,7 @@ class Shard:
         self.follower = MapFollower(self.peers) if mds_id != 0 else None
         self.reclaimer = Reclaimer(store, self.sessions, self.current_map, nursery, config,
                                    f"mds{mds_id}")
+        self.ns.map_source = self.current_map
 
     def current_map(self):
         return self.keeper.map if self.keeper is not None else self.follower.map
@@ -52,7 +53,10 @@ class Shard:
             await self.keeper.load()
 
     def start_tasks(self, grace: float | None = None):
-        grace = self.session_timeout if grace is None else grace
+        if grace is None:
+            # Reclaim waits for clients of an earlier boot to register their opens
+            # again; at the first boot of a shard there are none.
+            grace = 0 if self.boot == 1 else self.session_timeout
         start = self.nursery.start_soon
         start(self.participant.resolve_loop, name="txn-resolve")
         start(recovery.redrive_loop, self.store, self.engine, name="txn-redrive")

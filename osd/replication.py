@@ -170,7 +170,8 @@ class Replicator:
         async def forward(osd_id, addr):
             try:
                 with trio.fail_after(self.replica_timeout):
-                    answers[osd_id] = await self._peer(osd_id, addr).call("replicate", args, data)
+                    answers[osd_id] = await self._unless_marked_down(
+                        osd_id, self._peer(osd_id, addr).call, "replicate", args, data)
             except (errors.LoomError, trio.TooSlowError) as exc:
                 failures[osd_id] = exc
 
@@ -179,6 +180,34 @@ class Replicator:
             for osd_id, addr in targets:
                 nursery.start_soon(forward, osd_id, addr)
         return failures, answers
+
+    async def _unless_marked_down(self, osd_id: int, fn, *args):
+        """``await fn(*args)``, given up with `TransportError` as soon as our map marks
+        `osd_id` down: a replica that hangs (stopped, stuck on its disk) then costs
+        the chunk's lock no more than the map takes to notice, and `_judge` treats
+        it as any replica judged down (the write is recorded as missed by it)."""
+        outcome, failure = [], []
+
+        async def call():
+            try:
+                outcome.append(await fn(*args))
+            except errors.LoomError as exc:
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
+
+        async def watch():
+            while self.maps.current.is_up(osd_id):
+                await self.maps.wait_changed()
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            nursery.start_soon(watch)
+        if failure:
+            raise failure[0]
+        if not outcome:
+            raise errors.TransportError(f"osd {osd_id} was marked down")
+        return outcome[0]
 
     async def _settle(self, ino, chunk_index, version, failures, answers, targets) -> bool:
         """Deal with replicas at other versions; True when the write is done,

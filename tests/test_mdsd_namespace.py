@@ -240,3 +240,37 @@ async def test_open_close_and_orphan_reclaim(tmp_path, nursery):
             await trio.sleep(0.05)
     info = await mds.client(shard).call("shard_info", {})
     assert info["mds_id"] == shard
+
+
+async def _orphan_rows(mds, shard):
+    reply = await mds.client(shard).call("scan", {"family": "orphan", "after": b"",
+                                                  "limit": 100})
+    return reply["rows"]
+
+
+async def test_unlink_of_a_closed_file_with_data_drops_its_inode_at_once(tmp_path, nursery):
+    mds = MdsCluster(tmp_path, nursery, 2, reclaim_grace=0)
+    await mds.start_all()
+    ino = (await mds.create(ROOT, b"data"))["ino"]
+    await mds.call_ino("commit_size", ino, size=5, mtime=1)
+    shard = mds.ino_shard(ino)
+    with trio.fail_after(10):  # reclaim active (its grace of 0 passed) on that shard
+        while not mds.handles[shard].shard.sessions.settled:
+            await trio.sleep(0.01)
+
+    assert (await mds.unlink(ROOT, b"data"))["nlink"] == 0
+    with pytest.raises(errors.NotFound):  # one commit: no second one by reclaim
+        await mds.getattr(ino)
+    with trio.fail_after(10):  # the record of the OSDs to clean goes once they are
+        while await _orphan_rows(mds, shard):
+            await trio.sleep(0.05)
+
+
+async def test_unlink_before_reclaim_is_active_leaves_an_orphan(tmp_path, nursery):
+    """After a start clients may not have registered their opens again yet."""
+    mds = MdsCluster(tmp_path, nursery, 2, reclaim_grace=3600)
+    await mds.start_all()
+    ino = (await mds.create(ROOT, b"empty"))["ino"]
+    assert (await mds.unlink(ROOT, b"empty"))["nlink"] == 0
+    assert (await mds.getattr(ino))["nlink"] == 0
+    assert len(await _orphan_rows(mds, mds.ino_shard(ino))) == 1
