@@ -5,6 +5,11 @@ Retry policy lives here, in one place: calls to metadata servers are retried
 on transport failures until `mds_timeout` passes (mutating calls carry a
 request id, so a retry after a lost reply is not applied twice); calls to OSDs
 are left to the data path, which knows which replica to try next.
+
+With `bound_calls` (the mount) `mds_timeout` also bounds a server that keeps
+its connection open but never answers (stopped, or stuck): the call ends with
+ETIMEDOUT instead of holding its FUSE request forever.  The admin tools leave
+it off, since a backup or fsck call may rightly take long on a big shard.
 """
 
 import logging
@@ -30,12 +35,14 @@ def delay_of(attempts: int) -> float:
 class Cluster:
     """Owns every RPC connection of one client; background tasks run in `nursery`."""
 
-    def __init__(self, nursery, config, name: str = "client", mds_timeout: float = 60.0):
+    def __init__(self, nursery, config, name: str = "client", mds_timeout: float = 60.0,
+                 bound_calls: bool = False):
         self.nursery = nursery
         self.config = config
         self.nshards = config.nshards
         self.name = name
         self.mds_timeout = mds_timeout
+        self.bound_calls = bound_calls
         self.session = os.urandom(16)
         self.map = ClusterMap()
         self.map_changed = trio.Event()
@@ -83,7 +90,7 @@ class Cluster:
             while True:
                 attempts += 1
                 try:
-                    return await self._mds[shard].call(op, args)
+                    return await self._attempt(shard, op, args, deadline)
                 except errors.TransportError as exc:
                     if trio.current_time() + delay_of(attempts) > deadline:
                         log.error("metadata server %d (%s) unreachable for %s: %s", shard,
@@ -99,6 +106,16 @@ class Cluster:
             if took > SLOW_CALL:
                 log.warning("slow metadata call: %s on shard %d took %.1fs in %d attempts",
                             op, shard, took, attempts)
+
+    async def _attempt(self, shard: int, op: str, args: dict, deadline: float):
+        if not self.bound_calls:
+            return await self._mds[shard].call(op, args)
+        with trio.move_on_at(deadline):
+            return await self._mds[shard].call(op, args)
+        log.error("metadata server %d (%s) did not answer %s within %.0fs", shard,
+                  self.config.mds[shard], op, self.mds_timeout)
+        raise errors.TimedOut(f"metadata server {shard} did not answer {op} "
+                              f"within {self.mds_timeout:.0f}s")
 
     # -- OSDs ---------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Mount options (``-o``): LoomFS's own, removed before the rest go to FUSE:
 ``write_window=BYTES`` (dirty bytes gathered per file before they are sent,
 default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 (the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
-metadata call retries an unreachable shard before EIO, default 60),
+metadata call retries an unreachable shard before EIO, and waits for a shard
+that holds its connection open without answering before ETIMEDOUT; default 60),
 ``io_timeout=S`` (the same for OSDs, default 60), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
@@ -174,7 +175,7 @@ def _run_profiled(*args):
 async def _main(config, mountpoint, own, fuse_options, ready_fd):
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery, config, name=f"client@{os.uname().nodename}",
-                          mds_timeout=own["mds_timeout"])
+                          mds_timeout=own["mds_timeout"], bound_calls=True)
         try:
             await cluster.start()
         except (errors.LoomError, trio.TooSlowError) as exc:

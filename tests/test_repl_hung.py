@@ -1,6 +1,7 @@
 """An OSD that hangs without closing its connections (SIGSTOP: a process stuck on its
 disk or starved on a loaded machine) holds no request longer than the cluster map takes
-to mark it down.
+to mark it down; a hung metadata server holds one no longer than the mount's
+`mds_timeout`, then the request fails with ETIMEDOUT.
 
 Before, a read, write or fsync whose call was in flight to that OSD waited for the whole
 `io_timeout` (60 s by default) although the map had marked the OSD down after
@@ -10,6 +11,8 @@ waits for the hung OSD never finishes within the test's bound; the OSD stays sto
 until the request is over, so only the map can release it.
 """
 
+import errno
+import itertools
 import os
 import signal
 import threading
@@ -17,12 +20,15 @@ import threading
 import pytest
 
 from conftest import cluster_script
+from loomproto.layout import shard_of_dentry
+from posix_util import errno_of
 from repl_helpers import DOWN_AFTER, ReplCluster, close_cluster, drop_page_cache, \
     repl_cluster_fixture
 
 pytestmark = pytest.mark.mount
 
 IO_TIMEOUT = 600  # far beyond REQUEST_BOUND: only the map can end a wait early
+MDS_TIMEOUT = 20  # what a metadata call may wait for a shard that does not answer
 REQUEST_BOUND = 120  # what a request may take here: down_after, map updates, loaded machine
 
 
@@ -32,7 +38,8 @@ def hung_cluster(tmp_path_factory):
     try:
         live.run("up", "--mds", 2, "--osd", 3, "--replicas", 2, "--down-after", DOWN_AFTER,
                  "--mount", live.mnt, "--mount-opts",
-                 f"allow_other,default_permissions,io_timeout={IO_TIMEOUT}")
+                 f"allow_other,default_permissions,io_timeout={IO_TIMEOUT},"
+                 f"mds_timeout={MDS_TIMEOUT}")
         yield live
     finally:
         problems = close_cluster(base, live)
@@ -113,3 +120,21 @@ def test_write_and_fsync_do_not_wait_for_a_hung_primary(hung_cluster):
         assert _bounded(_read, path) == data
     drop_page_cache()
     assert _read(path) == data  # and from the copies once the OSD is back
+
+
+def test_a_hung_metadata_server_times_out_a_request(hung_cluster):
+    """Before, a lookup sent to a stopped shard waited for as long as the shard stayed
+    stopped: nothing bounded one call to a connection that stays open."""
+    live = hung_cluster
+    top = live.mnt / "hung-mds"
+    top.mkdir()
+    parent = os.stat(top).st_ino
+    name = next(f"n{i}" for i in itertools.count()
+                if shard_of_dentry(parent, f"n{i}".encode(), 2) == 1)
+    node = live.nodes()["mds1"]
+    assert cluster_script.send_signal(node, signal.SIGSTOP)
+    try:
+        assert _bounded(errno_of, os.stat, top / name) == errno.ETIMEDOUT
+    finally:
+        cluster_script.send_signal(node, signal.SIGCONT)
+    assert errno_of(os.stat, top / name) == errno.ENOENT  # answered again
