@@ -331,9 +331,10 @@ async def _df(cluster, args) -> int:
         print(json.dumps(info))
         return 0
     total, used = info["bytes_total"], info["bytes_used"]
+    avail = info.get("bytes_free", total - used)
     print(f"{'size':>10} {'used':>10} {'avail':>10} {'use%':>5}  inodes")
     pct = f"{100 * used // total}%" if total else "-"
-    print(f"{_size(total):>10} {_size(used):>10} {_size(total - used):>10} {pct:>5}  "
+    print(f"{_size(total):>10} {_size(used):>10} {_size(avail):>10} {pct:>5}  "
           f"{info['inodes_used']}")
     return 0
 

@@ -352,7 +352,8 @@ class LoomOperations(pyfuse3.Operations):
         out = pyfuse3.StatvfsData()
         out.f_bsize = out.f_frsize = 4096
         out.f_blocks = info["bytes_total"] // 4096
-        out.f_bfree = out.f_bavail = max(0, info["bytes_total"] - info["bytes_used"]) // 4096
+        free = info.get("bytes_free", info["bytes_total"] - info["bytes_used"])
+        out.f_bfree = out.f_bavail = max(0, free) // 4096
         out.f_files = info["inodes_used"] + info["inodes_free"]
         out.f_ffree = out.f_favail = info["inodes_free"]
         out.f_namemax = 255

@@ -32,11 +32,18 @@ class OsdInfo:
     # The epoch that last marked this OSD up.  An OSD that sees it change knows
     # it was down in between, so writes may have gone past it.
     up_since: int = 0
+    # The filesystem under the OSD's data directory (osd.datadir.filesystem_of):
+    # its name, size and free bytes, so statfs counts a shared disk once and
+    # shows the space really left on it.
+    fs: str = ""
+    fs_size: int = 0
+    fs_free: int = 0
 
     def to_wire(self) -> dict:
         return {"id": self.osd_id, "addr": self.addr, "host": self.host, "up": self.up,
                 "in": self.in_, "capacity": self.capacity, "used": self.used,
-                "stats": self.stats, "up_since": self.up_since}
+                "stats": self.stats, "up_since": self.up_since, "fs": self.fs,
+                "fs_size": self.fs_size, "fs_free": self.fs_free}
 
     @classmethod
     def from_wire(cls, value: dict) -> "OsdInfo":
@@ -44,7 +51,8 @@ class OsdInfo:
         return cls(int(value["id"]), str(value["addr"]), str(value.get("host", "")),
                    bool(value["up"]), bool(value["in"]), int(value.get("capacity", 0)),
                    int(value.get("used", 0)), dict(stats) if isinstance(stats, dict) else {},
-                   int(value.get("up_since", 0)))
+                   int(value.get("up_since", 0)), str(value.get("fs", "")),
+                   int(value.get("fs_size", 0)), int(value.get("fs_free", 0)))
 
 
 @dataclass

@@ -58,6 +58,11 @@ class MapKeeper:
             raise errors.BadRequest("heartbeat needs addr and host strings")
         capacity = check.integer(args, "capacity", 0, check.U63_MAX, default=0)
         used = check.integer(args, "used", 0, check.U63_MAX, default=0)
+        fs = args.get("fs", "")
+        if not isinstance(fs, str) or len(fs) > 256:
+            raise errors.BadRequest("heartbeat's fs must be a short string")
+        fs_size = check.integer(args, "fs_size", 0, check.U63_MAX, default=0)
+        fs_free = check.integer(args, "fs_free", 0, check.U63_MAX, default=0)
         self.last_seen[osd_id] = trio.current_time()
         osd = self.map.osds.get(osd_id)
         changed = osd is None or osd.addr != addr or not osd.up
@@ -70,6 +75,7 @@ class MapKeeper:
             osd.up_since = self.map.epoch + 1  # the epoch _bump is about to make
         osd.addr, osd.host, osd.up = addr, host, True
         osd.capacity, osd.used = capacity, used
+        osd.fs, osd.fs_size, osd.fs_free = fs, fs_size, fs_free
         osd.stats = _stats(args.get("stats"))
         if changed:
             await self._bump()

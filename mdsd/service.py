@@ -151,9 +151,9 @@ class MdsService:
             osds = [_Figures(o) for o in osds]
         infos = await self.ns.peers.call_all("shard_info", {})
         inodes = self.shard.store.entries(schema.INODE) + sum(i["inodes"] for i in infos.values())
-        return {"bytes_total": sum(o.capacity for o in osds),
-                "bytes_used": sum(o.used for o in osds),
-                "inodes_used": inodes, "inodes_free": INODES_FREE}
+        total, free = space_of(osds)
+        return {"bytes_total": total, "bytes_used": sum(o.used for o in osds),
+                "bytes_free": free, "inodes_used": inodes, "inodes_free": INODES_FREE}
 
     # -- fsck and backup (mdsd.scan, mdsd.repair, mdsd.backup) -------------------
 
@@ -223,6 +223,34 @@ class _Figures:
     def __init__(self, wire: dict):
         self.capacity = int(wire.get("capacity", 0))
         self.used = int(wire.get("used", 0))
+        self.fs = str(wire.get("fs", ""))
+        self.fs_size = int(wire.get("fs_size", 0))
+        self.fs_free = int(wire.get("fs_free", 0))
+
+
+def space_of(osds) -> tuple[int, int]:
+    """(total, free) bytes of the OSDs for statfs.  An OSD may store up to its
+    capacity (its filesystem's size, or --capacity) and no more than its
+    filesystem has left; OSDs sharing one filesystem share its size and free
+    space, which count once.  An OSD that reported no filesystem counts its
+    capacity less what it stores."""
+    total = free = 0
+    shared: dict[str, list] = {}
+    for osd in osds:
+        own_free = max(0, osd.capacity - osd.used)
+        if not osd.fs:
+            total += osd.capacity
+            free += own_free
+            continue
+        group = shared.setdefault(osd.fs, [0, 0, 0, 0])
+        group[0] += osd.capacity
+        group[1] += min(own_free, osd.fs_free)
+        group[2] = max(group[2], osd.fs_size)
+        group[3] = max(group[3], osd.fs_free)
+    for capacity, own_free, fs_size, fs_free in shared.values():
+        total += min(capacity, fs_size)
+        free += min(own_free, fs_free)
+    return total, free
 
 
 def _txid(args: dict) -> bytes:

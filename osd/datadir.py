@@ -12,6 +12,7 @@ A directory that already holds ``chunks/`` but no format file is refused too.
 import json
 import logging
 import os
+import socket
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,20 @@ def capacity_of(data_dir: str) -> int:
     """Size in bytes of the filesystem that holds `data_dir`."""
     stats = os.statvfs(data_dir)
     return stats.f_blocks * stats.f_frsize
+
+
+def filesystem_of(data_dir: str) -> dict:
+    """What the filesystem under `data_dir` holds and has left, for statfs.
+
+    ``fs`` names the filesystem (the machine's name, not the OSD's failure-domain
+    host, and statvfs f_fsid), so that the metadata servers count a disk shared
+    by several OSDs once; ``fs_free`` is what an
+    unprivileged writer may still use there (f_bavail), whoever else fills it.
+    """
+    try:
+        stats = os.statvfs(data_dir)
+    except OSError as exc:
+        log.warning("statvfs of %s: %s", data_dir, exc)
+        return {}
+    return {"fs": f"{socket.gethostname()}:{stats.f_fsid:x}", "fs_size": stats.f_blocks * stats.f_frsize,
+            "fs_free": stats.f_bavail * stats.f_frsize}

@@ -113,7 +113,8 @@ def _report_fn(osd_id: int, addr: str, host: str, service: OsdService):
     def report() -> dict:
         stats = service.recovery.report() if service.recovery is not None else {}
         return {"id": osd_id, "addr": addr, "host": host, "capacity": service.capacity(),
-                "used": service.store.used, "stats": stats}
+                "used": service.store.used, "stats": stats,
+                **datadir.filesystem_of(service.store.root)}
     return report
 
 

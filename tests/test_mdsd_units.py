@@ -205,3 +205,23 @@ async def test_prepared_txn_survives_participant_restart(tmp_path, nursery, fast
     await _wait_for(resolved)
     with pytest.raises(errors.NoData):
         await mds.call_ino("getxattr", f["ino"], name=b"user.k")
+
+
+def test_statfs_space_counts_a_shared_filesystem_once():
+    from mdsd.service import space_of
+
+    class Osd:
+        def __init__(self, capacity, used, fs="", fs_size=0, fs_free=0):
+            self.capacity, self.used = capacity, used
+            self.fs, self.fs_size, self.fs_free = fs, fs_size, fs_free
+
+    disk = dict(fs="m:1", fs_size=1000, fs_free=300)
+    # Four OSDs on one 1000-byte disk with 300 left: the disk counts once.
+    assert space_of([Osd(1000, 100, **disk) for _ in range(4)]) == (1000, 300)
+    # --capacity below the disk: each OSD stops at its own, the disk at what it has.
+    assert space_of([Osd(200, 150, **disk), Osd(200, 0, **disk)]) == (400, 250)
+    assert space_of([Osd(200, 0, **disk) for _ in range(3)]) == (600, 300)
+    # Two disks, and an OSD that reported no filesystem (capacity less used).
+    other = dict(fs="m:2", fs_size=500, fs_free=500)
+    assert space_of([Osd(1000, 0, **disk), Osd(500, 0, **other), Osd(80, 30)]) == \
+        (1580, 850)

@@ -185,6 +185,24 @@ def test_which_operations_change_which_times(workdir):
 
 # -- statfs --------------------------------------------------------------------
 
+def test_statfs_counts_a_shared_disk_once_and_its_real_free_space(cluster):
+    """The local cluster's four OSDs share the disk under the state directory: the
+    mount's size is that disk's, and what it calls available is no more than the disk
+    has left.  Before, both were the sum over the OSDs (four times the disk), and
+    the free figure ignored what anything else had filled the disk with."""
+    disk = os.statvfs(cluster.state)
+
+    def figures():
+        st = os.statvfs(cluster.mnt)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    slack = 256 << 20  # the disk moves between a heartbeat and this look
+    wait_until(lambda: figures()[0] > 0, 30, "the OSDs to report their filesystems")
+    total, avail = figures()
+    assert total == disk.f_blocks * disk.f_frsize
+    assert avail <= disk.f_bavail * disk.f_frsize + slack, (avail, disk.f_bavail)
+
+
 def test_statfs_totals_and_usage(workdir):
     first = os.statvfs(workdir)
     assert first.f_namemax == 255
