@@ -1,6 +1,7 @@
 """Extended attributes, names, symlink targets, timestamps and statfs on the mount."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from posix_util import errno_of, wait_until
+from repl_helpers import LOOMFS
 
 pytestmark = pytest.mark.mount
 
@@ -201,6 +203,16 @@ def test_statfs_counts_a_shared_disk_once_and_its_real_free_space(cluster):
     total, avail = figures()
     assert total == disk.f_blocks * disk.f_frsize
     assert avail <= disk.f_bavail * disk.f_frsize + slack, (avail, disk.f_bavail)
+    done = subprocess.run([str(LOOMFS), "df", "--json", "--cluster", str(cluster.config)],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          stdin=subprocess.DEVNULL)
+    shown = json.loads(done.stdout)  # loomfs df gives what the mount gives
+    assert shown["bytes_total"] == total
+    assert shown["bytes_free"] <= disk.f_bavail * disk.f_frsize + slack
+    table = subprocess.run([str(LOOMFS), "df", "--cluster", str(cluster.config)],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           stdin=subprocess.DEVNULL).stdout
+    assert table.splitlines()[0].split()[:3] == ["size", "used", "avail"]
 
 
 def test_statfs_totals_and_usage(workdir):
