@@ -36,7 +36,7 @@ status:
 	$(CLUSTER) status
 
 test: deps
-	$(PYTHON) -m pytest -q -rs tests $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rs --durations=20 tests $(PYTEST_ARGS)
 
 # Benchmarks, not tests: LoomFS (REPLICAS=1 and 2) beside a local disk, the pyfuse3
 # passthrough and GlusterFS, measured by ../shared/bench/fsbench in one run.
