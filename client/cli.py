@@ -294,7 +294,7 @@ async def _scrub(cluster, args) -> int:
         if not cluster.map.is_up(osd_id):
             totals["unreachable"].append(osd_id)
             continue
-        after, checked = None, 0
+        after, own = None, {"checked": 0, "corrupt": 0, "repaired": 0}
         while True:
             try:
                 with trio.fail_after(300):
@@ -304,12 +304,12 @@ async def _scrub(cluster, args) -> int:
                 print(f"osd{osd_id}: scrub failed: {exc}", file=sys.stderr)
                 totals["unreachable"].append(osd_id)
                 break
-            checked += reply["checked"]
             for name in ("checked", "corrupt", "repaired"):
+                own[name] += reply[name]
                 totals[name] += reply[name]
             if not args.json:
-                print(f"osd{osd_id}: {checked}/{reply['total']} chunks checked, "
-                      f"{totals['corrupt']} corrupt, {totals['repaired']} repaired so far",
+                print(f"osd{osd_id}: {own['checked']}/{reply['total']} chunks checked, "
+                      f"{own['corrupt']} corrupt, {own['repaired']} repaired",
                       flush=True)
             after = reply["next"]
             if after is None:

@@ -195,6 +195,17 @@ def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
     drop_page_cache()
     assert path.read_bytes() == data
 
+    # The progress lines count each OSD's own finds: only the damaged copy's OSD
+    # reports one (before, each line showed the running totals of every OSD so far).
+    bad_osd = slots[2][1]
+    bad = flip(2, bad_osd)
+    lines = repl.loomfs("scrub").stdout.splitlines()
+    last = {line.split(":")[0]: line for line in lines if line.startswith("osd")}
+    for osd, line in last.items():
+        want = "1 corrupt, 1 repaired" if osd == f"osd{bad_osd}" else "0 corrupt, 0 repaired"
+        assert line.endswith(want), (osd, line, lines)
+    assert verified(bad)
+
 
 def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     repl.wait_healthy(60)
