@@ -45,6 +45,7 @@ class Cluster:
         self.bound_calls = bound_calls
         self.session = os.urandom(16)
         self.map = ClusterMap()
+        self.placement_changes = 0  # maps seen whose placement differs from the one before
         self.map_changed = trio.Event()
         self._mds = [self._client(addr) for addr in config.mds]
         self._osds: dict[int, rpc.RpcClient] = {}
@@ -138,6 +139,8 @@ class Cluster:
         if new_map.epoch < self.map.epoch:
             return
         old_epoch = self.map.epoch
+        if new_map.placement() != self.map.placement():
+            self.placement_changes += 1
         self.map = new_map
         if new_map.epoch != old_epoch:
             log.info("cluster map epoch %d: %d OSDs, %d up", new_map.epoch,

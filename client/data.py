@@ -116,8 +116,10 @@ class FileData:
         self.written_end = 0
         self.server_stamp = None  # (size, mtime) the shard last reported, to spot others' changes
         self.chunk_record = None  # (server_stamp, ranges of chunk indices ever written)
-        # The map's placement when this client made the inode (create), else None:
-        # while the placement is the same, no chunk of it can sit outside its set.
+        # Cluster.placement_changes when this client made the inode (create), else
+        # None: until the placement first changes, no chunk of it can sit outside
+        # its set.  A change and its undoing (an OSD out, then in) still count:
+        # another client may have written chunks under the placement in between.
         self.born_placement = None
         self.mtime_ns = 0
         self.read_cache: OrderedDict[int, bytes] = OrderedDict()
@@ -236,8 +238,7 @@ class DataPath:
                     raise errors.TryAgain(f"every replica is down: osds {replicas}")
                 args = {"ino": fd.ino, "chunk": chunk_index, "offset": offset,
                         "replicas": acting, "epoch": self.cluster.map.epoch}
-                if fd.born_placement is not None \
-                        and fd.born_placement == self.cluster.map.placement():
+                if fd.born_placement == self.cluster.placement_changes:
                     args["fresh"] = True  # the OSD need not look for it elsewhere
                 await self._call_osd(acting[0], "write", args, piece, deadline=deadline)
                 fd.written_osds.update(replicas)

@@ -376,7 +376,7 @@ class LoomOperations(pyfuse3.Operations):
             fi = await self.open(attr["ino"], flags, ctx)
             return fi, self._entry(self.meta.attrs.get(attr["ino"], attr))
         fi = self._new_handle(attr, flags)
-        self.files[attr["ino"]].born_placement = self.meta.cluster.map.placement()
+        self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
         return fi, self._entry(attr)
 
     async def open(self, inode, flags, ctx):

@@ -274,3 +274,26 @@ async def test_closes_still_queued_leave_at_unmount(nursery):
     await meta.close(5)
     await meta.send_queued_closes()
     assert shard.calls == [("close", None, [5])]
+
+
+async def test_placement_changes_count_a_change_and_its_undoing(nursery):
+    """A file's writes say `fresh` only while the placement has not changed since
+    its create; an OSD out and in again counts too (others may have written in
+    between), a map that only marks an OSD down does not."""
+    from client.cluster import Cluster
+    from loomproto.clustermap import ClusterMap, OsdInfo
+    from loomproto.config import ClusterConfig
+
+    def cmap(epoch, out=(), down=()):
+        return ClusterMap(epoch, {i: OsdInfo(i, f"127.0.0.1:{7000 + i}", in_=i not in out,
+                                             up=i not in down) for i in range(3)})
+
+    config = ClusterConfig("", "loom-test", b"k" * 32, ["127.0.0.1:1"], Layout())
+    cluster = Cluster(nursery, config)
+    cluster._set_map(cmap(1))
+    born = cluster.placement_changes
+    cluster._set_map(cmap(2, down=[1]))
+    assert cluster.placement_changes == born
+    cluster._set_map(cmap(3, out=[1]))
+    cluster._set_map(cmap(4))
+    assert cluster.placement_changes == born + 2
