@@ -10,7 +10,9 @@ entry_timeout is), the kernel moves the old dentry to the new place
 rename lock; inside a rename between two directories it gives up with ESTALE,
 and rename(2) fails the same way on its one retry.  The lookup handler therefore
 invalidates the old name first (`drop_old_name`), which lets the
-kernel instantiate the directory at its new name.
+kernel instantiate the directory at its new name.  A directory sent in a readdir
+reply counts as told to the kernel as well: readdirplus makes its dentry there
+without a lookup (client.ops `_listed_dir`).
 
 Limitations:
 - The invalidation needs the old parent's inode lock.  When the operation that

@@ -326,6 +326,26 @@ class LoomOperations(pyfuse3.Operations):
                 return
             after = 0
 
+    def _listed_dir(self, ino: int, parent_ino: int, name: bytes) -> None:
+        """A directory sent in a readdir reply: the kernel makes a dentry for it
+        there (readdirplus) without a lookup, so its place is recorded as a lookup's
+        is.  When this mount gave it to the kernel under another name, the old name
+        is dropped in the background: the kernel may have kept it (it moves a
+        directory's dentry only when it gets the locks at once), and a readdir
+        must not wait for that."""
+        old = self.dir_names.place_of(ino)
+        if old is None:
+            self.dir_names.record(ino, parent_ino, name)
+        elif old != (parent_ino, name):
+            self.meta.cluster.nursery.start_soon(self._drop_old_name_quietly, ino,
+                                                 parent_ino, name)
+
+    async def _drop_old_name_quietly(self, ino: int, parent_ino: int, name: bytes) -> None:
+        try:
+            await drop_old_name(self.dir_names, ino, parent_ino, name)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("dropping the old name of directory %d failed", ino)
+
     async def _reply_dot(self, token, ino, name, target, next_id) -> bool:
         attr = self.meta.attrs.get(target) or await self.meta.getattr(target)
         return pyfuse3.readdir_reply(token, name, self._entry(attr), next_id)
@@ -337,6 +357,8 @@ class LoomOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              _cookie(shard, seq)):
                     return False
+                if stat.S_ISDIR(attr["mode"]):
+                    self._listed_dir(attr["ino"], ino, name)
                 after = seq
             if not reply["more"]:
                 return True

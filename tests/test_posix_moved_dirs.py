@@ -82,3 +82,22 @@ def test_empty_directory_renamed_over_moved_one_after_it_empties(moved):
     assert _errno_of(os.rename, two / "r" / "e", two / "q" / "d2") == "ok"
     assert sorted(os.listdir(one / "q")) == ["d2"]
     assert sorted(os.listdir(one / "r")) == []
+
+
+def test_directory_only_listed_before_the_move(cluster):
+    """The second mount learnt the directory from a listing of its parent alone: a
+    readdir reply makes the kernel's dentry without a lookup.  Before the client
+    recorded those too, the rename below failed with ESTALE."""
+    with extra_mount(cluster, NO_CACHE) as one, extra_mount(cluster, NO_CACHE) as two:
+        top_one, top_two = one / "listed-only", two / "listed-only"
+        for sub in ("", "p", "q", "p/d"):
+            os.mkdir(top_one / sub)
+        try:
+            assert os.listdir(top_two / "p") == ["d"]  # no lookup of d on mount two
+            os.rename(top_one / "p" / "d", top_one / "q" / "d2")
+            (top_two / "f").write_bytes(b"file")
+            assert _errno_of(os.rename, top_two / "f", top_two / "q" / "d2") == "EISDIR"
+            assert _errno_of(os.rename, top_two / "q" / "d2", top_two / "p" / "back") == "ok"
+            assert os.listdir(top_one / "p") == ["back"]
+        finally:
+            _remove_tree(top_one)
