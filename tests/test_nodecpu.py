@@ -20,7 +20,7 @@ def used():
 start = used()
 while used() - start < 0.3:
     assert time.monotonic() < deadline, "the busy node never got 0.3 s of CPU"
-    time.sleep(0.05)
+    time.sleep(0.05)  # polling the CPU count, under the deadline above
 sys.exit(3)
 """
 
@@ -28,6 +28,7 @@ sys.exit(3)
 @pytest.fixture
 def state(tmp_path):
     busy = subprocess.Popen([sys.executable, "-c", BURN])
+    # A node that does nothing until the fixture kills it (a stand-in, not a wait).
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     nodes = {"osd0": {"kind": "osd", "pid": busy.pid}, "client0": {"kind": "client",
                                                                    "pid": idle.pid}}

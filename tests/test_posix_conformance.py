@@ -111,6 +111,16 @@ ROOT_CASES = {
     "setxattr missing": lambda d: os.setxattr(f"{d}/none", "user.k", b"v"),
 }
 
+def _owned_file(path, uid, gid):
+    _file(path)
+    os.chown(path, uid, gid)
+
+
+def _dir_with_mode(path, mode):
+    os.mkdir(path)
+    os.chmod(path, mode)
+
+
 def _sticky_with_roots_file(d):
     os.chmod(f"{d}/dir", 0o1777)
     _file(f"{d}/dir/x", 0o666)
@@ -118,21 +128,18 @@ def _sticky_with_roots_file(d):
 
 def _sticky_with_roots_dir(d):
     os.chmod(f"{d}/dir", 0o1777)
-    os.mkdir(f"{d}/dir/sub")
-    os.chmod(f"{d}/dir/sub", 0o777)
+    _dir_with_mode(f"{d}/dir/sub", 0o777)
 
 
 def _sticky_with_own_file(d):
     os.chmod(f"{d}/dir", 0o1777)
-    _file(f"{d}/dir/mine")
-    os.chown(f"{d}/dir/mine", USER, GROUP)
+    _owned_file(f"{d}/dir/mine", USER, GROUP)
 
 
 def _own_sticky_with_others_file(d):
     os.chown(f"{d}/dir", USER, GROUP)
     os.chmod(f"{d}/dir", 0o1777)
-    _file(f"{d}/dir/theirs")
-    os.chown(f"{d}/dir/theirs", OTHER_USER, OTHER_GROUP)
+    _owned_file(f"{d}/dir/theirs", OTHER_USER, OTHER_GROUP)
 
 
 def _rename_own_onto(d, target):
@@ -144,14 +151,12 @@ def _rename_own_onto(d, target):
 def _roots_dir_in_open_dirs(d):
     os.chmod(f"{d}/dir", 0o777)
     os.chmod(f"{d}/full", 0o777)
-    os.mkdir(f"{d}/dir/sub")
-    os.chmod(f"{d}/dir/sub", 0o755)
+    _dir_with_mode(f"{d}/dir/sub", 0o755)
 
 
 def _own_file_and_roots_dir(d):
     os.chmod(f"{d}/dir", 0o755)
-    _file(f"{d}/mine")
-    os.chown(f"{d}/mine", USER, GROUP)
+    _owned_file(f"{d}/mine", USER, GROUP)
 
 
 def _roots_private_file_with_xattr(d):

@@ -23,7 +23,7 @@ class EchoService:
         raise RuntimeError("bug")
 
     async def rpc_slow(self, args, payload, peer):
-        await trio.sleep(args["seconds"])
+        await trio.sleep(args["seconds"])  # a slow server operation, not a wait in a test
         return "done"
 
 
