@@ -23,6 +23,7 @@ from . import errors, wire
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_PER_CONN = 128
+YIELD_EVERY = 32  # frames a connection's reader takes before it lets other tasks run
 SLOW_HANDLER = 5.0  # a handler slower than this is logged
 LONG_OPS = frozenset(("watch_map", "backup_pause", "recover_now", "scrub"))  # slow by design
 # Requests this process has answered, by operation (shard_info and an OSD's stat
@@ -84,9 +85,15 @@ class RpcServer:
 
     async def _request_loop(self, frames, peer):
         limit = trio.Semaphore(MAX_IN_FLIGHT_PER_CONN)
+        served = 0
         async with trio.open_nursery() as nursery:
             try:
                 while True:
+                    served += 1
+                    if served % YIELD_EVERY == 0:
+                        # A frame already buffered is taken without parking: let
+                        # the handlers started so far run now and then.
+                        await trio.lowlevel.checkpoint()
                     frame = await frames.receive()
                     if frame is None:
                         break
@@ -95,7 +102,10 @@ class RpcServer:
                     if getattr(self.service, "rpc_" + op, None) is None:
                         # A peer speaking another dialect: answer clearly, then hang up.
                         await self._refuse(frames, req_id, op)
-                    await limit.acquire()
+                    try:
+                        limit.acquire_nowait()
+                    except trio.WouldBlock:
+                        await limit.acquire()
                     nursery.start_soon(self._answer, frames, limit, req_id, op, args, payload,
                                        peer)
             except errors.LoomError as exc:

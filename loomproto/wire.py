@@ -111,22 +111,63 @@ class FrameStream:
 
     async def send(self, pieces: list) -> None:
         head, payload = pieces
-        async with self._send_lock:
-            # Small payloads ride along with the header in one send; big ones
-            # are sent as they are, to avoid copying megabytes.
-            if len(payload) <= SMALL_PAYLOAD:
+        try:
+            self._send_lock.acquire_nowait()  # the common case: nobody else is sending
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            if self._sock is not None:
+                await self._send_views([head, payload])
+            elif len(payload) <= SMALL_PAYLOAD:
                 await self.stream.send_all(head + payload if payload else head)
-            elif self._sock is not None:
-                await _sendmsg_all(self._sock, [memoryview(head), memoryview(payload)])
             else:
                 await self.stream.send_all(head)
                 await self.stream.send_all(payload)
+        finally:
+            self._send_lock.release()
+
+    # The socket path below calls the kernel directly on the socket's descriptor
+    # and parks in trio only when it would block.  trio's own socket calls yield
+    # to the scheduler after every call that succeeds (a checkpoint); at a few
+    # calls per RPC that was a measurable share of a small request's cost.  Header
+    # and payload leave in one writev, with no copy joining them.  The descriptor
+    # is fetched afresh before every call: a closed socket reports -1, and the
+    # call then fails instead of reaching a reused descriptor number.
+
+    def _fd(self) -> int:
+        fd = self._sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("connection closed")
+        return fd
+
+    async def _send_views(self, views: list) -> None:
+        views = [view for view in views if len(view)]
+        while views:
+            try:
+                sent = os.writev(self._fd(), views)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            while sent:
+                if sent < len(views[0]):
+                    views[0] = memoryview(views[0])[sent:]
+                    break
+                sent -= len(views.pop(0))
+
+    async def _read_some(self, size: int) -> bytes:
+        if self._sock is None:
+            return await self.stream.receive_some(size)
+        while True:
+            try:
+                return os.read(self._fd(), size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
 
     async def _fill(self, need: int) -> bool:
         while len(self._buf) < need:
             # Small reads here: a big payload after the header is read by
             # _take_payload straight into its own buffer.
-            data = await self.stream.receive_some(max(FILL_SIZE, need - len(self._buf)))
+            data = await self._read_some(max(FILL_SIZE, need - len(self._buf)))
             if not data:
                 if self._buf:
                     raise FrameError(f"connection closed inside a frame ({len(self._buf)} bytes)")
@@ -194,7 +235,11 @@ class FrameStream:
         # hands it over 64 KiB at a time), never for more than is still due.
         _setsockopt(self._sock, socket.SOL_SOCKET, socket.SO_RCVLOWAT,
                     min(len(view), RECV_LOWAT))
-        return await self._sock.recv_into(view)
+        while True:
+            try:
+                return os.readv(self._fd(), [view])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
 
     async def aclose(self):
         await self.stream.aclose()
@@ -206,19 +251,6 @@ def _setsockopt(sock, level: int, option: int, value: int) -> None:
         sock.setsockopt(level, option, value)
     except OSError as exc:
         log.debug("setsockopt(%d, %d, %d) failed: %s", level, option, value, exc)
-
-
-async def _sendmsg_all(sock, views: list) -> None:
-    """Send every byte of `views` with as few sendmsg calls as the socket allows:
-    header and bulk payload leave together, with no copy joining them."""
-    views = [view for view in views if view.nbytes]
-    while views:
-        sent = await sock.sendmsg(views)
-        while sent:
-            if sent < len(views[0]):
-                views[0] = views[0][sent:]
-                break
-            sent -= len(views.pop(0))
 
 
 def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:

@@ -78,6 +78,62 @@ async def test_frames_over_a_stream_without_socket():
         await receiver.receive()
 
 
+async def _tcp_pair():
+    """Two ends of one loopback TCP connection, as trio streams."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return client, server
+
+
+async def test_socket_path_waits_while_the_peer_is_full():
+    """A frame far larger than both socket buffers: the sender's writev meets
+    EAGAIN and parks until the receiver drains, and every byte arrives in order."""
+    left, right = await _tcp_pair()
+    sender, receiver = wire.FrameStream(left), wire.FrameStream(right)
+    payload = bytes(range(256)) * (32 << 12)  # 32 MiB
+    received = []
+
+    async def receive_late():
+        await trio.testing.wait_all_tasks_blocked()  # the sender is parked on a full socket
+        received.append(await receiver.receive())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(receive_late)
+            await sender.send(wire.encode_frame(wire.KIND_REQUEST, [7, "echo", {}], payload))
+    assert received == [(wire.KIND_REQUEST, [7, "echo", {}], payload)]
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_socket_path_close_wakes_a_waiting_receiver():
+    """Closing a stream while a task waits for its next frame ends that wait with
+    ClosedResourceError at once; the peer then sees a clean EOF."""
+    left, right = await _tcp_pair()
+    frames = wire.FrameStream(left)
+    failures = []
+
+    async def wait_for_frame():
+        try:
+            await frames.receive()
+        except trio.ClosedResourceError as exc:
+            failures.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(wait_for_frame)
+            await trio.testing.wait_all_tasks_blocked()
+            await frames.aclose()
+        assert len(failures) == 1
+        assert await wire.FrameStream(right).receive() is None
+        with pytest.raises(trio.ClosedResourceError):
+            await frames.send(wire.encode_frame(wire.KIND_REQUEST, [1, "echo", {}]))
+    await right.aclose()
+
+
 async def test_many_calls_in_flight(server, nursery):
     client = rpc.RpcClient(nursery, server, CLUSTER, KEY, "t")
     results = {}
