@@ -41,6 +41,7 @@ from loomproto import errors
 
 from . import checksum, chunkfile
 from .locks import KeyedLocks
+from .writeback import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class ChunkStore:
             if version is None:
                 version = handle.header.version + 1
             where = _where(ino, chunk_index)
-            header = await self._io(handle.path, chunkfile.write, handle.fd, handle.header,
+            header = await self._io(handle.path, _write_chunk, handle.fd, handle.header,
                                     offset, data, version, where)
 
             # No checkpoint from here on: the index follows the disk at once.
@@ -440,11 +441,20 @@ def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
     try:
         if data is None:
             return fd, chunkfile.create(fd), new_dirs
-        return fd, chunkfile.create_with(fd, data, version, where), new_dirs
+        header = chunkfile.create_with(fd, data, version, where)
+        start_writeback(fd, len(data))
+        return fd, header, new_dirs
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)
         raise
+
+
+def _write_chunk(fd: int, header, offset: int, data, version: int, where: str):
+    """chunkfile.write, then the disk writes of a large one begun (osd.writeback)."""
+    header = chunkfile.write(fd, header, offset, data, version, where)
+    start_writeback(fd, len(data))
+    return header
 
 
 def _replace_chunk(path: str, data, version: int, where: str):

@@ -1,11 +1,12 @@
-"""osd.store.ChunkStore on its own: which reads skip the hop to an I/O thread."""
+"""osd.store.ChunkStore on its own: which reads skip the hop to an I/O thread, which
+writes start their disk writes at once."""
 
 import os
 
 import pytest
 
 from loomproto import errors
-from osd import chunkfile
+from osd import chunkfile, store as store_module, writeback
 from osd.store import CACHED_READ_MAX, ChunkStore
 
 
@@ -62,3 +63,38 @@ async def test_cached_read_of_a_corrupt_block_is_corrupt(store):
 
     with pytest.raises(errors.Corrupt, match="block 1"):
         await store.read(5, 0, 69_000, 4096)
+
+
+async def test_large_writes_start_their_disk_writes(store, monkeypatch):
+    """A write of at least writeback.MIN_BYTES, new chunk or existing, asks the
+    kernel to begin writing that chunk file; a smaller one is left to the flusher."""
+    started = []
+    monkeypatch.setattr(store_module, "start_writeback",
+                        lambda fd, nbytes: started.append((os.fstat(fd).st_ino, nbytes)))
+    big, small = writeback.MIN_BYTES, writeback.MIN_BYTES - 1
+    await store.write(5, 0, 0, os.urandom(big))  # a new chunk
+    await store.write(5, 0, 4096, os.urandom(big))  # into it
+    await store.write(5, 0, 0, os.urandom(small))
+    await store.write(6, 0, 0, os.urandom(small))  # a new chunk, small
+    inode = os.stat(store.chunk_path(5, 0)).st_ino
+    assert started == [(inode, big), (inode, big), (inode, small), (os.stat(
+        store.chunk_path(6, 0)).st_ino, small)]
+
+
+def test_start_writeback_calls_the_kernel_only_for_large_writes(tmp_path, monkeypatch):
+    path = tmp_path / "chunk"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, os.urandom(writeback.MIN_BYTES))
+        # The real call on a real file: accepted (returns without an error).
+        assert writeback._sync_file_range is not None
+        assert writeback._sync_file_range(fd, 0, 0, writeback._SYNC_FILE_RANGE_WRITE) == 0
+        calls = []
+        monkeypatch.setattr(writeback, "_sync_file_range",
+                            lambda *args: calls.append(args) or 0)
+        writeback.start_writeback(fd, writeback.MIN_BYTES - 1)
+        assert calls == []
+        writeback.start_writeback(fd, writeback.MIN_BYTES)
+        assert calls == [(fd, 0, 0, writeback._SYNC_FILE_RANGE_WRITE)]
+    finally:
+        os.close(fd)
