@@ -10,6 +10,12 @@ replicas.  A failed chunk write is remembered and reported by the next
 Reads go to the chunk's primary (the next replica when it fails).  A reader
 that moves sequentially gets whole chunks and a read-ahead of the next stripe,
 fetched from several OSDs concurrently; random reads fetch just their range.
+A file of at most one chunk opened read-only, and open nowhere else on this
+mount, has that chunk fetched while its open goes to the shard (`prefetch`):
+the kernel sends the first read only after the open's reply, so a small file
+would otherwise cost the two round trips one after the other.  The fetch
+starts inside the open request, after the open(2) began, so it sees every
+write closed before, as the read it stands in for would (close-to-open).
 
 Failover: a chunk write goes to the first replica the map shows up (the
 acting primary), which forwards to the other up replicas.  When that OSD does
@@ -127,6 +133,18 @@ class FileData:
         self.generation = 0  # bumped by every write and truncate, for the read cache
         self.next_read = -1
         self.handles = 0
+
+
+class Prefetch:
+    """Chunk 0 of a small file, fetched while the file's open is on its way."""
+
+    __slots__ = ("done", "data", "fd", "generation")
+
+    def __init__(self):
+        self.done = trio.Event()
+        self.data: bytes | None = None  # None: failed, or still running
+        self.fd: FileData | None = None  # the file's FileData once the open succeeded
+        self.generation = 0
 
 
 class DataPath:
@@ -416,6 +434,46 @@ class DataPath:
                 in_chunk = 0
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
+
+    def prefetch(self, ino: int, file_layout: Layout, size: int) -> Prefetch:
+        """Start fetching chunk 0 of `ino` for an open on its way (see the module
+        docstring); `adopt` hands the result to the open's FileData."""
+        fetch = Prefetch()
+        self.nursery.start_soon(self._run_prefetch, fetch, FileData(ino, file_layout, size),
+                                name=f"prefetch ino {ino}")
+        return fetch
+
+    async def _run_prefetch(self, fetch: Prefetch, probe: FileData):
+        try:
+            fetch.data = await self._fetch(probe, 0, 0, probe.layout.unit)
+        except errors.LoomError as exc:
+            # The read that follows fetches again, and fails with the error itself.
+            log.debug("prefetch of ino %d failed: %s", probe.ino, exc)
+        except Exception:
+            log.exception("prefetch of ino %d failed unexpectedly", probe.ino)
+        finally:
+            fd = fetch.fd
+            if fd is not None:
+                if fd.fetching.get(0) is fetch.done:
+                    del fd.fetching[0]
+                self._keep_prefetched(fd, fetch)
+            fetch.done.set()
+
+    def adopt(self, fetch: Prefetch, fd: FileData) -> None:
+        """The open succeeded: its reads use the prefetched chunk (waiting for it
+        as for any fetch in flight, if it is still running)."""
+        if fetch.done.is_set():
+            fetch.generation = fd.generation
+            self._keep_prefetched(fd, fetch)
+            return
+        fetch.fd, fetch.generation = fd, fd.generation
+        fd.fetching.setdefault(0, fetch.done)
+
+    @staticmethod
+    def _keep_prefetched(fd: FileData, fetch: Prefetch) -> None:
+        # Not when a write, truncate or newer open came meanwhile (see _cache_chunk).
+        if fetch.data is not None and fetch.generation == fd.generation and 0 not in fd.dirty:
+            fd.read_cache[0] = fetch.data
 
     async def _cache_chunk(self, fd, chunk_index):
         """Fetch a whole chunk into the read cache, once even for concurrent readers."""

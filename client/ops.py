@@ -403,8 +403,9 @@ class LoomOperations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         cached = self.meta.attrs.get(inode)
+        prefetch = self._prefetch(inode, cached, flags)
         attr = await self.meta.open(inode, flags)
-        fi = self._new_handle(attr, flags)
+        fi = self._new_handle(attr, flags, prefetch)
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
             try:
@@ -435,16 +436,33 @@ class LoomOperations(pyfuse3.Operations):
             await self._truncate(ino, 0)
             await self.meta.setattr(ino, changes, caller)
 
-    def _new_handle(self, attr: dict, flags: int) -> pyfuse3.FileInfo:
+    def _prefetch(self, ino: int, cached: dict | None, flags: int):
+        """For a read-only open of a file of one chunk that no handle here has
+        open, start fetching the chunk now (client.data, `DataPath.prefetch`)."""
+        if (flags & os.O_ACCMODE != os.O_RDONLY or cached is None or ino in self.files
+                or not stat.S_ISREG(cached["mode"]) or not cached.get("layout")):
+            return None
+        layout = Layout.from_wire(cached["layout"])
+        if not 0 < cached["size"] <= layout.unit:
+            return None
+        return self.data.prefetch(ino, layout, cached["size"])
+
+    def _new_handle(self, attr: dict, flags: int, prefetch=None) -> pyfuse3.FileInfo:
         ino = attr["ino"]
         fd = self.files.get(ino)
         if fd is None:
             layout = Layout.from_wire(attr["layout"]) if attr.get("layout") else Layout()
             fd = self.files[ino] = FileData(ino, layout, attr["size"])
+            fd.server_stamp = (attr["size"], attr["mtime"])
             self.meta.cluster.open_inos[ino] = 0
+            if prefetch is not None:
+                self.data.adopt(prefetch, fd)
         else:
             self._open_size(fd, attr)
-            fd.read_cache.clear()  # close-to-open: what another client wrote is fetched anew
+            # Close-to-open: what another client wrote is fetched anew, also by
+            # a fetch that started before this open and ends after it.
+            fd.read_cache.clear()
+            fd.generation += 1
         fd.handles += 1
         self.meta.cluster.open_inos[ino] += 1
         fh = next(self._fhs)

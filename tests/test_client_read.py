@@ -1,4 +1,8 @@
-"""client.data's read path without a cluster: which reads fetch whole chunks."""
+"""client.data's read path without a cluster: which reads fetch whole chunks, and the
+prefetch of a small file's chunk while its open is on its way."""
+
+import trio
+import trio.testing
 
 from client.data import DataPath, FileData
 from loomproto.layout import Layout
@@ -45,3 +49,62 @@ async def test_a_range_read_over_two_chunks_fetches_both_pieces(nursery):
     fetched.clear()
     assert await data.read(fd, 50 * UNIT + 7, 100) == b"\x32" * 100
     assert fetched == [(50, 7, 100)]
+
+
+def held_prefetch(nursery):
+    """A recording DataPath whose fetches wait for `release`, and a 5,000-byte
+    file whose open started a prefetch and adopted it."""
+    data, fetched, _ = recording_path(nursery)
+    release = trio.Event()
+    data.plain_fetch = data._fetch
+
+    async def held_fetch(probe, chunk_index, offset, length):
+        await release.wait()
+        return await data.plain_fetch(probe, chunk_index, offset, length)
+
+    data._fetch = held_fetch
+    small = FileData(8, Layout(UNIT, 4, 1), 5000)
+    fetch = data.prefetch(small.ino, small.layout, small.size)
+    data.adopt(fetch, small)
+    return data, fetched, release, small, fetch
+
+
+async def test_prefetch_adopted_while_running_serves_the_first_read(nursery):
+    """An open's prefetch of chunk 0: the read waits for it instead of fetching again."""
+    data, fetched, release, small, fetch = held_prefetch(nursery)
+    reader_done = []
+
+    async def reader():
+        reader_done.append(await data.read(small, 0, 4096))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reader_done == []  # waiting for the prefetch, not fetching itself
+        release.set()
+    assert reader_done == [b"\0" * 4096]
+    assert fetched == [(0, 0, UNIT)]
+
+
+async def test_prefetch_done_before_adopt_fills_the_cache(nursery):
+    data, fetched, fd = recording_path(nursery)
+    small = FileData(8, Layout(UNIT, 4, 1), 5000)
+    fetch = data.prefetch(small.ino, small.layout, small.size)
+    await fetch.done.wait()
+    data.adopt(fetch, small)
+    assert await data.read(small, 0, 5000) == b"\0" * 5000
+    assert fetched == [(0, 0, UNIT)]
+
+
+async def test_prefetch_is_dropped_when_the_file_changed_meanwhile(nursery):
+    """A write (or a newer open, or a truncate) after the adopt makes the prefetched
+    bytes stale: they are not kept, and the read fetches anew."""
+    data, fetched, release, small, fetch = held_prefetch(nursery)
+    small.generation += 1  # what a write, truncate or second open does
+    release.set()
+    await fetch.done.wait()
+    assert 0 not in small.read_cache
+    assert 0 not in small.fetching
+    data._fetch = data.plain_fetch
+    await data.read(small, 0, 100)
+    assert fetched == [(0, 0, UNIT), (0, 0, UNIT)]

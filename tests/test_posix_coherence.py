@@ -71,3 +71,31 @@ def test_open_handle_rereads_data_other_mount_rewrote(two_mounts):
         assert os.pread(fd, 6_000, 0) == b"b" * 6_000
     finally:
         os.close(fd)
+
+
+def test_small_file_reopened_after_other_mount_rewrote_it(cluster, request):
+    """A read-only open of a one-chunk file fetches the chunk while the open goes to
+    the shard, chosen by what this client knew of the file before: what another mount
+    wrote and closed before the open is what the reads return, whatever the size
+    the file has become (README "POSIX behaviour", close-to-open).  The reader keeps
+    names cached (its opens reach the client without a lookup, so with the old
+    size), but not attributes: with them cached, its kernel would end reads at the
+    old size for up to attr_timeout, as documented."""
+    with extra_mount(cluster, NO_CACHE) as writer_root, \
+            extra_mount(cluster, "allow_other,default_permissions,attr_timeout=0") \
+            as reader_root:
+        name = f"coherence-{request.node.name}"
+        os.mkdir(writer_root / name)
+        writer, reader = writer_root / name / "f", reader_root / name / "f"
+        try:
+            versions = [os.urandom(10_000), os.urandom(20_000), os.urandom(3 << 20),
+                        os.urandom(700), b""]
+            writer.write_bytes(versions[0])
+            assert reader.read_bytes() == versions[0]  # the reader now knows size 10,000
+            for data in versions[1:]:
+                writer.write_bytes(data)
+                assert reader.read_bytes() == data
+                assert reader.read_bytes() == data  # again, with the reader's cache warm
+        finally:
+            writer.unlink(missing_ok=True)
+            os.rmdir(writer_root / name)
