@@ -97,13 +97,18 @@ class FrameStream:
     """Reads and writes whole frames on a trio stream.
 
     Only one task may call `receive`; `send` is serialised by a lock so that
-    concurrent callers never interleave bytes on the socket.
+    concurrent callers never interleave bytes on the socket.  A send that ends
+    without its whole frame (cancelled, or failed) may have left part of it on
+    the wire, where the peer would read the next frame's bytes as the rest of
+    it: every later `send` then fails without writing, and the connection must
+    be closed.
     """
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self._buf = bytearray()
         self._send_lock = trio.Lock()
+        self._cut: str | None = None  # why sending stopped for good
         self._sock = getattr(stream, "socket", None)  # a trio SocketStream's socket
         if self._sock is not None:
             # trio's 16 KiB would wake a sender every 16 KiB of a 1 MiB chunk.
@@ -116,6 +121,10 @@ class FrameStream:
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
+            if self._cut is not None:
+                # Checked under the lock: a sender that waited behind the cut frame
+                # is handed the lock before the connection is closed.
+                raise trio.BrokenResourceError(f"connection unusable: {self._cut}")
             if self._sock is not None:
                 await self._send_views([head, payload])
             elif len(payload) <= SMALL_PAYLOAD:
@@ -123,6 +132,10 @@ class FrameStream:
             else:
                 await self.stream.send_all(head)
                 await self.stream.send_all(payload)
+        except BaseException as exc:
+            if self._cut is None:
+                self._cut = f"an earlier frame's send ended early ({type(exc).__name__})"
+            raise
         finally:
             self._send_lock.release()
 
