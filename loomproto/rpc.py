@@ -123,15 +123,23 @@ class RpcServer:
         raise errors.BadRequest(message)
 
     async def _answer(self, frames, limit, req_id, op, args, payload, peer):
+        # The in-flight slot is held until the reply is sent: a peer that does
+        # not read its replies stops the reading of its requests, instead of
+        # making this process hold every reply in memory.
         try:
-            reply = await self._dispatch(op, args, payload, peer)
-        finally:
-            limit.release()
-        try:
-            code, result, data = reply
-            await frames.send(wire.encode_frame(wire.KIND_REPLY, [req_id, code, result], data))
+            code, result, data = await self._dispatch(op, args, payload, peer)
+            try:
+                frame = wire.encode_frame(wire.KIND_REPLY, [req_id, code, result], data)
+            except wire.FrameError as exc:
+                # A result too big for a frame (a huge listing): the caller's error.
+                log.error("%s: reply to %s from %s cannot be sent: %s", self.name, op, peer, exc)
+                frame = wire.encode_frame(wire.KIND_REPLY, [
+                    req_id, errors.IOFailure.code, f"reply to {op[:40]} too large: {exc}"])
+            await frames.send(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             log.debug("%s: reply %d to %s lost: connection closed", self.name, req_id, peer)
+        finally:
+            limit.release()
 
     async def _dispatch(self, op, args, payload, peer):
         method = getattr(self.service, "rpc_" + op)

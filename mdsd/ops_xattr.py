@@ -1,8 +1,10 @@
 """Extended attributes, stored beside the inode on its shard.
 
-Names are 1..255 bytes and values at most 64 KiB (both Range otherwise: the
-error table has no E2BIG); empty values and values holding NUL bytes are kept
-as they are.  A change sets the inode's ctime.
+Names are 1..255 bytes and values at most 64 KiB (both Range otherwise);
+empty values and values holding NUL bytes are kept as they are.  A change sets
+the inode's ctime.  A file may hold more names than Linux can list at once
+(LIST_MAX bytes, each name with its NUL, as XFS allows): listxattr then fails
+with E2BIG, as listxattr(2) does there.
 """
 
 import logging
@@ -19,6 +21,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 VALUE_MAX = 65536
 NAME_MAX = 255
+LIST_MAX = 65536  # Linux's XATTR_LIST_MAX
 
 
 def _xattr_name(args: dict) -> bytes:
@@ -58,12 +61,16 @@ async def listxattr(ns, args: dict) -> list:
 def _names(dbs, ino, txn) -> list[bytes]:
     prefix = schema.xattr_prefix(ino)
     names = []
+    listed = 0
     with txn.cursor(db=dbs[schema.XATTR]) as cursor:
         if cursor.set_range(prefix):
             for raw in cursor.iternext(keys=True, values=False):
                 if not raw.startswith(prefix):
                     break
                 names.append(raw[len(prefix):])
+                listed += len(names[-1]) + 1
+                if listed > LIST_MAX:
+                    raise errors.TooBig(f"xattr names of inode {ino} exceed {LIST_MAX} bytes")
     return names
 
 

@@ -20,6 +20,24 @@ XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
 
 # -- extended attributes -------------------------------------------------------
 
+def test_xattr_names_beyond_what_linux_lists(workdir):
+    """More names than listxattr(2) can return (64 KiB of names, as XFS allows):
+    E2BIG for the listing, the names themselves still readable, the shard serving."""
+    path = workdir / "many"
+    path.write_bytes(b"")
+    names = ["user.%04d%s" % (i, "n" * 240) for i in range(300)]  # 300 x 250 bytes
+    for name in names[:200]:
+        os.setxattr(path, name, b"v")
+    assert sorted(os.listxattr(path)) == names[:200]  # 50,200 bytes: still listed
+    for name in names[200:]:
+        os.setxattr(path, name, b"v")
+    assert errno_of(os.listxattr, path) == errno.E2BIG
+    assert os.getxattr(path, names[299]) == b"v"
+    for name in names[100:]:
+        os.removexattr(path, name)
+    assert sorted(os.listxattr(path)) == names[:100]
+
+
 def test_xattrs(workdir):
     path = workdir / "f"
     path.write_bytes(b"")
