@@ -442,7 +442,7 @@ def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
         if data is None:
             return fd, chunkfile.create(fd), new_dirs
         header = chunkfile.create_with(fd, data, version, where)
-        start_writeback(fd, len(data))
+        start_writeback(fd, chunkfile.HEADER_SIZE, len(data))
         return fd, header, new_dirs
     except BaseException:
         os.close(fd)
@@ -453,7 +453,7 @@ def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
 def _write_chunk(fd: int, header, offset: int, data, version: int, where: str):
     """chunkfile.write, then the disk writes of a large one begun (osd.writeback)."""
     header = chunkfile.write(fd, header, offset, data, version, where)
-    start_writeback(fd, len(data))
+    start_writeback(fd, chunkfile.HEADER_SIZE + offset, len(data))
     return header
 
 

@@ -14,6 +14,9 @@ the disk works while the client still sends.  It changes no guarantee: what is
 durable is still decided by fsync, which also reports any error of these
 writes, since nobody has observed it before.  Small writes are left to the
 flusher: a submission per small file would cost more than the batch it joins.
+Only the data just written is started, not the chunk's header page: every
+write rewrites the header, and on a device that needs stable pages a rewrite
+of a page under writeback waits for that writeback to end.
 
 Linux only, reached through ctypes because the os module does not wrap
 sync_file_range; elsewhere, or if the call fails, it does nothing.
@@ -42,12 +45,12 @@ def _load():
 _sync_file_range = _load()
 
 
-def start_writeback(fd: int, nbytes: int) -> None:
-    """Begin writing every dirty page of `fd` to disk if this write was a large
-    one (`nbytes`); returns at once.  Runs on an I/O thread (ctypes lets the
+def start_writeback(fd: int, start: int, nbytes: int) -> None:
+    """Begin writing the `nbytes` at file offset `start` of `fd` to disk if that
+    is a large write; returns at once.  Runs on an I/O thread (ctypes lets the
     GIL go for the call)."""
     if nbytes < MIN_BYTES or _sync_file_range is None:
         return
-    if _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+    if _sync_file_range(fd, start, nbytes, _SYNC_FILE_RANGE_WRITE) != 0:
         # Harmless: the data is in the page cache and fsync still writes it.
         log.debug("sync_file_range on fd %d failed: errno %d", fd, ctypes.get_errno())

@@ -69,16 +69,16 @@ async def test_large_writes_start_their_disk_writes(store, monkeypatch):
     """A write of at least writeback.MIN_BYTES, new chunk or existing, asks the
     kernel to begin writing that chunk file; a smaller one is left to the flusher."""
     started = []
-    monkeypatch.setattr(store_module, "start_writeback",
-                        lambda fd, nbytes: started.append((os.fstat(fd).st_ino, nbytes)))
+    monkeypatch.setattr(store_module, "start_writeback", lambda fd, start, nbytes: started.append(
+        (os.fstat(fd).st_ino, start - chunkfile.HEADER_SIZE, nbytes)))
     big, small = writeback.MIN_BYTES, writeback.MIN_BYTES - 1
     await store.write(5, 0, 0, os.urandom(big))  # a new chunk
     await store.write(5, 0, 4096, os.urandom(big))  # into it
     await store.write(5, 0, 0, os.urandom(small))
     await store.write(6, 0, 0, os.urandom(small))  # a new chunk, small
     inode = os.stat(store.chunk_path(5, 0)).st_ino
-    assert started == [(inode, big), (inode, big), (inode, small), (os.stat(
-        store.chunk_path(6, 0)).st_ino, small)]
+    assert started == [(inode, 0, big), (inode, 4096, big), (inode, 0, small), (os.stat(
+        store.chunk_path(6, 0)).st_ino, 0, small)]
 
 
 def test_start_writeback_calls_the_kernel_only_for_large_writes(tmp_path, monkeypatch):
@@ -92,9 +92,9 @@ def test_start_writeback_calls_the_kernel_only_for_large_writes(tmp_path, monkey
         calls = []
         monkeypatch.setattr(writeback, "_sync_file_range",
                             lambda *args: calls.append(args) or 0)
-        writeback.start_writeback(fd, writeback.MIN_BYTES - 1)
+        writeback.start_writeback(fd, 8192, writeback.MIN_BYTES - 1)
         assert calls == []
-        writeback.start_writeback(fd, writeback.MIN_BYTES)
-        assert calls == [(fd, 0, 0, writeback._SYNC_FILE_RANGE_WRITE)]
+        writeback.start_writeback(fd, 8192, writeback.MIN_BYTES)
+        assert calls == [(fd, 8192, writeback.MIN_BYTES, writeback._SYNC_FILE_RANGE_WRITE)]
     finally:
         os.close(fd)
