@@ -9,7 +9,8 @@ and the daemon goes on serving.
 
 Timeouts belong to the caller (`trio.fail_after` around `RpcClient.call`).
 A call cancelled while its request is being sent closes the connection, since
-an unknown prefix of the frame may be on the wire.
+an unknown prefix of the frame may be on the wire; one cancelled while it
+waits for another call's frame to leave has sent nothing and leaves it open.
 """
 
 import collections
@@ -249,7 +250,11 @@ class RpcClient:
             self._fail(conn, errors.TransportError(f"send to {self.addr} failed: {exc}"))
             raise errors.TransportError(f"send to {self.addr} failed: {exc}") from None
         except trio.Cancelled:
-            self._fail(conn, errors.TransportError(f"send to {self.addr} cancelled"))
+            # Cancelled inside its frame: part of it may be on the wire, so the
+            # connection goes.  Cancelled while still waiting for its turn to
+            # send: nothing was written, and the other calls on it go on.
+            if conn.frames.cut:
+                self._fail(conn, errors.TransportError(f"send to {self.addr} cancelled"))
             raise
 
     async def _connected(self) -> _Connection:

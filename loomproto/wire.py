@@ -114,6 +114,11 @@ class FrameStream:
             # trio's 16 KiB would wake a sender every 16 KiB of a 1 MiB chunk.
             _setsockopt(self._sock, socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, SEND_LOWAT)
 
+    @property
+    def cut(self) -> bool:
+        """Whether a send ended inside its frame (no more sends on this stream)."""
+        return self._cut is not None
+
     async def send(self, pieces: list) -> None:
         head, payload = pieces
         try:

@@ -213,3 +213,60 @@ async def test_reconnect_after_server_restart(nursery):
         await client.call("echo")
     await nursery.start(srv.serve, "127.0.0.1", port)
     assert await client.call("echo") == {"args": {}}
+
+
+async def test_a_call_cancelled_before_its_turn_to_send_keeps_the_connection(nursery):
+    """A call cancelled while it waits for another call's frame to leave has sent
+    nothing: the connection and the calls on it go on (test_rpc_cancelled_send.py
+    has the cut frame, which must close it)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted = []
+
+    async def serve():
+        stream = await listeners[0].accept()
+        frames = wire.FrameStream(stream)
+        await wire.server_handshake(frames, CLUSTER, KEY)
+        accepted.append(frames)
+
+    async with trio.open_nursery() as setup:
+        setup.start_soon(serve)
+        client = rpc.RpcClient(nursery, f"127.0.0.1:{port}", CLUSTER, KEY, "t")
+        conn = await client._connected()
+    server = accepted[0]
+    big = b"\xaa" * (32 << 20)  # fills both socket buffers: the sender parks in its frame
+    waiting = trio.CancelScope()
+    outcomes = []
+
+    async def big_call():
+        outcomes.append(await client.call("echo", {}, big))
+
+    async def waiting_call():
+        with waiting:
+            await client.call("echo", {}, b"never sent")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(big_call)
+            await trio.testing.wait_all_tasks_blocked()
+            calls.start_soon(waiting_call)
+            await trio.testing.wait_all_tasks_blocked()
+            waiting.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not conn.closed
+            kind, (req_id, op, _), data = await server.receive()
+            assert data == big
+            await server.send(wire.encode_frame(wire.KIND_REPLY, [req_id, 0, "took it"]))
+        assert outcomes == ["took it"]
+        # The connection still carries calls; the cancelled one never reached it.
+        async def answer_next():
+            kind, (req_id, op, args), data = await server.receive()
+            assert data == b"after"
+            await server.send(wire.encode_frame(wire.KIND_REPLY, [req_id, 0, "again"]))
+
+        async with trio.open_nursery() as calls:
+            calls.start_soon(answer_next)
+            assert await client.call("echo", {}, b"after") == "again"
+        assert client._conn is conn and not conn.closed
+    await client.aclose()
+    await listeners[0].aclose()
