@@ -133,18 +133,23 @@ class FileData:
         self.generation = 0  # bumped by every write and truncate, for the read cache
         self.next_read = -1
         self.handles = 0
+        # A fetch of chunk 0 begun by the open (`DataPath.prefetch`) that failed:
+        # the read that waited for it fails with this instead of waiting again.
+        self.failed_fetch: dict[int, errors.LoomError] = {}
 
 
 class Prefetch:
     """Chunk 0 of a small file, fetched while the file's open is on its way."""
 
-    __slots__ = ("done", "data", "fd", "generation")
+    __slots__ = ("done", "data", "error", "fd", "generation", "stamp")
 
-    def __init__(self):
+    def __init__(self, stamp):
         self.done = trio.Event()
         self.data: bytes | None = None  # None: failed, or still running
+        self.error: errors.LoomError | None = None
         self.fd: FileData | None = None  # the file's FileData once the open succeeded
         self.generation = 0
+        self.stamp = stamp  # (size, mtime) of the file as this client knew it at the start
 
 
 class DataPath:
@@ -435,10 +440,11 @@ class DataPath:
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
 
-    def prefetch(self, ino: int, file_layout: Layout, size: int) -> Prefetch:
+    def prefetch(self, ino: int, file_layout: Layout, size: int, mtime: int = 0) -> Prefetch:
         """Start fetching chunk 0 of `ino` for an open on its way (see the module
-        docstring); `adopt` hands the result to the open's FileData."""
-        fetch = Prefetch()
+        docstring); `adopt` hands the result to the open's FileData, if the open
+        finds the file as it was then (`Prefetch.stamp`)."""
+        fetch = Prefetch((size, mtime))
         self.nursery.start_soon(self._run_prefetch, fetch, FileData(ino, file_layout, size),
                                 name=f"prefetch ino {ino}")
         return fetch
@@ -447,8 +453,9 @@ class DataPath:
         try:
             fetch.data = await self._fetch(probe, 0, 0, probe.layout.unit)
         except errors.LoomError as exc:
-            # The read that follows fetches again, and fails with the error itself.
+            # The read that waited for it fails with this error, after one io_timeout.
             log.debug("prefetch of ino %d failed: %s", probe.ino, exc)
+            fetch.error = exc
         except Exception:
             log.exception("prefetch of ino %d failed unexpectedly", probe.ino)
         finally:
@@ -472,15 +479,23 @@ class DataPath:
     @staticmethod
     def _keep_prefetched(fd: FileData, fetch: Prefetch) -> None:
         # Not when a write, truncate or newer open came meanwhile (see _cache_chunk).
-        if fetch.data is not None and fetch.generation == fd.generation and 0 not in fd.dirty:
+        if fetch.generation != fd.generation or 0 in fd.dirty:
+            return
+        if fetch.data is not None:
             fd.read_cache[0] = fetch.data
+        elif fetch.error is not None:
+            fd.failed_fetch[0] = fetch.error
 
     async def _cache_chunk(self, fd, chunk_index):
         """Fetch a whole chunk into the read cache, once even for concurrent readers."""
         pending = fd.fetching.get(chunk_index)
         if pending is not None:
             await pending.wait()
+            failure = fd.failed_fetch.get(chunk_index)
+            if failure is not None:
+                raise failure
             return
+        fd.failed_fetch.pop(chunk_index, None)  # a new attempt
         fd.fetching[chunk_index] = done = trio.Event()
         generation = fd.generation
         try:

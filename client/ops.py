@@ -47,6 +47,7 @@ READDIR_BATCH = 256
 RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
 FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
+CLOSED_STAMPS = 4096  # files whose state at their last release here is remembered
 
 
 class InjectedFault(RuntimeError):
@@ -141,6 +142,8 @@ class LoomOperations(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.files: dict[int, FileData] = {}
+        # (size, mtime) of files at their last release here, for _prefetch (bounded).
+        self._closed_stamps: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
         self._resizing = collections.Counter()  # ino -> our size changes in flight
@@ -405,6 +408,9 @@ class LoomOperations(pyfuse3.Operations):
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
         attr = await self.meta.open(inode, flags)
+        if prefetch is not None and prefetch.stamp != (attr["size"], attr["mtime"]):
+            # Another client's commit came between: the chunk may predate it.
+            prefetch = None
         fi = self._new_handle(attr, flags, prefetch)
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
@@ -443,9 +449,12 @@ class LoomOperations(pyfuse3.Operations):
                 or not stat.S_ISREG(cached["mode"]) or not cached.get("layout")):
             return None
         layout = Layout.from_wire(cached["layout"])
-        if not 0 < cached["size"] <= layout.unit:
+        stamp = (cached["size"], cached["mtime"])
+        if not 0 < stamp[0] <= layout.unit or self._closed_stamps.get(ino) == stamp:
+            # Unchanged since a handle here had it open: the kernel likely holds its
+            # pages and keeps them (keep_cache), so the fetch would go unused.
             return None
-        return self.data.prefetch(ino, layout, cached["size"])
+        return self.data.prefetch(ino, layout, stamp[0], stamp[1])
 
     def _new_handle(self, attr: dict, flags: int, prefetch=None) -> pyfuse3.FileInfo:
         ino = attr["ino"]
@@ -522,6 +531,12 @@ class LoomOperations(pyfuse3.Operations):
             if fd.handles == 0:
                 del self.files[fd.ino]
                 del open_inos[fd.ino]
+                known = self.meta.attrs.get(fd.ino)
+                if known is not None:
+                    self._closed_stamps[fd.ino] = (known["size"], known["mtime"])
+                    self._closed_stamps.move_to_end(fd.ino)
+                    if len(self._closed_stamps) > CLOSED_STAMPS:
+                        self._closed_stamps.popitem(last=False)
                 await self.meta.close(fd.ino)
 
     # -- extended attributes ----------------------------------------------

@@ -89,3 +89,33 @@ async def test_prefetch_older_than_the_opens_size_is_not_served(nursery):
             f"read {len(got)} bytes: {got[:1]!r} then {got[1:].count(0)} zero bytes")
     finally:
         await ops.release(fi.fh)
+
+
+async def test_reopen_of_an_unchanged_file_starts_no_prefetch(nursery):
+    """A file unchanged since a handle here released it is likely in the kernel's
+    page cache (the open keeps it): its next read-only open fetches nothing."""
+    fetches = []
+    data = DataPath(cluster=None, nursery=nursery)
+
+    async def fetch(fd, chunk_index, offset, length):
+        fetches.append(chunk_index)
+        return b"Z" * 100
+
+    data._fetch = fetch
+    meta = FakeMeta(attr(100, 1000))
+    meta.during_open = lambda: attr(100, 1000)
+    ops = LoomOperations(meta, data)
+    fi = await ops.open(INO, os.O_RDONLY, Ctx())
+    assert await ops.read(fi.fh, 0, 4096) == b"Z" * 100
+    await ops.release(fi.fh)
+    assert fetches == [0]
+    fi = await ops.open(INO, os.O_RDONLY, Ctx())
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetches == [0]
+    await ops.release(fi.fh)
+    meta.attrs[INO] = attr(100, 3000)  # changed elsewhere: the next open fetches again
+    meta.during_open = lambda: attr(100, 3000)
+    fi = await ops.open(INO, os.O_RDONLY, Ctx())
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetches == [0, 0]
+    await ops.release(fi.fh)
