@@ -29,7 +29,7 @@ async def test_failed_prefetch_costs_the_first_read_one_io_timeout(nursery, auto
     async def unreachable(fd, chunk_index, offset, length):
         # What DataPath._fetch does when no replica answers: retry until io_timeout.
         fetches.append(trio.current_time())
-        await trio.sleep(IO_TIMEOUT)
+        await trio.sleep(IO_TIMEOUT)  # stands for the unreachable OSDs (virtual clock)
         raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered")
 
     data._fetch = unreachable

@@ -262,7 +262,7 @@ async def test_a_close_no_request_carries_leaves_on_its_own(nursery, autojump_cl
     await meta.close(5)
     with trio.fail_after(1):  # virtual time (autojump clock)
         while not shard.calls:
-            await trio.sleep(0.001)
+            await trio.sleep(0.001)  # polls for the close, under fail_after
     assert trio.current_time() - queued >= metamod.CLOSE_LINGER  # it waited for a carrier
     assert shard.calls == [("close", None, [5])]
     assert not meta.closing.get(0) and not meta._close_senders

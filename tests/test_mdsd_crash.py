@@ -35,7 +35,7 @@ async def _call_when_up(client, op, args, seconds=20.0):
             try:
                 return await client.call(op, args)
             except errors.TransportError:
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # polls until the shard answers, under fail_after
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ async def test_coordinator_crash_after_decide(tmp_path, nursery):
         assert replay["nlink"] == 2
         with trio.fail_after(20):
             while (await clients[0].call("getattr", {"ino": made["ino"]}))["nlink"] != 2:
-                await trio.sleep(0.1)
+                await trio.sleep(0.1)  # polls the nlink, under fail_after
         assert (await clients[1].call("lookup", {"parent": ROOT, "name": link_name}))[
             "ino"] == made["ino"]
     finally:

@@ -99,7 +99,7 @@ async def test_session_expiry_drops_opens(tmp_path, nursery):
                 await mds.getattr(f["ino"])
             except errors.NotFound:
                 break
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # polls until the inode is gone, under fail_after
 
 
 def _run_mdsd(cfg, data, *extra):
@@ -122,7 +122,7 @@ async def test_command_line_serves_and_stops_on_sigterm(tmp_path):
                     break
                 except OSError:
                     assert proc.poll() is None, proc.stderr.read()
-                    await trio.sleep(0.05)
+                    await trio.sleep(0.05)  # polls for the port, under fail_after
         proc.send_signal(signal.SIGTERM)
         rc = await trio.to_thread.run_sync(proc.wait, 20)
         assert rc == 0, proc.stderr.read()

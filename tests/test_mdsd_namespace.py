@@ -237,7 +237,7 @@ async def test_open_close_and_orphan_reclaim(tmp_path, nursery):
                 await mds.getattr(ino)
             except errors.NotFound:
                 break
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # polls until the inode is gone, under fail_after
     info = await mds.client(shard).call("shard_info", {})
     assert info["mds_id"] == shard
 
@@ -256,14 +256,14 @@ async def test_unlink_of_a_closed_file_with_data_drops_its_inode_at_once(tmp_pat
     shard = mds.ino_shard(ino)
     with trio.fail_after(10):  # reclaim active (its grace of 0 passed) on that shard
         while not mds.handles[shard].shard.sessions.settled:
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # polls the flag, under fail_after
 
     assert (await mds.unlink(ROOT, b"data"))["nlink"] == 0
     with pytest.raises(errors.NotFound):  # one commit: no second one by reclaim
         await mds.getattr(ino)
     with trio.fail_after(10):  # the record of the OSDs to clean goes once they are
         while await _orphan_rows(mds, shard):
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # polls the rows, under fail_after
 
 
 async def test_unlink_before_reclaim_is_active_leaves_an_orphan(tmp_path, nursery):

@@ -138,7 +138,7 @@ def fast_recovery(monkeypatch):
 async def _wait_for(predicate, seconds=10.0):
     with trio.fail_after(seconds):
         while not await predicate():
-            await trio.sleep(0.02)
+            await trio.sleep(0.02)  # polls the predicate, under fail_after
 
 
 async def test_orphaned_prepare_is_aborted_and_unlocks(tmp_path, nursery, fast_recovery):

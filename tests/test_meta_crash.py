@@ -61,7 +61,7 @@ class Procs:
     async def wait_exit(self, mds_id: int, seconds: float = 30.0) -> int:
         with trio.fail_after(seconds):
             while self.procs[mds_id].poll() is None:
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # polls the exit, under fail_after
         return self.procs[mds_id].returncode
 
     async def wait_up(self, mds_id: int):
@@ -70,7 +70,7 @@ class Procs:
                 try:
                     return await self.cluster.client(mds_id).call("getattr", {"ino": ROOT})
                 except errors.TransportError:
-                    await trio.sleep(0.05)
+                    await trio.sleep(0.05)  # polls until it answers, under fail_after
 
     def kill_all(self):
         for proc in self.procs.values():
@@ -86,7 +86,7 @@ async def retrying(coro_fn, seconds: float = 40.0):
             try:
                 return await coro_fn()
             except (errors.TransportError, errors.Conflict, errors.TryAgain):
-                await trio.sleep(0.1)
+                await trio.sleep(0.1)  # retry pause, under fail_after
 
 
 async def entry_of(cluster, parent, name):
@@ -241,7 +241,7 @@ async def drained(cluster):
             model = await retrying(checker.scan)
             if not model.txns:
                 return
-            await trio.sleep(0.2)
+            await trio.sleep(0.2)  # polls the records, under fail_after
 
 
 def fsck_checker(cluster):

@@ -78,7 +78,7 @@ def kill_until_done(live, rng, workers) -> list:
     deadline = time.monotonic() + SECONDS + CALL_BOUND + 30
     while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
         # Pacing of the fault injection (not synchronisation): a kill every 0.5-2 s.
-        time.sleep(rng.uniform(0.5, 2.0))
+        time.sleep(rng.uniform(0.5, 2.0))  # fault pacing, not a wait
         node = f"mds{rng.randrange(SHARDS)}"
         live.run("kill", node)
         time.sleep(rng.uniform(0.0, 0.8))  # pacing too: how long the node stays down

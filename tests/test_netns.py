@@ -62,7 +62,7 @@ def wait_until(condition, what, timeout=DEADLINE):
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # polls the condition, under the deadline
 
 
 def recorded_net(harness):

@@ -79,7 +79,7 @@ async def wait_for(condition, timeout=10.0):
     """Wait until `condition()` is true, polling the trio loop, with a deadline."""
     with trio.fail_after(timeout):
         while not condition():
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # polls the condition, under fail_after
 
 
 class OsdRig:
