@@ -45,6 +45,8 @@ import trio
 
 from loomproto import chunkset, errors
 
+from .absent import AbsentNames
+
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
@@ -75,6 +77,8 @@ class Meta:
 
     def __init__(self, cluster):
         self.cluster = cluster
+        # Names known absent from directories this client made (client.absent).
+        self.absent = AbsentNames(cluster.shard_of_dentry, getattr(cluster, "nshards", 1))
         self.attrs: OrderedDict[int, dict] = OrderedDict()
         self.clock = 0
         self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
@@ -164,6 +168,17 @@ class Meta:
         finally:
             self.closes_sent[shard].remove(carried)
             carried[1].set()
+
+    async def _add_entry(self, parent: int, name: bytes, op: str, args: dict) -> dict:
+        """A create of `name` in `parent`; the seq its entry took keeps what this
+        client knows absent from `parent` (client.absent) up to date."""
+        args["lessee"] = self.cluster.session
+        args["lease"] = self.absent.wants_lease(parent, name)
+        sent_at = trio.current_time()
+        with self.absent.changing(parent):
+            attr = await self._at_entry(parent, name, op, args)
+        self.absent.added(parent, name, attr.pop("entry_seq", None), sent_at)
+        return attr
 
     async def parent_info(self, parent: int) -> dict:
         attr = self.attrs.get(parent)
@@ -278,7 +293,7 @@ class Meta:
                 "gid": gid, "rid": _rid(), **await self.parent_info(parent)}
         if open_it:
             args["session"] = self.cluster.session
-        attr = self.remember(await self._at_entry(parent, name, "mknod", args))
+        attr = self.remember(await self._add_entry(parent, name, "mknod", args))
         self._dir_changed(parent, attr["ctime"], 1)
         self._no_caps(attr["ino"])  # a new inode has no attributes yet
         return attr
@@ -287,8 +302,9 @@ class Meta:
         check_name(name)
         args = {"parent": parent, "name": name, "mode": mode, "uid": uid, "gid": gid,
                 "rid": _rid(), **await self.parent_info(parent)}
-        attr = self.remember(await self._at_entry(parent, name, "mkdir", args))
+        attr = self.remember(await self._add_entry(parent, name, "mkdir", args))
         self._dir_changed(parent, attr["ctime"], 1, 1)
+        self.absent.made_dir(attr["ino"])
         return attr
 
     async def symlink(self, parent, name, target, uid, gid) -> dict:
@@ -297,39 +313,51 @@ class Meta:
         args = {"parent": parent, "name": name, "target": target, "uid": uid, "gid": gid,
                 "rid": _rid(), "parent_mode": info["parent_mode"],
                 "parent_gid": info["parent_gid"]}
-        attr = self.remember(await self._at_entry(parent, name, "symlink", args))
+        attr = self.remember(await self._add_entry(parent, name, "symlink", args))
         self._dir_changed(parent, attr["ctime"], 1)
         return attr
 
     async def link(self, ino, parent, name) -> dict:
         check_name(name)
-        args = {"ino": ino, "parent": parent, "name": name, "rid": _rid()}
-        attr = self.remember(await self._at_entry(parent, name, "link", args))
+        args = {"ino": ino, "parent": parent, "name": name, "rid": _rid(),
+                "lessee": self.cluster.session}
+        try:
+            with self.absent.changing(parent):
+                attr = self.remember(await self._at_entry(parent, name, "link", args))
+        finally:
+            self.absent.forget(parent)  # its reply has no entry_seq
         self._dir_changed(parent, attr["ctime"], 1)
         return attr
 
     async def unlink(self, parent, name) -> dict:
         check_name(name)
-        reply = await self._at_entry(parent, name, "unlink",
-                                     {"parent": parent, "name": name, "rid": _rid()})
+        with self.absent.changing(parent):
+            reply = await self._at_entry(parent, name, "unlink",
+                                         {"parent": parent, "name": name, "rid": _rid()})
+        self.absent.removed(parent, name)
         self._dir_changed(parent, time.time_ns(), -1)
         return reply
 
     async def rmdir(self, parent, name) -> None:
         check_name(name)
-        await self._at_entry(parent, name, "rmdir", {"parent": parent, "name": name,
-                                                     "rid": _rid()})
+        with self.absent.changing(parent):
+            await self._at_entry(parent, name, "rmdir", {"parent": parent, "name": name,
+                                                         "rid": _rid()})
+        self.absent.removed(parent, name)
         self._dir_changed(parent, time.time_ns(), -1, -1)
 
     async def rename(self, parent, name, new_parent, new_name, flags) -> None:
         check_name(name)
         check_name(new_name)
         args = {"parent": parent, "name": name, "new_parent": new_parent,
-                "new_name": new_name, "flags": flags, "rid": _rid()}
+                "new_name": new_name, "flags": flags, "rid": _rid(),
+                "lessee": self.cluster.session}
         try:
-            reply = await self._at_entry(new_parent, new_name, "rename", args)
+            with self.absent.changing(parent), self.absent.changing(new_parent):
+                reply = await self._at_entry(new_parent, new_name, "rename", args)
         finally:
             self._dir_unknown(parent, new_parent)
+            self.absent.forget(parent, new_parent)
         self._dir_unknown(*reply.get("moved", ()))  # a moved directory's ctime changed
 
     async def setstripe(self, ino: int, layout_wire: list) -> dict:

@@ -207,18 +207,27 @@ class LoomOperations(pyfuse3.Operations):
                 del self._resizing[ino]
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if self.meta.absent.absent(parent_inode, name, trio.current_time()):
+            # Known absent under a lease (client.absent); the kernel keeps
+            # no negative entry of it, so the lease's end takes effect at once.
+            self.dir_names.forget_at(parent_inode, name)
+            return self._negative(0)
         try:
             attr = await self.meta.lookup(parent_inode, name)
         except errors.NotFound:
             self.dir_names.forget_at(parent_inode, name)
-            # A negative entry the kernel may cache for entry_timeout.
-            entry = pyfuse3.EntryAttributes()
-            entry.st_ino = 0
-            entry.entry_timeout = self.entry_timeout
-            return entry
+            return self._negative(self.entry_timeout)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         return self._entry(attr)
+
+    @staticmethod
+    def _negative(timeout: float) -> pyfuse3.EntryAttributes:
+        """A negative entry the kernel may cache for `timeout` seconds."""
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = 0
+        entry.entry_timeout = timeout
+        return entry
 
     async def getattr(self, inode, ctx=None):
         # A directory's attributes are asked for again after each create or

@@ -6,8 +6,10 @@ commutative updates (adding an entry to a directory share) need no read
 validation and concurrent creates in one directory do not conflict:
 
 - ``["put", db, key, value]`` / ``["del", db, key]``
-- ``["dirent_add", parent, name, ino, type_bits, subdirs_delta, now]``: NotFound
-  if the share is dead, Exists if the name exists; takes the next seq.
+- ``["dirent_add", parent, name, ino, type_bits, subdirs_delta, now, adder,
+  wants_lease]``: NotFound if the share is dead, Exists if the name exists,
+  Conflict while another client's lease on the share holds (mdsd.leases);
+  takes the next seq, and a lease for session `adder` if it wants one.
 - ``["dirent_del", parent, name, subdirs_delta, now]``: removes entry and seq.
 - ``["dirstat_kill", dir_ino]``: NotEmpty unless the share is empty; marks it dead.
 - ``["inode_drop", ino]``: deletes the inode record, its xattrs and its
@@ -28,6 +30,9 @@ from . import schema
 log = logging.getLogger(__name__)
 
 
+ENTRY_SEQ = "entry_seq"
+
+
 class AlreadyDone(Exception):
     """The request id already has a stored reply: answer with it."""
 
@@ -44,6 +49,8 @@ class Applier:
         self.txn = txn
         self.txid = txid
         self.written: list[list] = []
+        self.leases = store.leases
+        self.entry_seqs: list[list] = []  # [seq, lease] of each dirent_add, in order
 
     def get(self, key: schema.Key) -> bytes | None:
         db, raw = key
@@ -89,11 +96,13 @@ def _del(ap: Applier, db, raw):
     ap.delete((db, raw))
 
 
-def _dirent_add(ap: Applier, parent, name, ino, type_bits, subdirs_delta, now):
+def _dirent_add(ap: Applier, parent, name, ino, type_bits, subdirs_delta, now,
+                adder=None, wants_lease=False):
     share_key = schema.dirstat_key(parent)
     share = schema.unpack_share(ap.get(share_key))
     if share["dead"]:
         raise errors.NotFound(f"directory {parent} was removed")
+    ap.leases.admit(parent, adder)
     entry_key = schema.dentry_key(parent, name)
     if ap.get(entry_key) is not None:
         raise errors.Exists(f"entry {name!r} exists in {parent}")
@@ -104,6 +113,8 @@ def _dirent_add(ap: Applier, parent, name, ino, type_bits, subdirs_delta, now):
     share["count"] += 1
     _touch_share(share, subdirs_delta, now)
     ap.put(share_key, schema.pack(share))
+    lease = ap.leases.grant(parent, adder) if wants_lease else 0.0
+    ap.entry_seqs.append([seq, lease])
 
 
 def _dirent_del(ap: Applier, parent, name, subdirs_delta, now):
@@ -201,13 +212,20 @@ def expire_replies(txn, dbs, older_than_ns: int, limit: int = 10000) -> int:
 # -- transaction steps ---------------------------------------------------------
 
 def commit_local(store, reads, mutations, rid, result, txn):
-    """One-shard transaction: validate reads, apply, store the reply."""
+    """One-shard transaction: validate reads, apply, store the reply.
+
+    A result with an ``entry_seq`` key (a create's) gets ``[seq, lease]`` of its
+    one new entry: the seq it took in its directory's share, from which the
+    client learns whether anything else was added there since what it last
+    knew, and the lease it got (mdsd.leases, client.absent)."""
     stored = stored_reply(txn, store.dbs, rid)
     if stored is not None:
         raise AlreadyDone(stored)
     ap = Applier(store, txn)
     ap.validate(reads)
     ap.apply(mutations)
+    if isinstance(result, dict) and ENTRY_SEQ in result and len(ap.entry_seqs) == 1:
+        result[ENTRY_SEQ] = ap.entry_seqs[0]
     if rid is not None:
         put_reply(txn, store.dbs, rid, True, result)
     return result

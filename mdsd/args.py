@@ -86,6 +86,17 @@ def session(args: dict) -> bytes | str | int:
     return value
 
 
+def lessee(args: dict) -> tuple[bytes | str | int | None, bool]:
+    """The optional ``lessee`` (the client's session, for mdsd.leases) and
+    whether it asks for a lease (``lease``)."""
+    if args.get("lessee") is None:
+        return None, False
+    wants = args.get("lease", False)
+    if not isinstance(wants, bool):
+        raise errors.BadRequest("argument 'lease' must be a boolean")
+    return session({"session": args["lessee"]}), wants
+
+
 def ino_list(args: dict, key: str = "inos", max_len: int = 1 << 16) -> list[int]:
     value = args.get(key)
     if not isinstance(value, list) or len(value) > max_len:

@@ -41,6 +41,7 @@ async def serve_shard(config, mds_id: int, data_dir: str, *, listen: str | None 
     if not 0 <= mds_id < config.nshards:
         raise ValueError(f"mds id {mds_id} not in 0..{config.nshards - 1}")
     store = await Store.open(data_dir)
+    store.leases.quiet()
     try:
         boot = await store.write(partial(next_boot, store.dbs))
         async with trio.open_nursery() as nursery:

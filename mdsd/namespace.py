@@ -120,7 +120,8 @@ class Namespace:
 
     def add_entry(self, tx, parent_ino, name, ino, type_bits, now):
         subdirs = 1 if type_bits == stat.S_IFDIR else 0
-        mutation = ["dirent_add", parent_ino, name, ino, type_bits, subdirs, now]
+        mutation = ["dirent_add", parent_ino, name, ino, type_bits, subdirs, now,
+                    tx.adder, tx.wants_lease]
         tx.mutate(self.entry_shard(parent_ino, name), mutation)
 
     def remove_entry(self, tx, parent_ino, name, type_bits, now):

@@ -10,6 +10,7 @@ import stat
 
 from loomproto import errors
 
+from . import apply
 from . import args as check
 from .attrs import build_attr
 from .namespace import new_inode, now_ns
@@ -37,9 +38,11 @@ async def _create(ns, args: dict, inode: dict):
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
+    adder, wants_lease = check.lessee(args)
     ino = await ns.inos.alloc()  # a retried request wastes one number: harmless
 
     async def body(tx):
+        tx.adder, tx.wants_lease = adder, wants_lease
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
         await ns.check_parent_alive(tx, parent, name)
@@ -48,7 +51,10 @@ async def _create(ns, args: dict, inode: dict):
             fresh["parent"] = parent
         ns.write_inode(tx, ino, fresh)
         ns.add_entry(tx, parent, name, ino, stat.S_IFMT(fresh["mode"]), fresh["ctime"])
-        return build_attr(ino, fresh)  # a new directory has no shares yet
+        attr = build_attr(ino, fresh)  # a new directory has no shares yet
+        if adder is not None:  # a client that keeps names (client.absent)
+            attr[apply.ENTRY_SEQ] = None  # filled in at commit (apply.commit_local)
+        return attr
 
     return await ns.engine.run(body, rid)
 
@@ -105,8 +111,10 @@ async def link(ns, args: dict) -> dict:
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
+    adder, _ = check.lessee(args)
 
     async def body(tx):
+        tx.adder = adder
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
         await ns.check_parent_alive(tx, parent, name)

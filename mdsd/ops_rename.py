@@ -57,8 +57,10 @@ async def rename(ns, args: dict) -> dict:
     dst_name = check.name(args, "new_name")
     flags = _flags(args)
     rid = check.rid(args)
+    adder, _ = check.lessee(args)
 
     async def body(tx):
+        tx.adder = adder  # its own lease does not hold this client's rename back
         src, dst = _Side(src_parent, src_name), _Side(dst_parent, dst_name)
         await src.load(ns, tx)
         if src.ino is None:

@@ -27,6 +27,7 @@ import trio
 from loomproto import errors
 
 from . import schema
+from .leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Store:
         self._check_format()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pauses: set[Pause] = set()
+        self.leases = Leases()  # used in the writer thread only (mdsd.apply)
         self.commit_seconds = 0.0   # wall time in batch commits (fsync included), for bench-meta
         self.commits = 0
         self._thread = threading.Thread(target=self._writer_loop, name="lmdb-writer",

@@ -72,6 +72,9 @@ class Txn:
         self.engine = engine
         self.reads: dict[tuple[int, schema.Key], bytes | None] = {}
         self.mutations: dict[int, list] = defaultdict(list)
+        # Who adds entries, and whether it asks for a lease (mdsd.leases).
+        self.adder = None
+        self.wants_lease = False
 
     async def read(self, shard: int, key: schema.Key) -> bytes | None:
         """Read a key; the commit fails with Conflict if it changed meanwhile."""

@@ -1,0 +1,130 @@
+"""Names this client knows are absent, so that a create's lookup needs no round trip.
+
+Before every create the kernel looks the new name up, and for a new name
+that costs a shard round trip which only says "no such entry".  This client
+answers such lookups itself where it knows the whole of a directory's share
+(the part of a directory on one shard, mdsd.schema ``dirstat``) and holds a
+lease on it, during which nobody else can add an entry there (mdsd.leases):
+
+- A directory this client made was empty on every shard when it was made.
+- A share hands each added entry the next number of its ``next_seq``, and a
+  create's reply carries ``[seq, lease]``: the number its entry took and the
+  lease (seconds) it got.  When that number follows the last one this client
+  knew of, nothing was added in between, and the share's names are still
+  exactly those known here (this client's creates, less what it removed).
+  A create asks for the lease only while that holds (`wants_lease`).
+- The lease counts from before the create was sent, so it ends here no
+  later than on the shard.  The answer goes to the kernel with an entry
+  timeout of 0: a name another client adds once the lease is over is seen at
+  the next lookup, as without this.
+
+Any other number, or a change of ours whose outcome is not known (an error, a
+rename or link, which carry no number back), and the share is forgotten:
+lookups there go to the shard again, as they do outside a lease.  Memory is
+bounded: MAX_DIRS directories of at most MAX_NAMES names per share.
+"""
+
+import math
+from collections import OrderedDict
+
+MAX_DIRS = 4096
+MAX_NAMES = 65_536
+
+
+class _Share:
+    __slots__ = ("next_seq", "names", "until")
+
+    def __init__(self):
+        self.next_seq = 1  # the seq the share hands out next (mdsd.schema: from 1)
+        self.names: set[bytes] = set()  # every name of the share, maybe more
+        self.until = -math.inf  # end of our lease, on the clock of `absent`
+
+
+class AbsentNames:
+    """Per directory and shard, what this client knows; see the module doc.
+    Times are on a monotonic clock in seconds (trio.current_time here)."""
+
+    def __init__(self, shard_of, nshards: int, enabled: bool = True):
+        self.enabled = enabled
+        self._shard_of = shard_of  # (parent, name) -> shard
+        self._nshards = nshards
+        self._dirs: OrderedDict[int, dict[int, _Share]] = OrderedDict()
+        self._busy: dict[int, int] = {}  # dir -> changes of ours on their way
+
+    def made_dir(self, ino: int) -> None:
+        """Our mkdir of `ino` succeeded: it was empty on every shard then."""
+        if not self.enabled:
+            return
+        self._dirs[ino] = {shard: _Share() for shard in range(self._nshards)}
+        self._dirs.move_to_end(ino)
+        if len(self._dirs) > MAX_DIRS:
+            self._dirs.popitem(last=False)
+
+    def _share(self, parent: int, name: bytes) -> _Share | None:
+        shares = self._dirs.get(parent)
+        return None if shares is None else shares.get(self._shard_of(parent, name))
+
+    def wants_lease(self, parent: int, name: bytes) -> bool:
+        """Whether a create of `name` should ask for a lease on its share."""
+        return self._share(parent, name) is not None
+
+    def absent(self, parent: int, name: bytes, now: float) -> bool:
+        """True if `name` is known absent from `parent` at `now`."""
+        if name in (b".", b"..") or self._busy.get(parent):
+            return False
+        share = self._share(parent, name)
+        return share is not None and now < share.until and name not in share.names
+
+    def changing(self, parent: int) -> "_Changing":
+        """Around a change of ours to `parent`: no answers from it meanwhile, and
+        it is forgotten if the change fails (the shard may still have made it)."""
+        return _Changing(self, parent)
+
+    def added(self, parent: int, name: bytes, entry_seq, sent_at: float) -> None:
+        """Our create of `name`, sent at `sent_at`, got `entry_seq` ([seq, lease])."""
+        shares = self._dirs.get(parent)
+        if shares is None:
+            return
+        shard = self._shard_of(parent, name)
+        share = shares.get(shard)
+        if share is None:
+            return
+        if (not isinstance(entry_seq, list) or len(entry_seq) != 2
+                or entry_seq[0] != share.next_seq or len(share.names) >= MAX_NAMES):
+            del shares[shard]  # someone else added to it, or it grew too big to keep
+            return
+        seq, lease = entry_seq
+        share.next_seq = seq + 1
+        share.names.add(name)
+        share.until = sent_at + lease
+        self._dirs.move_to_end(parent)
+
+    def removed(self, parent: int, name: bytes) -> None:
+        """Our unlink or rmdir of `name` succeeded (a removal takes no seq)."""
+        share = self._share(parent, name)
+        if share is not None:
+            share.names.discard(name)
+
+    def forget(self, *dirs: int) -> None:
+        for ino in dirs:
+            self._dirs.pop(ino, None)
+
+
+class _Changing:
+    def __init__(self, known: AbsentNames, parent: int):
+        self.known = known
+        self.parent = parent
+
+    def __enter__(self):
+        busy = self.known._busy
+        busy[self.parent] = busy.get(self.parent, 0) + 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        busy = self.known._busy
+        busy[self.parent] -= 1
+        if not busy[self.parent]:
+            del busy[self.parent]
+        if exc_type is not None:
+            self.known.forget(self.parent)
+        return False
