@@ -37,6 +37,7 @@ from loomproto.layout import Layout
 
 from .data import FileData
 from .dirnames import DirNames, drop_old_name
+from .meta import check_name
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class LoomOperations(pyfuse3.Operations):
                 del self._resizing[ino]
 
     async def lookup(self, parent_inode, name, ctx=None):
+        check_name(name)  # ENAMETOOLONG before any answer, as the shard gives it
         if self.meta.absent.absent(parent_inode, name, trio.current_time()):
             # Known absent under a lease (client.absent); the kernel keeps
             # no negative entry of it, so the lease's end takes effect at once.

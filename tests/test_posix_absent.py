@@ -3,6 +3,7 @@ it made, under a lease on each of its shares (client.absent, mdsd.leases), and
 a name another mount adds there is seen by the first at once after that
 mount's create returns, as without leases."""
 
+import errno
 import json
 import os
 import subprocess
@@ -29,6 +30,9 @@ def test_creates_in_a_directory_made_here_skip_the_shards_lookups(cluster, workd
     before = _lookups_served(cluster)
     for i in range(200):
         (fresh / f"f{i:03d}").write_bytes(b"")
+        with pytest.raises(OSError) as failed:  # too long: refused, not merely absent
+            os.stat(fresh / ("n" * 256))
+        assert failed.value.errno == errno.ENAMETOOLONG
     asked = _lookups_served(cluster) - before
     # One per new name without the leases; with them, about one per share (two).
     assert asked < 20, asked
