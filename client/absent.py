@@ -21,7 +21,8 @@ lease on it, during which nobody else can add an entry there (mdsd.leases):
 Any other number, or a change of ours whose outcome is not known (an error, a
 rename or link, which carry no number back), and the share is forgotten:
 lookups there go to the shard again, as they do outside a lease.  Memory is
-bounded: MAX_DIRS directories of at most MAX_NAMES names per share.
+bounded: at most MAX_DIRS directories, MAX_NAMES names in one share and
+MAX_NAMES_TOTAL names in all (the directories used longest ago go first).
 """
 
 import math
@@ -29,6 +30,7 @@ from collections import OrderedDict
 
 MAX_DIRS = 4096
 MAX_NAMES = 65_536
+MAX_NAMES_TOTAL = 131_072
 
 
 class _Share:
@@ -50,15 +52,16 @@ class AbsentNames:
         self._nshards = nshards
         self._dirs: OrderedDict[int, dict[int, _Share]] = OrderedDict()
         self._busy: dict[int, int] = {}  # dir -> changes of ours on their way
+        self._names = 0  # in all shares kept
 
     def made_dir(self, ino: int) -> None:
         """Our mkdir of `ino` succeeded: it was empty on every shard then."""
         if not self.enabled:
             return
+        self.forget(ino)
         self._dirs[ino] = {shard: _Share() for shard in range(self._nshards)}
-        self._dirs.move_to_end(ino)
         if len(self._dirs) > MAX_DIRS:
-            self._dirs.popitem(last=False)
+            self.forget(next(iter(self._dirs)))
 
     def _share(self, parent: int, name: bytes) -> _Share | None:
         shares = self._dirs.get(parent)
@@ -91,23 +94,31 @@ class AbsentNames:
             return
         if (not isinstance(entry_seq, list) or len(entry_seq) != 2
                 or entry_seq[0] != share.next_seq or len(share.names) >= MAX_NAMES):
-            del shares[shard]  # someone else added to it, or it grew too big to keep
+            self._names -= len(share.names)  # someone else added to it, or it is too big
+            del shares[shard]
             return
         seq, lease = entry_seq
         share.next_seq = seq + 1
-        share.names.add(name)
+        if name not in share.names:
+            share.names.add(name)
+            self._names += 1
         share.until = sent_at + lease
         self._dirs.move_to_end(parent)
+        while self._names > MAX_NAMES_TOTAL and len(self._dirs) > 1:
+            self.forget(next(iter(self._dirs)))
 
     def removed(self, parent: int, name: bytes) -> None:
         """Our unlink or rmdir of `name` succeeded (a removal takes no seq)."""
         share = self._share(parent, name)
-        if share is not None:
+        if share is not None and name in share.names:
             share.names.discard(name)
+            self._names -= 1
 
     def forget(self, *dirs: int) -> None:
         for ino in dirs:
-            self._dirs.pop(ino, None)
+            shares = self._dirs.pop(ino, None)
+            if shares is not None:
+                self._names -= sum(len(share.names) for share in shares.values())
 
 
 class _Changing:

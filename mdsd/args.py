@@ -86,15 +86,18 @@ def session(args: dict) -> bytes | str | int:
     return value
 
 
-def lessee(args: dict) -> tuple[bytes | str | int | None, bool]:
+def lessee(args: dict) -> tuple[bytes | None, bool]:
     """The optional ``lessee`` (the client's session, for mdsd.leases) and
     whether it asks for a lease (``lease``)."""
-    if args.get("lessee") is None:
-        return None, False
     wants = args.get("lease", False)
     if not isinstance(wants, bool):
         raise errors.BadRequest("argument 'lease' must be a boolean")
-    return session({"session": args["lessee"]}), wants
+    value = args.get("lessee")
+    if value is None:
+        return None, False
+    if not isinstance(value, bytes) or not 0 < len(value) <= 128:
+        raise errors.BadRequest("argument 'lessee' must be 1..128 bytes")
+    return value, wants
 
 
 def ino_list(args: dict, key: str = "inos", max_len: int = 1 << 16) -> list[int]:

@@ -120,3 +120,19 @@ def test_a_share_stops_being_kept_at_max_names(monkeypatch):
     known.added(5, b"0d", [4, 0.1], sent_at=10.0)
     assert not known.wants_lease(5, b"0x")
     assert MAX_NAMES > 1000
+
+
+def test_names_kept_in_all_shares_are_bounded(monkeypatch):
+    monkeypatch.setattr("client.absent.MAX_NAMES_TOTAL", 10)
+    known = _known(1)
+    for d in range(5):
+        known.made_dir(d)
+        for seq in range(1, 5):
+            known.added(d, b"0%d" % seq, [seq, 0.1], sent_at=10.0)
+    assert known._names <= 10
+    assert known.absent(4, b"0x", now=10.0)  # the newest directory is kept
+    assert not known.wants_lease(0, b"0x")  # the oldest went first
+    known.forget(4)
+    known.removed(3, b"01")
+    assert known._names == sum(len(s.names) for shares in known._dirs.values()
+                               for s in shares.values())

@@ -68,3 +68,15 @@ async def test_a_retried_create_replays_its_seq(mds):
     first = await mds.call_entry("mknod", d, name, lessee=A, lease=True, rid=rid, **FILE)
     second = await mds.call_entry("mknod", d, name, lessee=A, lease=True, rid=rid, **FILE)
     assert first["entry_seq"] == second["entry_seq"] == [1, LEASE]
+
+
+@pytest.mark.parametrize("bad", [{"lessee": "a-str"}, {"lessee": b""}, {"lessee": 7},
+                                 {"lessee": A, "lease": 1}, {"lease": "yes"}])
+async def test_malformed_lease_arguments_are_refused(mds, bad):
+    from loomproto import errors
+
+    d, (name,) = await _names(mds, ["bad"])
+    with pytest.raises(errors.BadRequest) as refused:
+        await mds.call_entry("mknod", d, name, **bad, **FILE)
+    assert ("lessee" if "lessee" in bad and "lease" not in bad else "lease") in str(refused.value)
+    assert (await mds.create(d, name))["nlink"] == 1  # the shard still serves
