@@ -12,7 +12,8 @@ itself, for LEASE seconds counted from before it sent the create.
 - A client asks for the lease only while it still knows the share's names;
   an entry from anyone else that had to wait marks the share contended for
   CONTENDED seconds, with no leases granted there meanwhile, so the one that
-  waited gets in once the current lease ends (at most LEASE plus one retry).
+  waited gets in once the current lease ends: its Conflict carries
+  ``retry_after``, the time left, and mdsd.txn retries then, not later.
 - Leases live in memory only.  For LEASE seconds after a shard starts
   serving (`quiet`), no entry is added at all (`Conflict` again): a lease a
   previous run of this shard granted is over by then.
@@ -45,7 +46,8 @@ class Leases:
         shard's share of `dir_ino`: Conflict while someone else's lease holds."""
         now = self._clock()
         if now < self._quiet_until:
-            raise errors.Conflict("shard just started: leases of its last run may hold")
+            raise _held_back("shard just started: leases of its last run may hold",
+                             self._quiet_until - now)
         held = self._held.get(dir_ino)
         if held is None or held[0] == adder:
             return
@@ -53,7 +55,8 @@ class Leases:
             self._contended[dir_ino] = now + CONTENDED
             if len(self._contended) > SWEEP_AT:
                 self._sweep(now)
-            raise errors.Conflict(f"share of directory {dir_ino} is leased to another client")
+            raise _held_back(f"share of directory {dir_ino} is leased to another client",
+                             held[1] - now)
         del self._held[dir_ino]
 
     def grant(self, dir_ino: int, adder: bytes | None) -> float:
@@ -70,3 +73,10 @@ class Leases:
     def _sweep(self, now: float) -> None:
         self._held = {d: h for d, h in self._held.items() if h[1] > now}
         self._contended = {d: end for d, end in self._contended.items() if end > now}
+
+
+def _held_back(message: str, seconds: float) -> errors.Conflict:
+    """A Conflict that mdsd.txn retries once `retry_after` seconds have passed."""
+    exc = errors.Conflict(message)
+    exc.retry_after = seconds
+    return exc

@@ -139,11 +139,14 @@ class TxnEngine:
         delay = 0.002
         while True:
             tx = Txn(self)
+            pause = None
             try:
                 result = await body(tx)
                 return await self._commit(tx, result, rid)
             except errors.Conflict as exc:
-                if trio.current_time() + delay > deadline:
+                # A lease that holds entries back says when it ends (mdsd.leases).
+                pause = getattr(exc, "retry_after", None)
+                if trio.current_time() + (pause or delay) > deadline:
                     log.warning("transaction gave up after %.1fs: %s",
                                 trio.current_time() - started, exc.message)
                     raise errors.TryAgain(f"transaction kept conflicting: {exc.message}") from None
@@ -159,6 +162,9 @@ class TxnEngine:
                 if stored is not None:
                     return _replay(stored)
                 raise
+            if pause is not None:
+                await trio.sleep(pause + 0.001)  # just past the lease's end
+                continue
             await trio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.25)
 
