@@ -21,14 +21,16 @@ lease on it, during which nobody else can add an entry there (mdsd.leases):
 Any other number, or a change of ours whose outcome is not known (an error, a
 rename or link, which carry no number back), and the share is forgotten:
 lookups there go to the shard again, as they do outside a lease.  Memory is
-bounded: at most MAX_DIRS directories, MAX_NAMES names in one share and
-MAX_NAMES_TOTAL names in all (the directories used longest ago go first).
+bounded: at most MAX_DIRS directories and MAX_SHARES shares, MAX_NAMES names in
+one share and MAX_NAMES_TOTAL names in all (the directories used longest ago go
+first; past that, the share that grew too big).
 """
 
 import math
 from collections import OrderedDict
 
 MAX_DIRS = 4096
+MAX_SHARES = 16_384
 MAX_NAMES = 65_536
 MAX_NAMES_TOTAL = 131_072
 
@@ -60,7 +62,8 @@ class AbsentNames:
             return
         self.forget(ino)
         self._dirs[ino] = {shard: _Share() for shard in range(self._nshards)}
-        if len(self._dirs) > MAX_DIRS:
+        while len(self._dirs) > 1 and (len(self._dirs) > MAX_DIRS
+                                       or len(self._dirs) * self._nshards > MAX_SHARES):
             self.forget(next(iter(self._dirs)))
 
     def _share(self, parent: int, name: bytes) -> _Share | None:
@@ -106,6 +109,9 @@ class AbsentNames:
         self._dirs.move_to_end(parent)
         while self._names > MAX_NAMES_TOTAL and len(self._dirs) > 1:
             self.forget(next(iter(self._dirs)))
+        if self._names > MAX_NAMES_TOTAL:  # one directory holds them all
+            self._names -= len(share.names)
+            del shares[shard]
 
     def removed(self, parent: int, name: bytes) -> None:
         """Our unlink or rmdir of `name` succeeded (a removal takes no seq)."""

@@ -136,3 +136,11 @@ def test_names_kept_in_all_shares_are_bounded(monkeypatch):
     known.removed(3, b"01")
     assert known._names == sum(len(s.names) for shares in known._dirs.values()
                                for s in shares.values())
+
+
+def test_shares_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr("client.absent.MAX_SHARES", 8)
+    known = AbsentNames(lambda parent, name: int(name[:1]), 4)
+    for d in range(5):
+        known.made_dir(d)
+    assert list(known._dirs) == [3, 4]  # 2 directories x 4 shards

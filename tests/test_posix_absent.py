@@ -4,11 +4,15 @@ a name another mount adds there is seen by the first at once after that
 mount's create returns, as without leases."""
 
 import errno
+import itertools
 import json
 import os
 import subprocess
 
 import pytest
+
+from loomproto import config as cluster_config
+from loomproto.layout import shard_of_dentry
 
 pytestmark = pytest.mark.mount
 
@@ -39,24 +43,35 @@ def test_creates_in_a_directory_made_here_skip_the_shards_lookups(cluster, workd
     assert sorted(os.listdir(fresh)) == [f"f{i:03d}" for i in range(200)]
 
 
+def _on_share_of(directory, name, count, cluster):
+    """`count` names that live on the same shard as `name` in `directory`."""
+    nshards = cluster_config.load(str(cluster.config)).nshards
+    ino = os.stat(directory).st_ino
+    target = shard_of_dentry(ino, name.encode(), nshards)
+    names = (f"mine{i}" for i in itertools.count())
+    return list(itertools.islice(
+        (n for n in names if shard_of_dentry(ino, n.encode(), nshards) == target), count))
+
+
 def test_a_name_another_mount_added_is_seen_at_once(cluster, workdir, second_client):
     for i in range(6):
         here = workdir / f"d{i}"
         here.mkdir()
-        for j in range(8):  # leases on both shares of the directory, most likely
-            (here / f"mine{j}").write_bytes(b"")
+        for mine in _on_share_of(here, "theirs", 3, cluster):  # a lease on its share
+            (here / mine).write_bytes(b"")
         # Held back on its shard until this mount's lease there has ended...
         (second_client / workdir.name / f"d{i}" / "theirs").write_bytes(b"x")
         # ...so this mount asks the shard again and finds it.
         assert (here / "theirs").read_bytes() == b"x"
-        assert (here / f"theirs-{i}").exists() is False
 
 
 def test_o_excl_create_of_a_name_another_mount_made_fails(cluster, workdir, second_client):
     here = workdir / "excl"
     here.mkdir()
-    (here / "mine").write_bytes(b"")
+    for mine in _on_share_of(here, "taken", 3, cluster):
+        (here / mine).write_bytes(b"")
     (second_client / workdir.name / "excl" / "taken").write_bytes(b"theirs")
+    assert os.path.exists(here / "taken")  # the lookup, not only the create, finds it
     with pytest.raises(FileExistsError):
         os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     with open(here / "taken", "ab") as fp:  # O_CREAT without O_EXCL opens theirs
