@@ -242,7 +242,13 @@ async def _status(cluster, args) -> int:
               f"{_size(o['used'])} used of {_size(o['capacity'])}  host {o['host']}  "
               f"degraded {st.get('degraded', 0)} recovering {st.get('recovering', 0)} "
               f"recovered {st.get('recovered', 0)}")
-    state = "HEALTHY" if recovery["healthy"] else "DEGRADED"
+    if recovery["healthy"]:
+        state = "HEALTHY"
+    elif recovery["scanning"] and not (recovery["down_in"] or recovery["degraded"]
+                                       or recovery["recovering"] or recovery["misplaced"]):
+        state = "CHECKING"  # nothing known wrong: OSDs have yet to scan at this map epoch
+    else:
+        state = "DEGRADED"
     print(f"data: {state}: {recovery['degraded']} degraded, {recovery['recovering']} "
           f"recovering, {recovery['misplaced']} misplaced chunks; {recovery['recovered']} "
           f"copies recovered, {recovery['repaired']} repaired"
