@@ -48,8 +48,7 @@ class AbsentNames:
     """Per directory and shard, what this client knows; see the module doc.
     Times are on a monotonic clock in seconds (trio.current_time here)."""
 
-    def __init__(self, shard_of, nshards: int, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, shard_of, nshards: int):
         self._shard_of = shard_of  # (parent, name) -> shard
         self._nshards = nshards
         self._dirs: OrderedDict[int, dict[int, _Share]] = OrderedDict()
@@ -58,8 +57,6 @@ class AbsentNames:
 
     def made_dir(self, ino: int) -> None:
         """Our mkdir of `ino` succeeded: it was empty on every shard then."""
-        if not self.enabled:
-            return
         self.forget(ino)
         self._dirs[ino] = {shard: _Share() for shard in range(self._nshards)}
         while len(self._dirs) > 1 and (len(self._dirs) > MAX_DIRS
