@@ -29,7 +29,8 @@ async def test_failed_prefetch_costs_the_first_read_one_io_timeout(nursery, auto
     async def unreachable(fd, chunk_index, offset, length):
         # What DataPath._fetch does when no replica answers: retry until io_timeout.
         fetches.append(trio.current_time())
-        await trio.sleep(IO_TIMEOUT)  # stands for the unreachable OSDs (virtual clock)
+        with trio.move_on_after(IO_TIMEOUT):  # virtual clock
+            await trio.Event().wait()  # an answer no replica will give
         raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered")
 
     data._fetch = unreachable

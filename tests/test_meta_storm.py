@@ -77,14 +77,26 @@ def kill_until_done(live, rng, workers) -> list:
     kills = []
     deadline = time.monotonic() + SECONDS + CALL_BOUND + 30
     while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        # Pacing of the fault injection (not synchronisation): a kill every 0.5-2 s.
-        time.sleep(rng.uniform(0.5, 2.0))  # fault pacing, not a wait
+        # A kill every 0.5-2 s, and down for up to 0.8 s, unless the workers end first.
+        if workers_done(workers, rng.uniform(0.5, 2.0)):
+            break
         node = f"mds{rng.randrange(SHARDS)}"
         live.run("kill", node)
-        time.sleep(rng.uniform(0.0, 0.8))  # pacing too: how long the node stays down
-        live.run("start", node)
+        workers_done(workers, rng.uniform(0.0, 0.8))
+        live.run("start", node)  # restarted also when the workers just ended
         kills.append(node)
     return kills
+
+
+def workers_done(workers, seconds: float) -> bool:
+    """Wait up to `seconds` for the first running worker to exit; True if all have."""
+    running = [w for w in workers if w.poll() is None]
+    if running:
+        try:
+            running[0].wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+    return all(w.poll() is not None for w in workers)
 
 
 def reports_of(workers) -> list[dict]:

@@ -28,8 +28,9 @@ sys.exit(3)
 @pytest.fixture
 def state(tmp_path):
     busy = subprocess.Popen([sys.executable, "-c", BURN])
-    # A node that does nothing until the fixture kills it (a stand-in, not a wait).
-    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # A node that does nothing: it blocks reading its stdin until the fixture ends it.
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
     nodes = {"osd0": {"kind": "osd", "pid": busy.pid}, "client0": {"kind": "client",
                                                                    "pid": idle.pid}}
     (tmp_path / "nodes.json").write_text(json.dumps({"nodes": nodes}))
@@ -49,7 +50,7 @@ def test_counts_each_node_per_unit_and_passes_on_the_exit_status(state):
     figures = json.loads(result.stdout)
     assert figures["ms_per_unit"]["osd"] >= 30  # at least 300 ms over 10 units
     assert figures["osds"] == {"osd0": figures["ms_per_unit"]["osd"]}
-    assert figures["ms_per_unit"]["client"] < 5  # the sleeping node, not the command
+    assert figures["ms_per_unit"]["client"] < 5  # the idle node, not the command
     assert 0 < figures["machine_busy"] <= 1
 
 

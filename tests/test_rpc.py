@@ -22,10 +22,6 @@ class EchoService:
     async def rpc_crash(self, args, payload, peer):
         raise RuntimeError("bug")
 
-    async def rpc_slow(self, args, payload, peer):
-        await trio.sleep(args["seconds"])  # a slow server operation, not a wait in a test
-        return "done"
-
 
 @pytest.fixture
 async def server(nursery):
