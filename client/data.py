@@ -27,9 +27,11 @@ that hangs without closing its connections (stopped, stuck on its disk) would
 otherwise hold the request for the whole `io_timeout`; then the file's next
 flush/fsync fails with EIO and the log names the chunk and its OSDs.  Reads
 try every replica (up ones first) and go round again after a map change,
-until `io_timeout`.  A write is acknowledged once every up replica holds it;
-`sync` (fsync) returns once every up replica that took a write of the file has
-fsynced it.
+until `io_timeout`.  A read of a chunk whose last read gave up less than
+GAVE_UP_FOR ago, with no map change since, tries for QUICK_RETRY only: the
+kernel's retry of a failed read-ahead would otherwise double the wait for EIO.
+A write is acknowledged once every up replica holds it; `sync` (fsync)
+returns once every up replica that took a write of the file has fsynced it.
 
 Limitations:
 - A write of a chunk whose OSDs are all down fails after `io_timeout`; the
@@ -51,6 +53,13 @@ log = logging.getLogger(__name__)
 SMALL_READ = 64 << 10  # reads below this that jump around fetch just their range
 READ_CACHE_STRIPES = 4
 READ_REORDER = 16  # requests of one size the kernel may have in flight out of order
+# A chunk that no replica served within io_timeout is tried for only
+# QUICK_RETRY seconds by the reads in the next GAVE_UP_FOR seconds, while the
+# map stays the same: the kernel retries a failed read-ahead with a read of the
+# one page asked for, which would otherwise wait io_timeout again.
+GAVE_UP_FOR = 5.0
+QUICK_RETRY = 1.0
+GAVE_UP_MAX = 1024
 
 
 class ChunkBuffer:
@@ -161,6 +170,8 @@ class DataPath:
         self.io_timeout = io_timeout
         self._slots = trio.Semaphore(max_in_flight)
         self._orders: OrderedDict[tuple, list[int]] = OrderedDict()
+        # (ino, chunk index) -> (map epoch, until) of reads that gave up
+        self._gave_up: OrderedDict[tuple, tuple] = OrderedDict()
 
     # -- placement --------------------------------------------------------
 
@@ -511,7 +522,8 @@ class DataPath:
             done.set()
 
     async def _fetch(self, fd, chunk_index, offset, length) -> bytes:
-        deadline = trio.current_time() + self.io_timeout
+        quick = self._gave_up_lately(fd.ino, chunk_index)
+        deadline = trio.current_time() + (QUICK_RETRY if quick else self.io_timeout)
         while True:
             failures = []
             no_good_copy = 0  # replicas that answered with a corrupt copy or none at all
@@ -549,10 +561,32 @@ class DataPath:
             if trio.current_time() >= deadline:
                 break
             await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
+        message = (f"no replica of ino {fd.ino} chunk {chunk_index} answered: "
+                   + "; ".join(failures))
+        if quick:
+            log.error("read of ino %d chunk %d: still no replica answers (osds %s)",
+                      fd.ino, chunk_index, replicas)
+            raise errors.IOFailure(message)
         log.error("read of ino %d chunk %d: no replica answered within %gs (osds %s)",
                   fd.ino, chunk_index, self.io_timeout, replicas)
-        raise errors.IOFailure(f"no replica of ino {fd.ino} chunk {chunk_index} answered: "
-                               + "; ".join(failures))
+        key = (fd.ino, chunk_index)
+        self._gave_up[key] = (self.cluster.map.epoch, trio.current_time() + GAVE_UP_FOR)
+        self._gave_up.move_to_end(key)
+        while len(self._gave_up) > GAVE_UP_MAX:
+            self._gave_up.popitem(last=False)
+        raise errors.IOFailure(message)
+
+    def _gave_up_lately(self, ino: int, chunk_index: int) -> bool:
+        """Whether a read of this chunk waited io_timeout in vain less than
+        GAVE_UP_FOR ago, and the map has not changed since."""
+        gave_up = self._gave_up.get((ino, chunk_index))
+        if gave_up is None:
+            return False
+        epoch, until = gave_up
+        if epoch == self.cluster.map.epoch and trio.current_time() < until:
+            return True
+        del self._gave_up[(ino, chunk_index)]
+        return False
 
     async def _was_written(self, fd, chunk_index) -> bool:
         """Whether the file's record (`loomproto.chunkset`) says this chunk was written,
