@@ -175,6 +175,10 @@ class ChunkStore:
         else:
             return None
 
+        return self._adopt(key, fd, header, path)
+
+    def _adopt(self, key: tuple, fd: int, header, path: str) -> _Handle:
+        """Keep a chunk's fd that an I/O thread opened (the caller holds its lock)."""
         handle = self._handles[key] = _Handle(fd, header, path)
         self._evict()
         return handle
@@ -182,6 +186,8 @@ class ChunkStore:
     def _evict(self) -> None:
         """Close least recently used fds of unlocked chunks down to `max_open`."""
         excess = len(self._handles) - self.max_open
+        if excess <= 0:
+            return
         for key in list(self._handles):
             if excess <= 0:
                 break
@@ -198,11 +204,21 @@ class ChunkStore:
 
     async def read(self, ino: int, chunk_index: int, offset: int, length: int):
         """``(data, version)`` of a byte range; ``(b"", 0)`` if the chunk is absent."""
-        async with self._locks.hold((ino, chunk_index)):
-            handle = await self._handle(ino, chunk_index, create=False)
-            if handle is None:
-                return b"", 0
+        key = (ino, chunk_index)
+        async with self._locks.hold(key):
             where = _where(ino, chunk_index)
+            handle = self._handles.get(key)
+            if handle is None:
+                if self.meta(ino, chunk_index) is None:
+                    return b"", 0
+                # Opened and read in one trip to an I/O thread: a cold small
+                # file's read would otherwise take two.
+                path = self.chunk_path(ino, chunk_index)
+                fd, header, data = await self._io(path, _open_and_read, path, offset, length,
+                                                  where)
+                self._adopt(key, fd, header, path)
+                return data, header.version
+            self._handles.move_to_end(key)
             data = None
             if length <= CACHED_READ_MAX:
                 data = self._read_cached(handle, offset, length, where)
@@ -412,6 +428,16 @@ def _open_chunk(path: str, where: str):
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         return fd, chunkfile.load(fd, where)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_and_read(path: str, offset: int, length: int, where: str):
+    """``(fd, header, data)``: a chunk opened and `length` bytes read at `offset`."""
+    fd, header = _open_chunk(path, where)
+    try:
+        return fd, header, chunkfile.read(fd, header, offset, length, where)
     except BaseException:
         os.close(fd)
         raise

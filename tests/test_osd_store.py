@@ -1,5 +1,6 @@
-"""osd.store.ChunkStore on its own: which reads skip the hop to an I/O thread, which
-writes start their disk writes at once."""
+"""osd.store.ChunkStore on its own: which reads skip the hop to an I/O thread, how
+many hops a read of a chunk that is not open takes, which writes start their disk
+writes at once."""
 
 import os
 
@@ -50,6 +51,49 @@ async def test_small_read_needing_the_disk_goes_to_the_io_thread(store, monkeypa
 
     assert await store.read(5, 0, 70_000, 4096) == (data[70_000:74_096], 1)
     assert threaded == [(70_000, 4096)]
+
+
+def _count_hops(monkeypatch, store):
+    hops = []
+    real = store._io
+
+    async def counted(path, fn, *args):
+        hops.append(fn.__name__)
+        return await real(path, fn, *args)
+
+    monkeypatch.setattr(store, "_io", counted)
+    return hops
+
+
+async def test_a_chunk_not_open_is_opened_and_read_in_one_hop(store, monkeypatch):
+    data = os.urandom(128 << 10)
+    await store.write(5, 0, 0, data)
+    store._drop_handle((5, 0))  # as after a restart, or once the LRU closed it
+    hops = _count_hops(monkeypatch, store)
+
+    assert await store.read(5, 0, 0, len(data)) == (data, 1)
+    assert hops == ["_open_and_read"]
+    assert await store.read(5, 0, 1000, 4096) == (data[1000:5096], 1)  # now open, cached
+    assert hops == ["_open_and_read"]
+    assert await store.read(6, 0, 0, 4096) == (b"", 0)  # absent: no hop at all
+    assert hops == ["_open_and_read"]
+
+
+async def test_a_failed_open_and_read_keeps_no_fd(store, monkeypatch):
+    await store.write(5, 0, 0, os.urandom(100_000))
+    store._drop_handle((5, 0))
+    fd = os.open(store.chunk_path(5, 0), os.O_RDWR)
+    try:
+        where = chunkfile.HEADER_SIZE + 70_000
+        os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 0xFF]), where)
+    finally:
+        os.close(fd)
+    before = set(os.listdir("/proc/self/fd"))
+
+    with pytest.raises(errors.Corrupt, match="block 1"):
+        await store.read(5, 0, 69_000, 4096)
+    assert (5, 0) not in store._handles
+    assert set(os.listdir("/proc/self/fd")) <= before
 
 
 async def test_cached_read_of_a_corrupt_block_is_corrupt(store):
