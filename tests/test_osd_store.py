@@ -79,15 +79,19 @@ async def test_a_chunk_not_open_is_opened_and_read_in_one_hop(store, monkeypatch
     assert hops == ["_open_and_read"]
 
 
-async def test_a_failed_open_and_read_keeps_no_fd(store, monkeypatch):
-    await store.write(5, 0, 0, os.urandom(100_000))
-    store._drop_handle((5, 0))
-    fd = os.open(store.chunk_path(5, 0), os.O_RDWR)
+def _flip_a_byte_of_block_1(path):
+    fd = os.open(path, os.O_RDWR)
     try:
         where = chunkfile.HEADER_SIZE + 70_000
         os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 0xFF]), where)
     finally:
         os.close(fd)
+
+
+async def test_a_failed_open_and_read_keeps_no_fd(store):
+    await store.write(5, 0, 0, os.urandom(100_000))
+    store._drop_handle((5, 0))
+    _flip_a_byte_of_block_1(store.chunk_path(5, 0))
     before = set(os.listdir("/proc/self/fd"))
 
     with pytest.raises(errors.Corrupt, match="block 1"):
@@ -98,12 +102,7 @@ async def test_a_failed_open_and_read_keeps_no_fd(store, monkeypatch):
 
 async def test_cached_read_of_a_corrupt_block_is_corrupt(store):
     await store.write(5, 0, 0, os.urandom(100_000))
-    fd = os.open(store.chunk_path(5, 0), os.O_RDWR)
-    try:
-        where = chunkfile.HEADER_SIZE + 70_000
-        os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 0xFF]), where)
-    finally:
-        os.close(fd)
+    _flip_a_byte_of_block_1(store.chunk_path(5, 0))
 
     with pytest.raises(errors.Corrupt, match="block 1"):
         await store.read(5, 0, 69_000, 4096)
