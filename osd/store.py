@@ -188,12 +188,14 @@ class ChunkStore:
         excess = len(self._handles) - self.max_open
         if excess <= 0:
             return
-        for key in list(self._handles):
-            if excess <= 0:
-                break
+        victims = []
+        for key in self._handles:  # oldest first; stops at the first few unlocked
             if not self._locks.busy(key):
-                os.close(self._handles.pop(key).fd)
-                excess -= 1
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            os.close(self._handles.pop(key).fd)
 
     def _drop_handle(self, key: tuple) -> None:
         handle = self._handles.pop(key, None)
