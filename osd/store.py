@@ -254,12 +254,21 @@ class ChunkStore:
             if offset == 0 and self.meta(ino, chunk_index) is None:
                 return await self._write_new(ino, chunk_index, data, version or 1)
 
-            handle = await self._handle(ino, chunk_index, create=True)
-            if version is None:
-                version = handle.header.version + 1
+            key = (ino, chunk_index)
             where = _where(ino, chunk_index)
-            header = await self._io(handle.path, _write_chunk, handle.fd, handle.header,
-                                    offset, data, version, where)
+            handle = self._handles.get(key)
+            if handle is None and self.meta(ino, chunk_index) is not None:
+                # Opened and written in one trip to an I/O thread, as reads are.
+                path = self.chunk_path(ino, chunk_index)
+                fd, header = await self._io(path, _open_and_write, path, offset, data,
+                                            version, where)
+                handle = self._adopt(key, fd, header, path)
+            else:
+                handle = await self._handle(ino, chunk_index, create=True)
+                if version is None:
+                    version = handle.header.version + 1
+                header = await self._io(handle.path, _write_chunk, handle.fd, handle.header,
+                                        offset, data, version, where)
 
             # No checkpoint from here on: the index follows the disk at once.
             handle.header = header
@@ -440,6 +449,19 @@ def _open_and_read(path: str, offset: int, length: int, where: str):
     fd, header = _open_chunk(path, where)
     try:
         return fd, header, chunkfile.read(fd, header, offset, length, where)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_and_write(path: str, offset: int, data, version: int | None, where: str):
+    """``(fd, header)``: a chunk opened and written (at its next version unless
+    `version` is given)."""
+    fd, header = _open_chunk(path, where)
+    try:
+        if version is None:
+            version = header.version + 1
+        return fd, _write_chunk(fd, header, offset, data, version, where)
     except BaseException:
         os.close(fd)
         raise

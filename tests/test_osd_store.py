@@ -88,6 +88,20 @@ def _flip_a_byte_of_block_1(path):
         os.close(fd)
 
 
+async def test_a_chunk_not_open_is_opened_and_written_in_one_hop(store, monkeypatch):
+    await store.write(5, 0, 0, b"a" * 1000)
+    store._drop_handle((5, 0))
+    hops = _count_hops(monkeypatch, store)
+
+    assert await store.write(5, 0, 1000, b"b" * 1000) == 2  # the next version
+    assert hops == ["_open_and_write"]
+    assert await store.write(5, 0, 2000, b"c" * 1000, version=7) == 7  # as a replica
+    assert hops == ["_open_and_write", "_write_chunk"]  # open now: one hop, no open
+    store._drop_handle((5, 0))
+    assert await store.read(5, 0, 0, 3000) == (b"a" * 1000 + b"b" * 1000 + b"c" * 1000, 7)
+    assert store.meta(5, 0).version == 7
+
+
 async def test_a_failed_open_and_read_keeps_no_fd(store):
     await store.write(5, 0, 0, os.urandom(100_000))
     store._drop_handle((5, 0))
