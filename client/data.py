@@ -609,29 +609,63 @@ class DataPath:
         await self.drain(fd)
         fd.read_cache.clear()
         fd.generation += 1
-        async with trio.open_nursery() as nursery:
-            for osd_id in self.cluster.in_osds():
-                if self.cluster.map.is_up(osd_id):
-                    nursery.start_soon(self._truncate_one, osd_id, fd.ino, size,
-                                       fd.layout.unit)
+        args = {"ino": fd.ino, "size": size, "unit": fd.layout.unit}
+        went_down = await self._truncate_round(args)
+        for _ in range(len(self.cluster.in_osds())):
+            if not went_down:
+                break
+            # They died before they cut, while the others still counted them up, so
+            # nothing recorded the cut as missed by them: asked again with `again`,
+            # the OSDs that are up record it now (osd.missed, osd.recovery).
+            log.warning("truncate of ino %d: osds %s went down before they answered; "
+                        "asking the others again", fd.ino, went_down)
+            went_down = await self._truncate_round(dict(args, again=True))
         fd.size = size
         fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
 
-    async def _truncate_one(self, osd_id, ino, size, unit):
-        # Not given up when the map marks the OSD down meanwhile (see _call_osd):
-        # the others cut without recording that it missed the cut, which only an
-        # OSD that knew it down at the time does (osd.recovery.record_truncate).
-        # A hung OSD therefore holds a truncate for up to io_timeout.
-        try:
-            with trio.fail_after(self.io_timeout):
-                await self.cluster.osd(osd_id).call(
-                    "truncate_file", {"ino": ino, "size": size, "unit": unit,
-                                      "epoch": self.cluster.map.epoch})
-        except trio.TooSlowError:
-            log.error("truncate of ino %d on osd %d: no answer within %gs", ino, osd_id,
-                      self.io_timeout)
-            raise errors.IOFailure(f"truncate of ino {ino} on osd {osd_id}: no answer "
-                                   f"within {self.io_timeout:g}s") from None
+    async def _truncate_round(self, args: dict) -> list[int]:
+        """truncate_file on every up OSD at once; returns those that the map marked
+        down before they answered.  Every call runs to its end before a failure is
+        raised: one failing must not cancel the cuts of the others halfway."""
+        went_down, failures = [], []
+
+        async def one(osd_id):
+            try:
+                if not await self._truncate_one(osd_id, args):
+                    went_down.append(osd_id)
+            except errors.LoomError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for osd_id in self.cluster.in_osds():
+                if self.cluster.map.is_up(osd_id):
+                    nursery.start_soon(one, osd_id)
+        if failures:
+            raise failures[0]
+        return sorted(went_down)
+
+    async def _truncate_one(self, osd_id: int, args: dict) -> bool:
+        """True once `osd_id` cut; False when the map marks it down first (its
+        recovery pass brings it the cut when it returns).  Transport errors are
+        retried after a newer map, until `io_timeout`."""
+        deadline = trio.current_time() + self.io_timeout
+        while True:
+            try:
+                await self._call_osd(osd_id, "truncate_file",
+                                     dict(args, epoch=self.cluster.map.epoch), deadline=deadline)
+                return True
+            except (errors.TransportError, errors.StaleMap, errors.TryAgain,
+                    trio.TooSlowError) as exc:
+                if not self.cluster.map.is_up(osd_id):
+                    return False
+                if trio.current_time() >= deadline:
+                    log.error("truncate of ino %d on osd %d: no answer within %gs: %s",
+                              args["ino"], osd_id, self.io_timeout, exc or "timeout")
+                    raise errors.IOFailure(f"truncate of ino {args['ino']} on osd {osd_id}: "
+                                           f"no answer within {self.io_timeout:g}s") from None
+                log.debug("truncate of ino %d on osd %d: %s; retrying", args["ino"], osd_id,
+                          exc or "timeout")
+                await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))
 
 
 def _pad(data: bytes, length: int) -> bytes:

@@ -121,12 +121,18 @@ class OsdService:
         size = validate.integer(args, "size")
         unit = validate.unit(args)
         epoch = validate.integer(args, "epoch", default=0)
+        # `again`: the client's second round, after an OSD went down before it
+        # answered the first; chunks this OSD cut in the first round are recorded
+        # as missed by that OSD now (osd.missed), which the first round could not do
+        # while it still counted that OSD up.
+        again = validate.flag(args, "again")
 
-        log.debug("truncate ino %d to %d (unit %d)", ino, size, unit)
+        log.debug("truncate ino %d to %d (unit %d)%s", ino, size, unit,
+                  " again" if again else "")
         # The client saw the members it skipped down: know that too, so that the
         # cut is recorded as missed by them (osd.missed).
         await self.replicator.catch_up_map(epoch)
-        cut = await self.store.truncate_file(ino, size, unit)
+        cut = await self.store.truncate_file(ino, size, unit, every=again)
         if self.recovery is not None:
             await self.recovery.record_truncate(ino, cut)
         return {}

@@ -341,9 +341,11 @@ class ChunkStore:
             return False
         return True
 
-    async def truncate_file(self, ino: int, size: int, unit: int) -> dict[int, int]:
+    async def truncate_file(self, ino: int, size: int, unit: int,
+                            every: bool = False) -> dict[int, int]:
         """Cut every chunk to what lies below `size`; idempotent.  Returns
-        ``{chunk_index: new version}`` of the chunks this call cut.
+        ``{chunk_index: new version}`` of the chunks this call cut, and with
+        `every` of every chunk at or past `size` (cut now or before).
 
         A chunk wholly past `size` is cut to nothing, not removed: the empty
         copy keeps its version, one higher than before the cut.  A replica
@@ -357,6 +359,9 @@ class ChunkStore:
             start = chunk_index * unit
             if start + unit > size:
                 version = await self._cut_chunk(ino, chunk_index, max(0, size - start))
+                if version is None and every:
+                    meta = self.meta(ino, chunk_index)
+                    version = None if meta is None else meta.version
                 if version is not None:
                     cut[chunk_index] = version
         return cut

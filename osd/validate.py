@@ -20,6 +20,14 @@ def integer(args: dict, name: str, low: int = 0, high: int = MAX_U63, default=No
     return value
 
 
+def flag(args: dict, name: str) -> bool:
+    """An optional boolean argument, false when absent."""
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise errors.BadRequest(f"argument {name!r} is not a boolean: {value!r:.40}")
+    return value
+
+
 def ino(args: dict) -> int:
     return integer(args, "ino", low=1)
 

@@ -324,6 +324,7 @@ async def test_sync_file_fsyncs_written_chunks_and_new_dirs(rig, monkeypatch):
     ("replicate", {"ino": 1, "chunk": 0, "offset": 0, "version": 0}),
     ("truncate_file", {"ino": 1, "size": 0, "unit": 100_000}),
     ("truncate_file", {"ino": 1, "size": -5, "unit": UNIT}),
+    ("truncate_file", {"ino": 1, "size": 0, "unit": UNIT, "again": 1}),
     ("delete_file", {}),
     ("delete_file", {"inos": [1, 0]}),
     ("delete_file", {"inos": list(range(1, 2000))}),

@@ -155,3 +155,15 @@ def test_start_writeback_calls_the_kernel_only_for_large_writes(tmp_path, monkey
         assert calls == [(fd, 8192, writeback.MIN_BYTES, writeback._SYNC_FILE_RANGE_WRITE)]
     finally:
         os.close(fd)
+
+
+async def test_truncate_again_names_the_chunks_cut_before(store):
+    unit = 1 << 20
+    for chunk in range(3):
+        await store.write(5, chunk, 0, bytes([chunk + 1]) * 1000)
+    assert await store.truncate_file(5, unit + 10, unit) == {1: 2, 2: 2}
+    assert await store.truncate_file(5, unit + 10, unit) == {}  # nothing left to cut
+    # The client's second round (osd.service, `again`): every chunk at or past the
+    # size, cut now or before, with its version, for the missed-write record.
+    assert await store.truncate_file(5, unit + 10, unit, every=True) == {1: 2, 2: 2}
+    assert await store.truncate_file(5, 0, unit, every=True) == {0: 2, 1: 3, 2: 2}

@@ -90,7 +90,7 @@ def _read(path):
 
 
 def _write_and_fsync(path, data):
-    fd = os.open(path, os.O_WRONLY)  # no O_TRUNC: a truncate still waits (client.data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)  # gathered in the client until the fsync sends it
         os.fsync(fd)
@@ -120,6 +120,19 @@ def test_write_and_fsync_do_not_wait_for_a_hung_primary(hung_cluster):
         assert _bounded(_read, path) == data
     drop_page_cache()
     assert _read(path) == data  # and from the copies once the OSD is back
+
+
+def test_truncate_does_not_wait_for_a_hung_osd(hung_cluster):
+    live = hung_cluster
+    path = live.mnt / "hung-truncate"
+    data = os.urandom(2 << 20)
+    _write_and_fsync(path, data)
+    primary = live.getstripe(path)[0][0]
+    with _Stopped(live, primary):
+        _bounded(os.truncate, path, 300_000)  # waited io_timeout (600 s here) before
+        assert os.stat(path).st_size == 300_000
+    drop_page_cache()
+    assert _read(path) == data[:300_000]
 
 
 def test_a_hung_metadata_server_times_out_a_request(hung_cluster):

@@ -11,7 +11,11 @@ OSDs with 2 replicas, OSDs marked down after 2 s of silence.
   chunk of the same replica set that was not (the missed-write record tells them
   apart), and the new bytes once the other replica is back;
 - a truncate missed by a down OSD whose only peer then dies: EIO, not the old
-  bytes, until the peer is back.
+  bytes, until the peer is back;
+- the same with the truncate sent while the OSD had just died and the map still
+  showed it up: the truncate succeeds (it failed with EIO at once, after its peer
+  had cut, so the file kept its size and lost the bytes past the new one), and the
+  cut is recorded as missed by the dead OSD all the same.
 """
 
 import errno
@@ -124,14 +128,21 @@ def _eio_until_the_current_copy_returns(repl, path, holder):
     drop_page_cache()
 
 
-def test_a_missed_truncate_with_the_other_copy_lost_gives_eio(repl):
+@pytest.mark.parametrize("cut", ["once the map marks it down", "while the map shows it up"])
+def test_a_missed_truncate_with_the_other_copy_lost_gives_eio(repl, cut):
     repl.wait_healthy(60)
-    path = repl.mnt / "cut-while-down"
+    path = repl.mnt / ("cut-while-down" if cut.startswith("once") else "cut-while-dying")
     _write(path, os.urandom(MiB))
     first, second = repl.getstripe(path)[0][:2]
     repl.kill(first)
+    if cut.startswith("once"):
+        repl.wait_osd(first, False)
+    # Recorded as missed by `first`.  Sent while the map still showed `first` up,
+    # it failed with EIO at once before, with `second` cut already: the file kept
+    # its size and lost its bytes past the new one.
+    os.truncate(path, 0)
+    assert os.stat(path).st_size == 0
     repl.wait_osd(first, False)
-    os.truncate(path, 0)  # recorded as missed by `first`
     repl.kill(second)
     repl.wait_osd(second, False)
     repl.restart(first)
