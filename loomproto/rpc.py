@@ -271,7 +271,12 @@ class RpcClient:
             return self._conn
 
     async def _open(self) -> _Connection:
-        host, port = parse_addr(self.addr)
+        try:
+            host, port = parse_addr(self.addr)
+        except ValueError as exc:
+            # An address from a cluster map is data from the network: a bad one
+            # is a peer that cannot be reached, not a bug of the caller.
+            raise errors.TransportError(f"cannot connect: {exc}") from None
         stream = None
         try:
             with trio.fail_after(self.connect_timeout):

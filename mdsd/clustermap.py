@@ -12,7 +12,7 @@ from functools import partial
 
 import trio
 
-from loomproto import errors
+from loomproto import errors, rpc
 from loomproto.clustermap import ClusterMap, OsdInfo
 
 from . import args as check
@@ -56,6 +56,12 @@ class MapKeeper:
         host = args.get("host", "")
         if not isinstance(addr, str) or not isinstance(host, str) or len(addr) > 256:
             raise errors.BadRequest("heartbeat needs addr and host strings")
+        try:
+            _, port = rpc.parse_addr(addr)
+        except ValueError as exc:
+            raise errors.BadRequest(f"heartbeat: {exc}") from None
+        if not 0 < port < 65536:
+            raise errors.BadRequest(f"heartbeat: port {port} of {addr!r:.80} out of range")
         capacity = check.integer(args, "capacity", 0, check.U63_MAX, default=0)
         used = check.integer(args, "used", 0, check.U63_MAX, default=0)
         fs = args.get("fs", "")

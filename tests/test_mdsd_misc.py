@@ -8,7 +8,7 @@ import sys
 import pytest
 import trio
 
-from loomproto import errors
+from loomproto import errors, rpc
 from loomproto.config import create as create_config
 from loomproto.layout import Layout
 from test_mdsd_harness import ROOT, MdsCluster, free_ports, no_log_warnings  # noqa: F401
@@ -84,6 +84,24 @@ async def test_cluster_map_heartbeats_and_down(mds):
     again = await mds.client(0).call("get_map", {})
     assert again["epoch"] >= out["epoch"]
     assert not again["osds"][0]["up"] and not again["osds"][0]["in"]
+
+
+@pytest.mark.parametrize("addr", ["garbage", "127.0.0.1:", ":9", "127.0.0.1:0",
+                                  "127.0.0.1:70000", "127.0.0.1:9x"])
+async def test_a_heartbeat_with_a_bad_address_is_refused(mds, addr):
+    """A bad address in the map made every OSD that tried it exit (its recovery pass
+    raised ValueError from the RPC layer): it is refused at the door."""
+    mds0 = mds.client(0)
+    before = await mds0.call("get_map", {})
+    with pytest.raises(errors.BadRequest):
+        await mds0.call("osd_heartbeat", {"id": 3, "addr": addr, "host": "h"})
+    assert (await mds0.call("get_map", {})) == before
+
+
+async def test_a_bad_address_is_a_transport_error(nursery):
+    client = rpc.RpcClient(nursery, "garbage", "cluster", b"k" * 32, "test")
+    with pytest.raises(errors.TransportError, match="not HOST:PORT"):
+        await client.call("get_map", {})
 
 
 async def test_session_expiry_drops_opens(tmp_path, nursery):
