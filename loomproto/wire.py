@@ -53,6 +53,7 @@ KIND_REPLY = 2
 _PREFIX = struct.Struct(">2sBBII")
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20
+HELLO_MAX_HEADER = 4096  # a handshake frame: a few fields, no payload
 FILL_SIZE = 64 << 10  # socket read size for frame prefixes, headers and small payloads
 SMALL_PAYLOAD = 64 << 10  # larger payloads are received into a buffer of their own
 RECV_LOWAT = 512 << 10  # SO_RCVLOWAT while a bulk payload comes in
@@ -193,10 +194,12 @@ class FrameStream:
             self._buf += data
         return True
 
-    async def receive(self):
+    async def receive(self, max_header: int = MAX_HEADER, max_payload: int = MAX_PAYLOAD):
         """Next frame as ``(kind, header, payload)``, or None at a clean EOF.
 
         The payload is ``bytes`` up to SMALL_PAYLOAD and a ``bytearray`` above it.
+        A frame announcing more than `max_header` / `max_payload` bytes is refused
+        before anything is allocated for it (the handshake allows only small ones).
         """
         if not await self._fill(_PREFIX.size):
             return None
@@ -206,7 +209,7 @@ class FrameStream:
         if version != PROTO_VERSION:
             raise errors.VersionMismatch(
                 f"peer speaks protocol {version}, we speak {PROTO_VERSION}")
-        if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+        if head_len > max_header or payload_len > max_payload:
             raise FrameError(f"oversized frame: header {head_len}, payload {payload_len}")
 
         head_end = _PREFIX.size + head_len
@@ -280,7 +283,8 @@ async def server_handshake(frames: FrameStream, cluster_id: str, key: bytes) -> 
     nonce = os.urandom(16)
     hello = {"proto": PROTO_VERSION, "cluster": cluster_id, "nonce": nonce}
     await frames.send(encode_frame(KIND_HELLO, hello))
-    frame = await frames.receive()
+    # Before the peer proved it holds the key it gets no big buffer out of us.
+    frame = await frames.receive(HELLO_MAX_HEADER, 0)
     if frame is None:
         raise errors.AuthFailed("peer closed during handshake")
     kind, answer, _ = frame
@@ -300,7 +304,7 @@ async def server_handshake(frames: FrameStream, cluster_id: str, key: bytes) -> 
 
 
 async def client_handshake(frames: FrameStream, cluster_id: str, key: bytes, name: str):
-    frame = await frames.receive()
+    frame = await frames.receive(HELLO_MAX_HEADER, 0)
     if frame is None:
         raise errors.AuthFailed("server closed before hello")
     kind, hello, _ = frame
@@ -311,7 +315,9 @@ async def client_handshake(frames: FrameStream, cluster_id: str, key: bytes, nam
     if hello.get("cluster") != cluster_id:
         raise errors.AuthFailed(f"server belongs to cluster {hello.get('cluster')!r}")
     nonce = os.urandom(16)
-    server_nonce = hello["nonce"]
+    server_nonce = hello.get("nonce")
+    if not isinstance(server_nonce, bytes) or len(server_nonce) != 16:
+        raise errors.AuthFailed("bad server nonce")
     answer = {
         "proto": PROTO_VERSION,
         "cluster": cluster_id,
@@ -320,9 +326,11 @@ async def client_handshake(frames: FrameStream, cluster_id: str, key: bytes, nam
         "mac": _mac(key, b"client", server_nonce, nonce),
     }
     await frames.send(encode_frame(KIND_HELLO, answer))
-    frame = await frames.receive()
+    frame = await frames.receive(HELLO_MAX_HEADER, 0)
     if frame is None:
         raise errors.AuthFailed("server refused our key")
+    if not isinstance(frame[1], dict) or not isinstance(frame[1].get("mac"), bytes):
+        raise errors.AuthFailed("server's handshake answer has no mac")
     expect = _mac(key, b"server", nonce, server_nonce)
-    if not hmac.compare_digest(expect, frame[1].get("mac", b"")):
+    if not hmac.compare_digest(expect, frame[1]["mac"]):
         raise errors.AuthFailed("server does not hold the cluster key")

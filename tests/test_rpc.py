@@ -188,6 +188,24 @@ async def test_malformed_frame_closes_only_that_connection(server, nursery, garb
     assert await good.call("echo", {"a": 2}) == {"args": {"a": 2}}
 
 
+async def test_a_handshake_frame_with_a_payload_is_refused_before_any_buffer(server):
+    """A peer that did not prove it holds the key made the daemon allocate the 64 MiB
+    its handshake answer announced, and hold it until the handshake timed out (a
+    tester took an OSD from 29 MiB to 1.3 GiB with 20 connections)."""
+    host, port = rpc.parse_addr(server)
+    stream = await trio.open_tcp_stream(host, port)
+    frames = wire.FrameStream(stream)
+    try:
+        assert (await frames.receive())[0] == wire.KIND_HELLO
+        head = b"\x81\xa5proto\x01"  # msgpack {"proto": 1}
+        await stream.send_all(struct.pack(">2sBBII", b"LM", 1, wire.KIND_HELLO, len(head),
+                                          wire.MAX_PAYLOAD) + head + b"x" * 1000)
+        with trio.fail_after(5):  # refused at once, not after the handshake timeout
+            assert await frames.receive() is None
+    finally:
+        await stream.aclose()
+
+
 async def test_truncated_frame(server, nursery):
     stream, frames = await _raw_session(server)
     head = wire.encode_frame(wire.KIND_REQUEST, [1, "echo", {}], b"abcdef")
