@@ -129,7 +129,7 @@ class FileData:
         # The end of this client's writes since its last commit_size: what it
         # commits, not `size`, which may be another client's older size.
         self.written_end = 0
-        self.server_stamp = None  # (size, mtime) the shard last reported, to spot others' changes
+        self.server_stamp = None  # (size, mtime, ctime) the shard last reported: others' changes
         self.chunk_record = None  # (server_stamp, ranges of chunk indices ever written)
         # Cluster.placement_changes when this client made the inode (create), else
         # None: until the placement first changes, no chunk of it can sit outside
@@ -158,7 +158,7 @@ class Prefetch:
         self.error: errors.LoomError | None = None
         self.fd: FileData | None = None  # the file's FileData once the open succeeded
         self.generation = 0
-        self.stamp = stamp  # (size, mtime) of the file as this client knew it at the start
+        self.stamp = stamp  # (size, mtime, ctime) of the file as this client knew it then
 
 
 class DataPath:
@@ -451,11 +451,11 @@ class DataPath:
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
 
-    def prefetch(self, ino: int, file_layout: Layout, size: int, mtime: int = 0) -> Prefetch:
+    def prefetch(self, ino: int, file_layout: Layout, size: int, stamp=()) -> Prefetch:
         """Start fetching chunk 0 of `ino` for an open on its way (see the module
         docstring); `adopt` hands the result to the open's FileData, if the open
         finds the file as it was then (`Prefetch.stamp`)."""
-        fetch = Prefetch((size, mtime))
+        fetch = Prefetch(stamp)
         self.nursery.start_soon(self._run_prefetch, fetch, FileData(ino, file_layout, size),
                                 name=f"prefetch ino {ino}")
         return fetch
@@ -591,7 +591,7 @@ class DataPath:
     async def _was_written(self, fd, chunk_index) -> bool:
         """Whether the file's record (`loomproto.chunkset`) says this chunk was written,
         so that no copy of it means data lost, not a hole.  The record is asked once
-        per (size, mtime) the shard reported for the file."""
+        per (size, mtime, ctime) the shard reported for the file."""
         if chunk_index in fd.chunks_written:
             return True
         if fd.chunk_record is None or fd.chunk_record[0] != fd.server_stamp:

@@ -48,7 +48,15 @@ READDIR_BATCH = 256
 RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
 FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
-CLOSED_STAMPS = 4096  # files whose state at their last release here is remembered
+PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
+
+
+def _stamp(attr: dict) -> tuple:
+    """What tells this client that a file's data may have changed elsewhere: its
+    size, mtime and ctime.  ctime too, because a rewrite in place at the same
+    size followed by utime back to the old mtime (tar -x, cp -p, rsync -t
+    --inplace) leaves size and mtime as they were, while ctime moves on."""
+    return attr["size"], attr["mtime"], attr.get("ctime", 0)
 
 
 class InjectedFault(RuntimeError):
@@ -143,8 +151,10 @@ class LoomOperations(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.files: dict[int, FileData] = {}
-        # (size, mtime) of files at their last release here, for _prefetch (bounded).
-        self._closed_stamps: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        # ino -> the inode `gen` that the kernel's cached pages of the file match: set
+        # at open, moved on by this client's own changes (`_own_change`).  Any change
+        # bumps gen, so a file whose gen moved otherwise was changed by someone else.
+        self._page_gens: collections.OrderedDict[int, int] = collections.OrderedDict()
         self.handles: dict[int, Handle] = {}
         self._fhs = itertools.count(1)
         self._resizing = collections.Counter()  # ino -> our size changes in flight
@@ -185,10 +195,10 @@ class LoomOperations(pyfuse3.Operations):
         """The size of a file open here, kept in `fd.size` for reads: the shard's
         size, or the end of our unflushed writes when that is further.  The
         shard may have a size another client committed since we opened, larger
-        or smaller; a new (size, mtime) from it also drops our cached chunks."""
+        or smaller; a new (size, mtime, ctime) from it also drops our cached chunks."""
         if self._resizing[fd.ino]:
             return fd.size  # our truncate or commit is on its way; attr may predate it
-        stamp = (attr["size"], attr["mtime"])
+        stamp = _stamp(attr)
         if stamp != fd.server_stamp:
             fd.server_stamp = stamp
             fd.read_cache.clear()
@@ -260,11 +270,14 @@ class LoomOperations(pyfuse3.Operations):
                 fd.mtime_ns = 0
         caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
         if not fields.update_size:
-            return self._entry(await self.meta.setattr(inode, changes, caller))
+            new_attr = await self.meta.setattr(inode, changes, caller)
+            self._own_change(new_attr)
+            return self._entry(new_attr)
         changes["size"] = attr.st_size
         with self._changing_size(inode):
             await self._truncate(inode, attr.st_size)
             new_attr = await self.meta.setattr(inode, changes, caller)
+        self._own_change(new_attr)
         return self._entry(new_attr)
 
     async def _truncate(self, ino: int, size: int):
@@ -413,16 +426,18 @@ class LoomOperations(pyfuse3.Operations):
             return fi, self._entry(self.meta.attrs.get(attr["ino"], attr))
         fi = self._new_handle(attr, flags)
         self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
+        self._pages_opened(attr)
         return fi, self._entry(attr)
 
     async def open(self, inode, flags, ctx):
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
         attr = await self.meta.open(inode, flags)
-        if prefetch is not None and prefetch.stamp != (attr["size"], attr["mtime"]):
+        if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
         fi = self._new_handle(attr, flags, prefetch)
+        keep = self._pages_opened(attr)
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
             try:
@@ -431,10 +446,36 @@ class LoomOperations(pyfuse3.Operations):
                 await self.release(fi.fh)
                 raise
             return fi
-        # Close-to-open: keep the kernel's pages only if nobody changed the file.
-        fi.keep_cache = bool(cached and cached["mtime"] == attr["mtime"]
-                             and cached["size"] == attr["size"])
+        fi.keep_cache = keep
         return fi
+
+    def _pages_opened(self, attr: dict) -> bool:
+        """Close-to-open: whether the kernel may keep its pages of the file at this
+        open (nothing changed it since they were read, or only this client did).
+        Size and mtime alone do not tell: a rewrite at the same size with utime
+        back to the old mtime (tar -x, rsync -t --inplace) keeps both."""
+        ino, gen = attr["ino"], attr.get("gen")
+        if gen is None:
+            return False
+        keep = self._page_gens.get(ino) == gen
+        self._page_gens[ino] = gen
+        self._page_gens.move_to_end(ino)
+        while len(self._page_gens) > PAGE_GENS:
+            self._page_gens.popitem(last=False)
+        return keep
+
+    def _own_change(self, attr: dict) -> None:
+        """The reply to this client's own commit or setattr of a file: the kernel's
+        pages follow that change, so they still match unless someone else's
+        change came in between (then gen moved by more than one)."""
+        ino, gen = attr["ino"], attr.get("gen")
+        known = self._page_gens.get(ino)
+        if known is None or gen == known:
+            return
+        if gen == known + 1:
+            self._page_gens[ino] = gen
+        else:
+            del self._page_gens[ino]
 
     async def _open_truncate(self, attr: dict, ctx):
         """open(O_TRUNC): size 0, new mtime and ctime, and (for a caller other than
@@ -451,7 +492,7 @@ class LoomOperations(pyfuse3.Operations):
         caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
         with self._changing_size(ino):
             await self._truncate(ino, 0)
-            await self.meta.setattr(ino, changes, caller)
+            self._own_change(await self.meta.setattr(ino, changes, caller))
 
     def _prefetch(self, ino: int, cached: dict | None, flags: int):
         """For a read-only open of a file of one chunk that no handle here has
@@ -460,12 +501,14 @@ class LoomOperations(pyfuse3.Operations):
                 or not stat.S_ISREG(cached["mode"]) or not cached.get("layout")):
             return None
         layout = Layout.from_wire(cached["layout"])
-        stamp = (cached["size"], cached["mtime"])
-        if not 0 < stamp[0] <= layout.unit or self._closed_stamps.get(ino) == stamp:
+        stamp = _stamp(cached)
+        vouched = self._page_gens.get(ino)
+        if not 0 < stamp[0] <= layout.unit or (vouched is not None
+                                                 and vouched == cached.get("gen")):
             # Unchanged since a handle here had it open: the kernel likely holds its
             # pages and keeps them (keep_cache), so the fetch would go unused.
             return None
-        return self.data.prefetch(ino, layout, stamp[0], stamp[1])
+        return self.data.prefetch(ino, layout, stamp[0], stamp)
 
     def _new_handle(self, attr: dict, flags: int, prefetch=None) -> pyfuse3.FileInfo:
         ino = attr["ino"]
@@ -473,7 +516,7 @@ class LoomOperations(pyfuse3.Operations):
         if fd is None:
             layout = Layout.from_wire(attr["layout"]) if attr.get("layout") else Layout()
             fd = self.files[ino] = FileData(ino, layout, attr["size"])
-            fd.server_stamp = (attr["size"], attr["mtime"])
+            fd.server_stamp = _stamp(attr)
             self.meta.cluster.open_inos[ino] = 0
             if prefetch is not None:
                 self.data.adopt(prefetch, fd)
@@ -520,7 +563,7 @@ class LoomOperations(pyfuse3.Operations):
             chunks = set(fd.chunks_written)
             end, mtime = fd.written_end, fd.mtime_ns
             with self._changing_size(fd.ino):
-                await self.meta.commit_size(fd.ino, end, mtime, chunks)
+                self._own_change(await self.meta.commit_size(fd.ino, end, mtime, chunks))
             fd.chunks_written -= chunks
             if (fd.written_end, fd.mtime_ns) == (end, mtime):  # no write meanwhile
                 fd.size_dirty = False
@@ -542,12 +585,6 @@ class LoomOperations(pyfuse3.Operations):
             if fd.handles == 0:
                 del self.files[fd.ino]
                 del open_inos[fd.ino]
-                known = self.meta.attrs.get(fd.ino)
-                if known is not None:
-                    self._closed_stamps[fd.ino] = (known["size"], known["mtime"])
-                    self._closed_stamps.move_to_end(fd.ino)
-                    if len(self._closed_stamps) > CLOSED_STAMPS:
-                        self._closed_stamps.popitem(last=False)
                 await self.meta.close(fd.ino)
 
     # -- extended attributes ----------------------------------------------

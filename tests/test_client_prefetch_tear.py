@@ -53,7 +53,7 @@ class FakeMeta:
 
 def attr(size, mtime):
     return {"ino": INO, "mode": stat.S_IFREG | 0o644, "nlink": 1, "uid": 0, "gid": 0,
-            "size": size, "atime": 0, "mtime": mtime, "ctime": mtime,
+            "size": size, "atime": 0, "mtime": mtime, "ctime": mtime, "gen": mtime,
             "layout": Layout(UNIT, 4, 2).to_wire()}
 
 

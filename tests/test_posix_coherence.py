@@ -99,3 +99,22 @@ def test_small_file_reopened_after_other_mount_rewrote_it(cluster, request):
         finally:
             writer.unlink(missing_ok=True)
             os.rmdir(writer_root / name)
+
+
+@pytest.mark.parametrize("size", [8192, 3 << 20])  # one chunk (prefetched), several
+def test_rewrite_with_the_old_mtime_put_back_is_read_at_the_next_open(two_mounts, size):
+    """tar -x, cp -p, touch -r and rsync -t --inplace rewrite a file and set its old
+    mtime again: size and mtime are as before, so the other mount kept its page
+    cache at the next open and served the old bytes for up to a few seconds (a
+    tester's report).  The ctime moved on, and the open looks at it too."""
+    one, two = two_mounts
+    old, new = os.urandom(size), os.urandom(size)
+    (one / "f").write_bytes(old)
+    before = os.stat(one / "f")
+    assert (two / "f").read_bytes() == old  # now in the other mount's page cache
+    with open(one / "f", "r+b") as fp:
+        fp.write(new)
+    os.utime(one / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(one / "f")
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert (two / "f").read_bytes() == new
