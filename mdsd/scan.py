@@ -27,7 +27,7 @@ KEY_MAX = 1024
 
 def scan(store, args: dict) -> dict:
     family = args.get("family")
-    if family not in SCAN_FAMILIES:
+    if not isinstance(family, str) or family not in SCAN_FAMILIES:
         raise errors.BadRequest(f"cannot scan family {family!r}")
     after = check.blob(args, "after", KEY_MAX, default=None)
     limit = check.integer(args, "limit", 1, LIMIT_MAX, default=LIMIT_DEFAULT)

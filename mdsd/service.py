@@ -261,7 +261,8 @@ def _txid(args: dict) -> bytes:
 
 
 def _wire_key(item) -> tuple[str, bytes]:
-    if not (isinstance(item, list) and len(item) >= 2 and item[0] in schema.TXN_DATABASES
+    if not (isinstance(item, list) and len(item) >= 2 and isinstance(item[0], str)
+            and item[0] in schema.TXN_DATABASES
             and isinstance(item[1], bytes) and 0 < len(item[1]) <= KEY_MAX):
         raise errors.BadRequest("bad key in peer request")
     return item[0], item[1]
@@ -285,12 +286,76 @@ def _wire_reads(value) -> list:
     return reads
 
 
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_name(value) -> bool:
+    try:
+        check.check_name(value)
+    except (errors.LoomError, TypeError):
+        return False
+    return isinstance(value, bytes)
+
+
+def _is_lessee(value) -> bool:
+    return value is None or (isinstance(value, bytes) and 0 < len(value) <= 128)
+
+
+def _is_ino(value) -> bool:
+    return _is_int(value, 1, check.U63_MAX)
+
+
+def _is_type(value) -> bool:
+    return _is_int(value, 0, check.U32_MAX)
+
+
+def _is_delta(value) -> bool:
+    return _is_int(value, -1, 1)
+
+
+def _is_time(value) -> bool:
+    return _is_int(value, check.I64_MIN, check.U63_MAX)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+# The fields after the name of each mutation a coordinator may send (mdsd.apply),
+# and how many of the last ones are optional (fields a newer coordinator added).
+_MUTATION_FIELDS = {
+    "dirent_add": ((_is_ino, _is_name, _is_ino, _is_type, _is_delta, _is_time, _is_lessee,
+                    _is_bool), 2),
+    "dirent_del": ((_is_ino, _is_name, _is_delta, _is_time), 0),
+    "dirstat_kill": ((_is_ino,), 0),
+    "inode_drop": ((_is_ino,), 0),
+}
+
+
 def _wire_mutations(value) -> list:
+    """The mutations of a txn_prepare, each checked for its arity and the type and
+    range of every field, so that a malformed one is a BadRequest, never a
+    TypeError inside the writer."""
     if not isinstance(value, list):
         raise errors.BadRequest("argument 'mutations' must be a list")
     for item in value:
-        if not isinstance(item, list) or not item or item[0] not in MUTATION_NAMES:
+        if (not isinstance(item, list) or not item or not isinstance(item[0], str)
+                or item[0] not in MUTATION_NAMES):
             raise errors.BadRequest("bad mutation in txn_prepare")
-        if item[0] in ("put", "del"):
-            _wire_key(item[1:])
+        op, fields = item[0], item[1:]
+        if op == "put":
+            _wire_key(fields)
+            if len(fields) != 3 or not isinstance(fields[2], bytes):
+                raise errors.BadRequest("bad put in txn_prepare")
+            continue
+        if op == "del":
+            _wire_key(fields)
+            if len(fields) != 2:
+                raise errors.BadRequest("bad del in txn_prepare")
+            continue
+        checks, optional = _MUTATION_FIELDS[op]
+        if not (len(checks) - optional <= len(fields) <= len(checks)
+                and all(ok(field) for ok, field in zip(checks, fields))):
+            raise errors.BadRequest(f"bad {op} in txn_prepare: {fields!r:.120}")
     return value

@@ -178,6 +178,18 @@ async def test_malformed_requests_get_bad_request(mds):
         ("peer_read", {"keys": [["nosuchdb", b"k"]]}),
         ("txn_prepare", {"txid": b"1" * 16, "coord": 1, "reads": [],
                          "mutations": [["rm_rf"]]}),
+        # Each of these was a TypeError (EIO and a traceback in the log) before.
+        ("scan", {"family": [], "after": b"", "limit": 10}),
+        ("scan", {"family": {}, "after": b"", "limit": 10}),
+        *[("txn_prepare", {"txid": os.urandom(16), "coord": 1, "reads": [],
+                           "mutations": [mutation]})
+          for mutation in (["dirent_add", 1], ["put", "inode", b"\0" * 8, 123],
+                           ["put", "inode", b"\0" * 8], ["del", "inode", b"\0" * 8, b""],
+                           ["dirstat_kill", -1], ["inode_drop", b"x"],
+                           ["dirent_del", 1, 5, 0, 0], [["dirent_add"], 1],
+                           ["dirent_add", 1, b"n/x", 5, 0o100000, 0, 1],
+                           ["dirent_add", 1, b"n", 5, 0o100000, 0, 1, b"s", True, 9],
+                           ["dirent_add", 1, b"n", 5, 0o100000, 0, 1, "s", True])],
         ("session_renew", {"session": None}),
         ("rename", {"parent": 1, "name": b"a", "new_parent": 1, "new_name": b"b",
                     "rid": 5}),
