@@ -97,6 +97,19 @@ def _guarded(handler):
     return wrapper
 
 
+@contextlib.contextmanager
+def _stale_if_gone():
+    """NotFound of the inode a request names becomes ESTALE.  The kernel reached it
+    through a name cached for `entry_timeout`, which another mount has since
+    removed or pointed elsewhere; on ESTALE from open or stat it looks the name up
+    afresh (LOOKUP_REVAL) and tries again, where ENOENT would end the call on a
+    name that may well exist."""
+    try:
+        yield
+    except errors.NotFound:
+        raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+
 def _brief(args: tuple) -> tuple:
     """Handler arguments for a log line: no request contexts, no large buffers."""
     return tuple(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
@@ -245,7 +258,10 @@ class LoomOperations(pyfuse3.Operations):
         # A directory's attributes are asked for again after each create or
         # unlink in it (the kernel drops them): see Meta.cached_dir.
         attr = self.meta.cached_dir(inode, self.attr_timeout)
-        return self._entry(attr if attr is not None else await self.meta.getattr(inode))
+        if attr is None:
+            with _stale_if_gone():
+                attr = await self.meta.getattr(inode)
+        return self._entry(attr)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         changes = {}
@@ -432,7 +448,14 @@ class LoomOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
-        attr = await self.meta.open(inode, flags)
+        with _stale_if_gone():
+            attr = await self.meta.open(inode, flags)
+        if attr["nlink"] == 0 and inode not in self.files and not stat.S_ISDIR(attr["mode"]):
+            # Unlinked, and not open here: the kernel came by a name it cached before
+            # another mount removed or replaced the file (as `mv tmp cfg` does).
+            # ESTALE makes it look the name up again and open what it is now.
+            await self.meta.close(inode)
+            raise pyfuse3.FUSEError(errno.ESTALE)
         if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
