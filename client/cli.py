@@ -422,8 +422,14 @@ async def _fsck(cluster, args) -> int:
         raise errors.TransportError(f"osd {osd_id}: {op} timed out")
 
     await _wait_osds_up(cluster, args.wait_osds)
-    checker = fsck.Checker(call_mds, cluster.nshards, call_osd, sorted(cluster.map.osds),
-                           fsck.Progress(not args.quiet))
+    osds = cluster.map.osds.values()
+    # An OSD both down and out holds nothing the cluster still relies on once
+    # recovery has copied its chunks elsewhere: it is skipped, not unchecked.
+    skipped = sorted(o.osd_id for o in osds if not o.up and not o.in_)
+    checker = fsck.Checker(call_mds, cluster.nshards, call_osd,
+                           sorted(o.osd_id for o in osds if o.up or o.in_),
+                           fsck.Progress(not args.quiet), skipped=skipped,
+                           copied_elsewhere=recovery_summary(cluster.map)["healthy"])
     return await fsck.run(checker, args.repair)
 
 

@@ -85,6 +85,10 @@ class Model:
     present: dict = field(default_factory=dict)  # ino -> chunk indices on some OSD
     osds_scanned: bool = False
     unchecked: list = field(default_factory=list)  # what could not be scanned
+    # OSDs down and marked out, not scanned: recovery copies their chunks to the
+    # others, so a clean check does not need them once it has (`copied_elsewhere`).
+    skipped: list = field(default_factory=list)
+    copied_elsewhere: bool = True
     rows: int = 0
 
 
@@ -106,12 +110,15 @@ class Checker:
     """`call_mds(shard, op, args)` and `call_osd(osd_id, op, args)` are async callables;
     `osd_ids` the OSDs to scan (empty: metadata only)."""
 
-    def __init__(self, call_mds, nshards: int, call_osd=None, osd_ids=(), progress=None):
+    def __init__(self, call_mds, nshards: int, call_osd=None, osd_ids=(), progress=None,
+                 skipped=(), copied_elsewhere=True):
         self.call_mds = call_mds
         self.call_osd = call_osd
         self.nshards = nshards
         self.osd_ids = list(osd_ids)
         self.progress = progress or Progress(False)
+        self.skipped = list(skipped)  # down and out: not scanned (see Model.skipped)
+        self.copied_elsewhere = copied_elsewhere
 
     async def check(self) -> tuple[Model, list[Finding]]:
         """Scan and check; faults are confirmed by a second scan."""
@@ -133,6 +140,8 @@ class Checker:
         for osd_id in self.osd_ids:
             await self._scan_osd(model, osd_id)
         model.osds_scanned = bool(self.osd_ids)
+        model.skipped = list(self.skipped)
+        model.copied_elsewhere = self.copied_elsewhere
         self.progress.show(f"scanned {model.rows} rows", force=True)
         return model
 
@@ -371,6 +380,8 @@ def _check_chunks(model: Model, names: Names):
 def _check_missing_chunks(model: Model, names: Names):
     if not model.osds_scanned or any(u.startswith("osd") for u in model.unchecked):
         return  # a chunk on an OSD that was not scanned is not missing
+    if model.skipped and not model.copied_elsewhere:
+        return  # recovery may still hold the only copy on a skipped OSD
     for ino, (_, inode) in sorted(model.inodes.items()):
         missing = _missing(inode, model.present.get(ino, ()))
         if missing:
@@ -463,6 +474,10 @@ def report(model: Model, findings: list[Finding], out) -> tuple[int, int]:
         print(finding.line(), file=out)
     for what in model.unchecked:
         print(f"UNCHECKED {what}", file=out)
+    for osd_id in model.skipped:
+        print(f"SKIPPED osd {osd_id}: down and out"
+              + ("" if model.copied_elsewhere else
+                 "; recovery is not finished, so lost chunks are not looked for"), file=out)
     dirs = sum(1 for _, inode in model.inodes.values() if stat.S_ISDIR(inode["mode"]))
     chunks = sum(model.chunks.values())
     print(f"{model.nshards} shards: {len(model.inodes)} inodes ({dirs} directories), "

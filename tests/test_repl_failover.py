@@ -223,6 +223,11 @@ def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     repl.loomfs("osd", "out", victim)
     took = repl.wait_healthy(120)
     print(f"re-replicated after osd{victim} out in {took:.1f}s")
+    # fsck needs no OSD that is down and out once recovery copied its chunks: it
+    # exited 2 (UNCHECKED) while status said HEALTHY (a tester's report).
+    checked = repl.loomfs("fsck", "--quiet", check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SKIPPED osd {victim}: down and out\n" in checked.stdout
     # Every chunk now has 2 copies on the 3 remaining OSDs: any one more may die.
     others = [o for o in range(4) if o != victim]
     repl.kill(others[0])
