@@ -75,7 +75,8 @@ class RpcServer:
                 peer = await wire.server_handshake(frames, self.cluster_id, self.key) + "@" + peer
         except (errors.LoomError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError, KeyError, TypeError) as exc:
-            log.warning("%s: refused connection from %s: %s", self.name, peer, exc)
+            level = logging.DEBUG if isinstance(exc, wire.PeerLeft) else logging.WARNING
+            log.log(level, "%s: refused connection from %s: %s", self.name, peer, exc)
             await trio.aclose_forcefully(stream)
             return
         log.debug("%s: peer %s connected", self.name, peer)

@@ -62,6 +62,11 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 HANDSHAKE_TIMEOUT = 10.0
 
 
+class PeerLeft(errors.AuthFailed):
+    """The peer closed the connection before answering the handshake: a port
+    probe (the harness's readiness check, a load balancer), not an attack."""
+
+
 class FrameError(errors.BadRequest):
     """A frame that cannot be decoded; the connection it came on is closed."""
 
@@ -286,7 +291,7 @@ async def server_handshake(frames: FrameStream, cluster_id: str, key: bytes) -> 
     # Before the peer proved it holds the key it gets no big buffer out of us.
     frame = await frames.receive(HELLO_MAX_HEADER, 0)
     if frame is None:
-        raise errors.AuthFailed("peer closed during handshake")
+        raise PeerLeft("peer closed during handshake")
     kind, answer, _ = frame
     if kind != KIND_HELLO or not isinstance(answer, dict):
         raise errors.AuthFailed("handshake answer is not a hello frame")

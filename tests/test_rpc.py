@@ -1,5 +1,6 @@
 """The RPC layer over real loopback TCP: calls, payloads, errors, bad frames, auth."""
 
+import logging
 import struct
 
 import pytest
@@ -284,3 +285,19 @@ async def test_a_call_cancelled_before_its_turn_to_send_keeps_the_connection(nur
         assert client._conn is conn and not conn.closed
     await client.aclose()
     await listeners[0].aclose()
+
+
+async def test_a_port_probe_is_not_logged_as_a_warning(server, caplog):
+    """The harness checks that a daemon listens by connecting and closing: every
+    `scripts/cluster up` left 'refused connection ... peer closed during handshake'
+    warnings in each daemon's log."""
+    caplog.set_level(logging.DEBUG, logger="loomproto.rpc")
+    host, port = rpc.parse_addr(server)
+    stream = await trio.open_tcp_stream(host, port)
+    frames = wire.FrameStream(stream)
+    assert (await frames.receive())[0] == wire.KIND_HELLO
+    await stream.aclose()
+    with trio.fail_after(5):
+        while "peer closed during handshake" not in caplog.text:
+            await trio.sleep(0.01)  # polls the log under fail_after
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
