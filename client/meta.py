@@ -280,6 +280,11 @@ class Meta:
         args = {"ino": ino, "fields": fields, "caller": caller, "rid": _rid()}
         return self._changed(await self._at_ino(ino, "setattr", args))
 
+    async def mark_tail(self, ino: int) -> None:
+        """Tell the inode's shard that writes of ours past its size failed, so they
+        may stay on the OSDs: it cuts them before the file is next opened (mdsd.tails)."""
+        await self._at_ino(ino, "mark_tail", {"ino": ino})
+
     async def commit_size(self, ino: int, size: int, mtime: int, chunks=()) -> dict:
         """Record a flushed size and the chunk indices written since the last commit."""
         ranges = chunkset.to_ranges(chunks)[:chunkset.MAX_RANGES]

@@ -579,6 +579,8 @@ class LoomOperations(pyfuse3.Operations):
             # a failed write must not leave a file that reads as zeros.
             fd.size_dirty = False
             fd.written_end = 0
+            # What did land past the size must not show up if the file grows later.
+            self.meta.cluster.nursery.start_soon(self._mark_tail, fd.ino)
             raise error
         if fd.size_dirty:
             # Commit the end of our own writes: fd.size may be a size from
@@ -591,6 +593,14 @@ class LoomOperations(pyfuse3.Operations):
             if (fd.written_end, fd.mtime_ns) == (end, mtime):  # no write meanwhile
                 fd.size_dirty = False
                 fd.written_end = 0
+
+    async def _mark_tail(self, ino: int) -> None:
+        try:
+            await self.meta.mark_tail(ino)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.warning("ino %d: cannot report the failed writes past its size: %s", ino, exc)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("reporting the failed writes of ino %d failed", ino)
 
     async def release(self, fh):
         handle = self.handles.pop(fh)

@@ -72,6 +72,7 @@ class Namespace:
         self.sessions = sessions
         self.inos = InoAllocator(store, mds_id, config.nshards)
         self.map_source = lambda: None  # the shard's current ClusterMap (set by Shard)
+        self.tails = None  # mdsd.tails.Tails (set by Shard)
 
     def ino_shard(self, ino: int) -> int:
         return ino % self.nshards

@@ -125,6 +125,8 @@ async def setattr(ns, args: dict) -> dict:
     fields = _fields(args)
     caller_uid, caller_gids = check.caller(args)
     rid = check.rid(args)
+    if "size" in fields:
+        await ns.tails.settle(ino)  # an extension must not show what a dead writer left
 
     async def body(tx):
         inode = await ns.read_inode(tx, ino)
@@ -202,10 +204,21 @@ async def open_(ns, args: dict) -> dict:
     check.integer(args, "flags", 0, check.U32_MAX, default=0)
     ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between
     try:
+        await ns.tails.settle(ino, session)  # what a dead writer left past the size
         return await getattr(ns, {"ino": ino})
     except errors.LoomError:
         ns.sessions.close(ino, session)
         raise
+
+
+async def mark_tail(ns, args: dict) -> dict:
+    """A client's flush of `ino` failed: its writes past the size may stay on the
+    OSDs; the next open with nobody else holding the file cuts them (mdsd.tails)."""
+    ino = check.ino(args)
+    if ns.ino_shard(ino) != ns.mds_id:
+        raise errors.Invalid(f"inode {ino} does not live on shard {ns.mds_id}")
+    await ns.tails.mark([ino])
+    return {}
 
 
 async def close(ns, args: dict) -> dict:

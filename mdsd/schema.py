@@ -26,7 +26,10 @@ database              key                             value
                                                       of files that never had data),
                                                       chunks (files: ``[[start, end], ...]``
                                                       chunk indices ever written, for
-                                                      fsck; `loomproto.chunkset`)
+                                                      fsck; `loomproto.chunkset`),
+                                                      tail (files: true while a writer
+                                                      that died or failed may have left
+                                                      bytes past the size; `mdsd.tails`)
 ``dentry``            be64(parent_ino) + name         ``[ino, type_bits, seq]``
 ``dirseq``            be64(parent_ino) + be64(seq)    name (raw bytes)
 ``dirstat``           be64(dir_ino)                   share map: count, subdirs, mtime, ctime,

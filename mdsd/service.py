@@ -108,6 +108,9 @@ class MdsService:
     async def rpc_open(self, args, payload, peer):
         return await ops_attr.open_(self.ns, args)
 
+    async def rpc_mark_tail(self, args, payload, peer):
+        return await ops_attr.mark_tail(self.ns, args)
+
     async def rpc_close(self, args, payload, peer):
         return await ops_attr.close(self.ns, args)
 

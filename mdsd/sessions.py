@@ -49,6 +49,9 @@ class Sessions:
         # Every client had its chance to register its opens again since this
         # shard started (reclaim's grace passed): is_open can be trusted.
         self.settled = False
+        # Awaited with the inodes an expired session still held open: its writes
+        # past their sizes may be on the OSDs for good (mdsd.tails).
+        self.on_expire = None
 
     def open(self, ino: int, session):
         self.expires[session] = max(self.expires.get(session, 0), self._deadline())
@@ -82,18 +85,28 @@ class Sessions:
     def _deadline(self) -> float:
         return trio.current_time() + self.timeout
 
-    def expire(self):
+    def expire(self) -> list[int]:
+        """Drop the sessions past their deadline; returns the inodes they held open."""
         now = trio.current_time()
+        held = []
         for session in [s for s, deadline in self.expires.items() if deadline < now]:
             del self.expires[session]
             log.info("session %r expired", session)
             for ino, holders in list(self.opens.items()):
                 if session in holders:
+                    held.append(ino)
                     self.close(ino, session)
+        return held
 
     async def expire_loop(self):
         while True:
-            self.expire()
+            held = self.expire()
+            if held and self.on_expire is not None:
+                try:
+                    await self.on_expire(held)
+                except errors.LoomError as exc:
+                    log.warning("inodes %s held by expired sessions: %s", held[:8],
+                                exc.message)
             await trio.sleep(1.0)
 
 
@@ -182,15 +195,19 @@ class Reclaimer:
         if finished:
             await self.store.write(partial(_osds_done, self.store.dbs, finished))
 
-    async def _delete_on(self, inos: list[int], info) -> bool:
+    async def osd_call(self, info, op: str, args: dict):
+        """One call to the OSD `info` (a cluster map entry), on a cached connection."""
         client = self.osd_clients.get(info.addr)
         if client is None:
             client = rpc.RpcClient(self.nursery, info.addr, self.config.cluster_id,
                                    self.config.key, self.name)
             self.osd_clients[info.addr] = client
+        return await client.call(op, args)
+
+    async def _delete_on(self, inos: list[int], info) -> bool:
         try:
             with trio.fail_after(10.0):
-                await client.call("delete_file", {"inos": inos})
+                await self.osd_call(info, "delete_file", {"inos": inos})
         except (errors.LoomError, trio.TooSlowError) as exc:
             log.warning("delete_file of %d orphans (%d ...) on osd %d failed: %s", len(inos),
                         inos[0], info.osd_id, exc)

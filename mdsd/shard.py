@@ -14,6 +14,7 @@ from .namespace import Namespace
 from .peers import Peers
 from .recovery import Participant
 from .sessions import Reclaimer, Sessions
+from .tails import Tails
 from .txn import TxnEngine
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Shard:
         self.reclaimer = Reclaimer(store, self.sessions, self.current_map, nursery, config,
                                    f"mds{mds_id}")
         self.ns.map_source = self.current_map
+        self.ns.tails = Tails(store, self.sessions, self.current_map, self.reclaimer.osd_call)
+        self.sessions.on_expire = self.ns.tails.mark
 
     def current_map(self):
         return self.keeper.map if self.keeper is not None else self.follower.map

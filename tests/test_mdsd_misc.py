@@ -148,3 +148,13 @@ async def test_command_line_serves_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_mark_tail_checks_its_inode(mds):
+    f = await mds.create(ROOT, b"tailed")
+    assert await mds.call_ino("mark_tail", f["ino"]) == {}
+    with pytest.raises(errors.BadRequest):
+        await mds.client(0).call("mark_tail", {"ino": "x"})
+    elsewhere = 1 - mds.ino_shard(f["ino"])
+    with pytest.raises(errors.Invalid):
+        await mds.client(elsewhere).call("mark_tail", {"ino": f["ino"]})

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.mount
 
 SEED = int(os.environ.get("LOOMFS_REPL_SEED", "6061"))
 SMALL_FS_MB = 48
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -72,6 +73,23 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
             os.fsync(fp.fileno())
     assert info.value.errno == errno.ENOSPC, info.value
 
+    # The chunks that did land stay past the committed size until the next open,
+    # which cuts them (mdsd.tails): the file grown again reads as zeros there,
+    # not as the failed writes' bytes (a tester's report).
+    full = os.statvfs(live.state / "osd2")
+    size = os.stat(big).st_size
+    deadline = time.monotonic() + 60
+    while "tail flagged" not in live.log_text("mds0") + live.log_text("mds1"):
+        assert time.monotonic() < deadline, "the failed flush was not reported"
+        time.sleep(0.2)  # polls the shard's log under the deadline
+    with open(big, "r+b") as fp:
+        fp.seek(size + 8 * MiB)
+        fp.write(b"E")
+    drop_page_cache()
+    with open(big, "rb") as fp:
+        fp.seek(size)
+        assert fp.read() == bytes(8 * MiB) + b"E"
+
     # osd2 is full and still serves: the early file reads back right, the daemon lives.
     drop_page_cache()
     assert early.read_bytes() == early_data
@@ -82,9 +100,8 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
 
     # Space comes back once the big file is gone, and writes work again.
     big.unlink()
-    statvfs = os.statvfs(live.state / "osd2")
     deadline = time.monotonic() + 60
-    while os.statvfs(live.state / "osd2").f_bfree <= statvfs.f_bfree + 256:
+    while os.statvfs(live.state / "osd2").f_bfree <= full.f_bfree + 256:
         assert time.monotonic() < deadline, "the deleted file's chunks stayed on osd2"
         time.sleep(0.2)  # polling the OSD's free space, which has no event to wait on
     after = live.mnt / "after"

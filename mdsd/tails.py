@@ -1,0 +1,161 @@
+"""Bytes a writer left past a file's size, cut before anyone can see them.
+
+A client's writes are on the OSDs before its flush commits the size that covers
+them (`commit_size`).  A writer that died with the file open (its session
+expired holding it) or whose flush failed may leave such bytes past the
+committed size for good.  A later extension (a truncate up, a write past the
+end) would then show them where the file must read as zeros.
+
+Such an inode carries ``tail`` (in its record, durable).  The shard sets it for
+every inode an expired session still held open (`Sessions.on_expire`), and
+when a client reports a failed flush (``mark_tail``).  The next open or size
+change that finds it set, while no other session holds the file open, first
+cuts every OSD's chunks at the committed size (``truncate_file``), then clears
+it; opens and size changes of that inode wait meanwhile.  While another
+session holds the file open its writes past the size may be on their way, so
+nothing is cut then: a later open tries again.
+
+Limitations:
+- The open registry lives in memory: a client that dies while the inode's
+  shard is down, so never registers its opens again, leaves no flag.
+- Until a dead client's session expires (the session timeout), its opens still
+  count, so another mount that extends the file meanwhile can see the old bytes.
+"""
+
+import logging
+import stat
+from functools import partial
+
+import trio
+
+from loomproto import errors
+from loomproto.layout import Layout
+
+from . import schema
+from .apply import Applier
+
+log = logging.getLogger(__name__)
+
+CUT_TIMEOUT = 10.0  # per OSD call
+MARK_TRIES = 50
+MARK_RETRY = 0.1
+
+
+class Tails:
+    """`osd_call(info, op, args)` calls one OSD (mdsd.sessions.Reclaimer.osd_call);
+    `map_source()` gives the current cluster map."""
+
+    def __init__(self, store, sessions, map_source, osd_call):
+        self.store = store
+        self.sessions = sessions
+        self.map_source = map_source
+        self.osd_call = osd_call
+        self._locks: dict[int, trio.Lock] = {}  # inodes being (or waiting to be) cut
+
+    async def mark(self, inos) -> None:
+        """Flag these inodes (the regular files among them) durably."""
+        inos = list(inos)
+        for _ in range(MARK_TRIES):
+            locked = await self.store.write(partial(_set_tail, self.store, inos))
+            if set(locked) != set(inos):
+                log.info("tail flagged on inodes %s", sorted(set(inos) - set(locked))[:32])
+            inos = locked
+            if not inos:
+                return
+            await trio.sleep(MARK_RETRY)  # a prepared transaction holds them: it ends soon
+        log.warning("tail of inodes %s not flagged: locked by a transaction for %gs",
+                    inos, MARK_TRIES * MARK_RETRY)
+
+    async def settle(self, ino: int, session=None) -> None:
+        """Before an open (by `session`) or a size change of `ino`: cut what a
+        flagged inode may hold past its size, unless someone else has it open."""
+        lock = self._locks.get(ino)
+        if lock is None:
+            inode = self._inode(ino)
+            if inode is None or not inode.get("tail"):
+                return  # the common case: one read, no wait
+            lock = self._locks[ino] = trio.Lock()
+        try:
+            async with lock:
+                inode = self._inode(ino)
+                if inode is None or not inode.get("tail"):
+                    return
+                others = set(self.sessions.opens.get(ino, {})) - {session}
+                if others:
+                    log.debug("ino %d: tail left for later, open by %d other sessions",
+                              ino, len(others))
+                    return
+                if await self._cut(ino, inode):
+                    await self.store.write(partial(_clear_tail, self.store, ino,
+                                                   inode["size"]))
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(ino, None)
+
+    def _inode(self, ino: int) -> dict | None:
+        raw = self.store.get(schema.inode_key(ino))
+        return None if raw is None else schema.unpack(raw)
+
+    async def _cut(self, ino: int, inode: dict) -> bool:
+        if inode.get("layout") is None:
+            return True  # no data of its own: nothing to cut
+        cluster_map = self.map_source()
+        if cluster_map is None:
+            return False
+        args = {"ino": ino, "size": inode["size"],
+                "unit": Layout.from_wire(inode["layout"]).unit, "epoch": cluster_map.epoch}
+        failed = []
+
+        async def one(info):
+            try:
+                with trio.fail_after(CUT_TIMEOUT):
+                    await self.osd_call(info, "truncate_file", args)
+            except (errors.LoomError, trio.TooSlowError) as exc:
+                failed.append(f"osd {info.osd_id}: {exc or 'timeout'}")
+
+        # A down OSD catches up by version when it returns; the up ones record
+        # the cut as missed by it (osd.recovery.record_truncate).
+        async with trio.open_nursery() as nursery:
+            for info in cluster_map.osds.values():
+                if info.in_ and info.up:
+                    nursery.start_soon(one, info)
+        if failed:
+            log.warning("ino %d: cutting what a writer left past size %d failed (tried "
+                        "again at the next open): %s", ino, inode["size"], "; ".join(failed))
+            return False
+        log.info("ino %d: cut what a writer left past size %d", ino, inode["size"])
+        return True
+
+
+def _set_tail(store, inos: list[int], txn) -> list[int]:
+    """Flag the inodes; returns those a prepared cross-shard transaction holds
+    locked (flagged on a later try)."""
+    ap = Applier(store, txn)
+    locked = []
+    for ino in inos:
+        key = schema.inode_key(ino)
+        raw = ap.get(key)
+        if raw is None:
+            continue
+        inode = schema.unpack(raw)
+        if not stat.S_ISREG(inode["mode"]) or inode.get("tail"):
+            continue
+        inode["tail"] = True
+        try:
+            ap.put(key, schema.pack(inode))
+        except errors.Conflict:
+            locked.append(ino)
+    return locked
+
+
+def _clear_tail(store, ino: int, size: int, txn):
+    """Clear the flag if the size is still the one the OSDs were cut at."""
+    ap = Applier(store, txn)
+    key = schema.inode_key(ino)
+    raw = ap.get(key)
+    if raw is None:
+        return
+    inode = schema.unpack(raw)
+    if inode.get("tail") and inode["size"] == size:
+        del inode["tail"]
+        ap.put(key, schema.pack(inode))

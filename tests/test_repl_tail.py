@@ -1,0 +1,93 @@
+"""Bytes a writer left past a file's size never show up when the file grows
+(mdsd.tails), on a real cluster whose metadata servers expire a session after a
+few seconds.
+
+A client killed while writing had sent part of its data to the OSDs but never
+committed the size that covers it: the file kept size 0, and a truncate up, or a
+write past the end, on another mount showed those bytes where zeros belong (a
+tester's report; fsck called the cluster clean).  Once the writer's session
+expired, the shard flags the file, and the next size change (or open) with no
+other holder cuts the OSDs' chunks at the committed size first.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from repl_helpers import DOWN_AFTER, close_cluster, drop_page_cache, repl_cluster_fixture
+
+pytestmark = pytest.mark.mount
+
+SESSION_TIMEOUT = 3
+MiB = 1 << 20
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+for _ in range(40):  # past the 16 MiB write window: at least 24 MiB reach the OSDs
+    os.write(fd, b"S" * (1 << 20))
+open(sys.argv[2], "w").close()
+sys.stdin.read()  # held open until killed
+"""
+
+
+@pytest.fixture(scope="module")
+def tail_cluster(tmp_path_factory):
+    base, live = repl_cluster_fixture(tmp_path_factory, osds=2, replicas=1)
+    try:
+        live.run("up", "--mds", 2, "--osd", 2, "--replicas", 1, "--down-after", DOWN_AFTER,
+                 "--session-timeout", SESSION_TIMEOUT, "--mount", live.mnt)
+        yield live
+    finally:
+        problems = close_cluster(base, live)
+        assert not problems, "\n".join(problems)
+
+
+def _wait_for(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {seconds}s"
+        time.sleep(0.1)  # polls the condition under the deadline
+
+
+def _logs(live):
+    return "".join(live.log_text(f"mds{i}") for i in range(2))
+
+
+@pytest.mark.parametrize("grow", ["truncate", "pwrite"])
+def test_a_dead_writers_bytes_past_the_size_never_show(tail_cluster, grow):
+    live = tail_cluster
+    name = f"crashed-{grow}"
+    other = live.base / f"mnt-{grow}"
+    other.mkdir()
+    live.run("mount", other)
+    client = [n for n, node in live.nodes().items()
+              if node.get("mount") == str(other)][0]
+    ready = live.base / f"ready-{grow}"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(other / name), str(ready)],
+                              stdin=subprocess.PIPE)
+    try:
+        _wait_for(ready.exists, 120, "writer progress")
+        flagged = _logs(live).count("tail flagged")
+        live.run("kill", client)
+    finally:
+        writer.kill()
+        writer.wait()
+    live.run("umount", client)
+    path = live.mnt / name
+    assert os.stat(path).st_size == 0
+    _wait_for(lambda: _logs(live).count("tail flagged") > flagged, 60,
+              "flag after the writer's session expired")
+
+    if grow == "truncate":
+        os.truncate(path, 48 * MiB)
+    else:
+        with open(path, "r+b") as fp:
+            fp.seek(48 * MiB - 1)
+            fp.write(b"E")
+    drop_page_cache()
+    data = path.read_bytes()
+    assert len(data) == 48 * MiB
+    assert data[:48 * MiB - 1].count(0) == 48 * MiB - 1, "a dead writer's bytes showed"
