@@ -133,8 +133,14 @@ def test_second_up_refused_while_running(dummy):
     again = dummy.run("up", "--mds", 1, "--osd", 1, "--replicas", 1, check=False)
     assert again.returncode == 1
     assert "is running" in again.stderr
+    assert "start only the stopped" not in again.stderr
     assert {name: node["pid"] for name, node in dummy.nodes().items()} == pids
     check_all_running(dummy, 2)
+    # With one node dead (a killed client, say) the message names what restarts it.
+    dummy.run("kill", "osd0")
+    again = dummy.run("up", "--mds", 1, "--osd", 1, "--replicas", 1, check=False)
+    assert again.returncode == 1
+    assert "to start only the stopped ones (osd0): `scripts/cluster start" in again.stderr
 
 
 def test_mds_count_of_existing_cluster_is_checked(dummy):
