@@ -609,6 +609,13 @@ class DataPath:
         await self.drain(fd)
         fd.read_cache.clear()
         fd.generation += 1
+        orphaned = self._cut_unreachable(fd, size)
+        if orphaned:
+            # None of the members is up to cut it or to record the cut as missed
+            # (one replica, say): the cut would be lost, and the old bytes would
+            # come back with the OSD.  Refused before anything is cut.
+            raise errors.IOFailure(f"truncate of ino {fd.ino}: no replica of chunk "
+                                   f"{orphaned[0]} is up")
         args = {"ino": fd.ino, "size": size, "unit": fd.layout.unit}
         went_down = await self._truncate_round(args)
         for _ in range(len(self.cluster.in_osds())):
@@ -620,8 +627,25 @@ class DataPath:
             log.warning("truncate of ino %d: osds %s went down before they answered; "
                         "asking the others again", fd.ino, went_down)
             went_down = await self._truncate_round(dict(args, again=True))
+        if went_down or self._cut_unreachable(fd, size):
+            # An OSD that died during the cut may hold the only copy of a chunk past
+            # the size, uncut and unrecorded: the inode's shard is told, and cuts it
+            # again at the next open once every OSD is up (mdsd.tails).
+            await self.cluster.mds(self.cluster.shard_of_ino(fd.ino), "mark_tail",
+                                   {"ino": fd.ino})
         fd.size = size
         fd.chunks_written = {i for i in fd.chunks_written if i < fd.layout.chunk_count(size)}
+
+    def _cut_unreachable(self, fd: FileData, size: int) -> list[int]:
+        """Chunk indices a truncate of `fd` (at its known size) to `size` must cut
+        whose replica set has no up member.  A set depends only on the stripe
+        slot, so at most `count` indices are looked at."""
+        first, count = size // fd.layout.unit, fd.layout.chunk_count(fd.size)
+        out = []
+        for chunk_index in range(first, min(count, first + fd.layout.count)):
+            if not any(self.cluster.map.is_up(o) for o in self.replicas(fd, chunk_index)):
+                out.append(chunk_index)
+        return out
 
     async def _truncate_round(self, args: dict) -> list[int]:
         """truncate_file on every up OSD at once; returns those that the map marked
@@ -636,8 +660,10 @@ class DataPath:
             except errors.LoomError as exc:
                 failures.append(exc)
 
+        # Every up OSD, in or out: one marked out may still hold a copy that
+        # recovery has not moved yet, and would push back uncut.
         async with trio.open_nursery() as nursery:
-            for osd_id in self.cluster.in_osds():
+            for osd_id in sorted(self.cluster.map.osds):
                 if self.cluster.map.is_up(osd_id):
                     nursery.start_soon(one, osd_id)
         if failures:

@@ -493,8 +493,8 @@ class LoomOperations(pyfuse3.Operations):
         change came in between (then gen moved by more than one)."""
         ino, gen = attr["ino"], attr.get("gen")
         known = self._page_gens.get(ino)
-        if known is None or gen == known:
-            return
+        if known is None or gen == known or attr.get("unchanged"):
+            return  # (unchanged: a commit that wrote nothing; gen moved, if at all, by others)
         if gen == known + 1:
             self._page_gens[ino] = gen
         else:

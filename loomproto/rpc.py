@@ -284,8 +284,9 @@ class RpcClient:
                 stream = await trio.open_tcp_stream(host, port)
                 frames = wire.FrameStream(stream)
                 await wire.client_handshake(frames, self.cluster_id, self.key, self.name)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError,
+        except (OSError, ValueError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, wire.FrameError) as exc:
+            # ValueError: a host name the resolver refuses (UnicodeError from idna).
             if stream is not None:
                 await trio.aclose_forcefully(stream)
             raise errors.TransportError(f"cannot connect to {self.addr}: {exc}") from None

@@ -57,9 +57,10 @@ class MapKeeper:
         if not isinstance(addr, str) or not isinstance(host, str) or len(addr) > 256:
             raise errors.BadRequest("heartbeat needs addr and host strings")
         try:
-            _, port = rpc.parse_addr(addr)
-        except ValueError as exc:
-            raise errors.BadRequest(f"heartbeat: {exc}") from None
+            peer_host, port = rpc.parse_addr(addr)
+            peer_host.encode("idna")  # what the resolver will be asked
+        except ValueError as exc:  # UnicodeError too
+            raise errors.BadRequest(f"heartbeat: bad address {addr!r:.80}: {exc}") from None
         if not 0 < port < 65536:
             raise errors.BadRequest(f"heartbeat: port {port} of {addr!r:.80} out of range")
         capacity = check.integer(args, "capacity", 0, check.U63_MAX, default=0)

@@ -126,7 +126,8 @@ async def setattr(ns, args: dict) -> dict:
     caller_uid, caller_gids = check.caller(args)
     rid = check.rid(args)
     if "size" in fields:
-        await ns.tails.settle(ino)  # an extension must not show what a dead writer left
+        # An extension must not show what a dead writer left past the size.
+        await ns.tails.settle(ino, ns.sessions.is_open(ino))
 
     async def body(tx):
         inode = await ns.read_inode(tx, ino)
@@ -168,7 +169,9 @@ async def commit_size(ns, args: dict) -> dict:
         if stat.S_ISREG(inode["mode"]) and chunks != inode.get("chunks", []):
             inode["chunks"] = chunks
         elif size <= inode["size"] and mtime <= inode["mtime"]:
-            return await ns.attr_of(ino, inode)
+            # Nothing written: the gen in this reply is not a step of this call's
+            # (the client's page cache check, client.ops._own_change).
+            return dict(await ns.attr_of(ino, inode), unchanged=True)
         inode["size"] = max(inode["size"], size)
         inode["mtime"] = max(inode["mtime"], mtime)
         if inode["size"]:
@@ -202,9 +205,10 @@ async def open_(ns, args: dict) -> dict:
     ino = check.ino(args)
     session = check.session(args)
     check.integer(args, "flags", 0, check.U32_MAX, default=0)
+    held_before = ns.sessions.is_open(ino)
     ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between
     try:
-        await ns.tails.settle(ino, session)  # what a dead writer left past the size
+        await ns.tails.settle(ino, held_before)  # what a dead writer left past the size
         return await getattr(ns, {"ino": ino})
     except errors.LoomError:
         ns.sessions.close(ino, session)

@@ -100,13 +100,18 @@ class Sessions:
 
     async def expire_loop(self):
         while True:
-            held = self.expire()
+            now = trio.current_time()
+            late = {s for s, deadline in self.expires.items() if deadline < now}
+            held = sorted(ino for ino, holders in self.opens.items() if late & holders.keys())
             if held and self.on_expire is not None:
+                # Flagged while their opens still count, so that no open slips in
+                # between and finds the file neither held nor flagged.
                 try:
                     await self.on_expire(held)
                 except errors.LoomError as exc:
                     log.warning("inodes %s held by expired sessions: %s", held[:8],
                                 exc.message)
+            self.expire()
             await trio.sleep(1.0)
 
 

@@ -9,17 +9,23 @@ end) would then show them where the file must read as zeros.
 Such an inode carries ``tail`` (in its record, durable).  The shard sets it for
 every inode an expired session still held open (`Sessions.on_expire`), and
 when a client reports a failed flush (``mark_tail``).  The next open or size
-change that finds it set, while no other session holds the file open, first
-cuts every OSD's chunks at the committed size (``truncate_file``), then clears
-it; opens and size changes of that inode wait meanwhile.  While another
-session holds the file open its writes past the size may be on their way, so
-nothing is cut then: a later open tries again.
+change that finds it set, while no session (the caller's included) held the
+file before it, first cuts every up OSD's chunks at the committed size
+(``truncate_file``), then clears it; opens and size changes of that inode wait
+meanwhile.  While a session holds the file its writes past the size may be on
+their way, so nothing is cut then: a later open tries again.
+
+The flag is cleared only once every OSD in the map was up and cut, so a copy
+on an OSD that was down cannot come back with the old bytes unrecorded.
 
 Limitations:
 - The open registry lives in memory: a client that dies while the inode's
   shard is down, so never registers its opens again, leaves no flag.
 - Until a dead client's session expires (the session timeout), its opens still
-  count, so another mount that extends the file meanwhile can see the old bytes.
+  count, so another mount that extends the file meanwhile can see the old bytes;
+  so can a client that held the file open when the writer died and extends it
+  through that handle (its own writes past the size may be on their way, so
+  nothing is cut while any session holds the file).
 """
 
 import logging
@@ -66,9 +72,11 @@ class Tails:
         log.warning("tail of inodes %s not flagged: locked by a transaction for %gs",
                     inos, MARK_TRIES * MARK_RETRY)
 
-    async def settle(self, ino: int, session=None) -> None:
-        """Before an open (by `session`) or a size change of `ino`: cut what a
-        flagged inode may hold past its size, unless someone else has it open."""
+    async def settle(self, ino: int, held_before: bool) -> None:
+        """Before an open or a size change of `ino`: cut what a flagged inode may
+        hold past its size.  `held_before`: some session, the caller's included,
+        held the file open before this request, so its writes past the size may
+        be on their way (a second open of a file is an open like the first)."""
         lock = self._locks.get(ino)
         if lock is None:
             inode = self._inode(ino)
@@ -80,10 +88,10 @@ class Tails:
                 inode = self._inode(ino)
                 if inode is None or not inode.get("tail"):
                     return
-                others = set(self.sessions.opens.get(ino, {})) - {session}
-                if others:
-                    log.debug("ino %d: tail left for later, open by %d other sessions",
-                              ino, len(others))
+                if held_before or not self.sessions.settled:
+                    # After a start, clients may not have registered their opens
+                    # again yet (mdsd.sessions): nobody is known not to hold it.
+                    log.debug("ino %d: tail left for later, the file may be held", ino)
                     return
                 if await self._cut(ino, inode):
                     await self.store.write(partial(_clear_tail, self.store, ino,
@@ -102,7 +110,9 @@ class Tails:
         cluster_map = self.map_source()
         if cluster_map is None:
             return False
-        args = {"ino": ino, "size": inode["size"],
+        # `again`: chunks an earlier try cut are recorded as missed by the members
+        # that are down now, like those this one cuts (osd.service, truncate_file).
+        args = {"ino": ino, "size": inode["size"], "again": True,
                 "unit": Layout.from_wire(inode["layout"]).unit, "epoch": cluster_map.epoch}
         failed = []
 
@@ -113,12 +123,18 @@ class Tails:
             except (errors.LoomError, trio.TooSlowError) as exc:
                 failed.append(f"osd {info.osd_id}: {exc or 'timeout'}")
 
-        # A down OSD catches up by version when it returns; the up ones record
-        # the cut as missed by it (osd.recovery.record_truncate).
+        # Every up OSD, in or out: one marked out may still hold a copy recovery
+        # has not moved yet.  A down one is cut by recovery when it returns if
+        # an up member recorded the cut as missed by it (osd.recovery); with no up
+        # member (one replica) nothing can, so the flag stays until it is back.
         async with trio.open_nursery() as nursery:
             for info in cluster_map.osds.values():
-                if info.in_ and info.up:
+                if info.up:
                     nursery.start_soon(one, info)
+        down = sorted(info.osd_id for info in cluster_map.osds.values()
+                      if info.in_ and not info.up)
+        if down:
+            failed.append(f"osds {down} down")
         if failed:
             log.warning("ino %d: cutting what a writer left past size %d failed (tried "
                         "again at the next open): %s", ino, inode["size"], "; ".join(failed))

@@ -11,12 +11,14 @@ other holder cuts the OSDs' chunks at the committed size first.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import cluster_script
 from repl_helpers import DOWN_AFTER, close_cluster, drop_page_cache, repl_cluster_fixture
 
 pytestmark = pytest.mark.mount
@@ -91,3 +93,75 @@ def test_a_dead_writers_bytes_past_the_size_never_show(tail_cluster, grow):
     data = path.read_bytes()
     assert len(data) == 48 * MiB
     assert data[:48 * MiB - 1].count(0) == 48 * MiB - 1, "a dead writer's bytes showed"
+
+
+def test_a_second_open_by_the_writer_cuts_nothing(tail_cluster):
+    """The flag is set while a live writer has bytes past the size on the OSDs (a
+    reader of the file died): an open of the file by the writer's own mount must
+    not cut them, since that session held the file before (a reviewer's case: the
+    writer's later commit covered zeros).  No process is started while the writer
+    has unflushed data: closing an inherited descriptor would flush it."""
+    live = tail_cluster
+    other = live.base / "mnt-reader"
+    other.mkdir()
+    path = live.mnt / "held"
+    second = None
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"W" * MiB)
+        os.fsync(fd)
+        live.run("mount", other)
+        client = [n for n, node in live.nodes().items() if node.get("mount") == str(other)][0]
+        reader = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb')"
+                                   "; print('open', flush=True); sys.stdin.read()",
+                                   str(other / "held")], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout.readline() == "open\n"
+            flagged = _logs(live).count("tail flagged")
+            live.run("kill", client)
+        finally:
+            reader.kill()
+            reader.wait()
+        for _ in range(39):  # past the write window: most of it is on the OSDs now
+            os.write(fd, b"W" * MiB)
+        _wait_for(lambda: _logs(live).count("tail flagged") > flagged, 60,
+                  "flag after the reader's session expired")
+        second = os.open(path, os.O_RDONLY)  # the writer's mount opens it again
+    finally:
+        os.close(fd)  # commits the size of all 40 MiB
+        if second is not None:
+            os.close(second)
+    live.run("umount", client)
+    drop_page_cache()
+    data = path.read_bytes()
+    assert len(data) == 40 * MiB and data.count(b"W") == 40 * MiB, "the writer's bytes were cut"
+
+
+def test_a_truncate_whose_only_replica_hangs_is_cut_when_it_returns(tail_cluster):
+    """One replica: the OSD holding a chunk past the new size hangs during the
+    truncate, so nobody cuts that chunk or records the cut as missed.  The truncate
+    succeeded, and once the OSD was back a truncate up showed the old bytes (a
+    reviewer's case).  The client now flags the file, and the size change that
+    grows it cuts the returned OSD's copy first."""
+    live = tail_cluster
+    path = live.mnt / "hung-cut"
+    with open(path, "wb") as fp:
+        fp.write(b"A" * 8 * MiB)
+        fp.flush()
+        os.fsync(fp.fileno())
+    slots = live.getstripe(path)
+    victim = slots[1 % len(slots)][0]  # holds chunk 1, past the new size
+    node = live.nodes()[f"osd{victim}"]
+    assert cluster_script.send_signal(node, signal.SIGSTOP)
+    try:
+        os.truncate(path, MiB)  # ends once the map marks the OSD down
+    finally:
+        live.kill(victim)  # SIGKILL ends a stopped process too
+    live.wait_osd(victim, False)
+    live.restart(victim)
+    os.truncate(path, 8 * MiB)
+    drop_page_cache()
+    data = path.read_bytes()
+    assert data[:MiB] == b"A" * MiB
+    assert data[MiB:].count(0) == 7 * MiB, "the hung OSD's old bytes came back"
