@@ -609,13 +609,10 @@ class DataPath:
         await self.drain(fd)
         fd.read_cache.clear()
         fd.generation += 1
-        orphaned = self._cut_unreachable(fd, size)
-        if orphaned:
-            # None of the members is up to cut it or to record the cut as missed
-            # (one replica, say): the cut would be lost, and the old bytes would
-            # come back with the OSD.  Refused before anything is cut.
-            raise errors.IOFailure(f"truncate of ino {fd.ino}: no replica of chunk "
-                                   f"{orphaned[0]} is up")
+        # A chunk none of whose replicas is up (one replica, say) is neither cut
+        # nor recorded as missed by anyone: the old bytes would come back with
+        # its OSD.  Such a file is flagged below.
+        unreachable = self._cut_unreachable(fd, size)
         args = {"ino": fd.ino, "size": size, "unit": fd.layout.unit}
         went_down = await self._truncate_round(args)
         for _ in range(len(self.cluster.in_osds())):
@@ -627,10 +624,11 @@ class DataPath:
             log.warning("truncate of ino %d: osds %s went down before they answered; "
                         "asking the others again", fd.ino, went_down)
             went_down = await self._truncate_round(dict(args, again=True))
-        if went_down or self._cut_unreachable(fd, size):
-            # An OSD that died during the cut may hold the only copy of a chunk past
-            # the size, uncut and unrecorded: the inode's shard is told, and cuts it
-            # again at the next open once every OSD is up (mdsd.tails).
+        if unreachable or went_down or self._cut_unreachable(fd, size):
+            # An OSD that was down, or died during the cut, may hold the only copy of
+            # a chunk past the size, uncut and unrecorded: the inode's shard is told,
+            # and cuts it at the next open or size change once every OSD is up
+            # (mdsd.tails).
             await self.cluster.mds(self.cluster.shard_of_ino(fd.ino), "mark_tail",
                                    {"ino": fd.ino})
         fd.size = size

@@ -165,3 +165,25 @@ def test_a_truncate_whose_only_replica_hangs_is_cut_when_it_returns(tail_cluster
     data = path.read_bytes()
     assert data[:MiB] == b"A" * MiB
     assert data[MiB:].count(0) == 7 * MiB, "the hung OSD's old bytes came back"
+
+
+def test_a_truncate_with_the_only_replica_down_is_cut_when_it_returns(tail_cluster):
+    """The same with the OSD down before the truncate starts: it is not asked, and
+    no other OSD holds the chunk to record the cut as missed."""
+    live = tail_cluster
+    path = live.mnt / "down-cut"
+    with open(path, "wb") as fp:
+        fp.write(b"B" * 8 * MiB)
+        fp.flush()
+        os.fsync(fp.fileno())
+    slots = live.getstripe(path)
+    victim = slots[1 % len(slots)][0]
+    live.kill(victim)
+    live.wait_osd(victim, False)
+    os.truncate(path, MiB)
+    live.restart(victim)
+    os.truncate(path, 8 * MiB)
+    drop_page_cache()
+    data = path.read_bytes()
+    assert data[:MiB] == b"B" * MiB
+    assert data[MiB:].count(0) == 7 * MiB, "the down OSD's old bytes came back"
