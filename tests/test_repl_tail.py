@@ -138,6 +138,25 @@ def test_a_second_open_by_the_writer_cuts_nothing(tail_cluster):
     assert len(data) == 40 * MiB and data.count(b"W") == 40 * MiB, "the writer's bytes were cut"
 
 
+def _write_8_mib(live, path, byte: bytes) -> int:
+    """8 MiB of `byte`, fsynced; returns the OSD that holds chunk 1."""
+    with open(path, "wb") as fp:
+        fp.write(byte * 8 * MiB)
+        fp.flush()
+        os.fsync(fp.fileno())
+    slots = live.getstripe(path)
+    return slots[1 % len(slots)][0]
+
+
+def _grown_reads_zeros(path, byte: bytes):
+    """The file cut to 1 MiB, grown back to 8: zeros past 1 MiB, not the old bytes."""
+    os.truncate(path, 8 * MiB)
+    drop_page_cache()
+    data = path.read_bytes()
+    assert data[:MiB] == byte * MiB
+    assert data[MiB:].count(0) == 7 * MiB, "the cut OSD's old bytes came back"
+
+
 def test_a_truncate_whose_only_replica_hangs_is_cut_when_it_returns(tail_cluster):
     """One replica: the OSD holding a chunk past the new size hangs during the
     truncate, so nobody cuts that chunk or records the cut as missed.  The truncate
@@ -146,12 +165,7 @@ def test_a_truncate_whose_only_replica_hangs_is_cut_when_it_returns(tail_cluster
     grows it cuts the returned OSD's copy first."""
     live = tail_cluster
     path = live.mnt / "hung-cut"
-    with open(path, "wb") as fp:
-        fp.write(b"A" * 8 * MiB)
-        fp.flush()
-        os.fsync(fp.fileno())
-    slots = live.getstripe(path)
-    victim = slots[1 % len(slots)][0]  # holds chunk 1, past the new size
+    victim = _write_8_mib(live, path, b"A")  # holds chunk 1, past the new size
     node = live.nodes()[f"osd{victim}"]
     assert cluster_script.send_signal(node, signal.SIGSTOP)
     try:
@@ -160,11 +174,7 @@ def test_a_truncate_whose_only_replica_hangs_is_cut_when_it_returns(tail_cluster
         live.kill(victim)  # SIGKILL ends a stopped process too
     live.wait_osd(victim, False)
     live.restart(victim)
-    os.truncate(path, 8 * MiB)
-    drop_page_cache()
-    data = path.read_bytes()
-    assert data[:MiB] == b"A" * MiB
-    assert data[MiB:].count(0) == 7 * MiB, "the hung OSD's old bytes came back"
+    _grown_reads_zeros(path, b"A")
 
 
 def test_a_truncate_with_the_only_replica_down_is_cut_when_it_returns(tail_cluster):
@@ -172,18 +182,9 @@ def test_a_truncate_with_the_only_replica_down_is_cut_when_it_returns(tail_clust
     no other OSD holds the chunk to record the cut as missed."""
     live = tail_cluster
     path = live.mnt / "down-cut"
-    with open(path, "wb") as fp:
-        fp.write(b"B" * 8 * MiB)
-        fp.flush()
-        os.fsync(fp.fileno())
-    slots = live.getstripe(path)
-    victim = slots[1 % len(slots)][0]
+    victim = _write_8_mib(live, path, b"B")
     live.kill(victim)
     live.wait_osd(victim, False)
     os.truncate(path, MiB)
     live.restart(victim)
-    os.truncate(path, 8 * MiB)
-    drop_page_cache()
-    data = path.read_bytes()
-    assert data[:MiB] == b"B" * MiB
-    assert data[MiB:].count(0) == 7 * MiB, "the down OSD's old bytes came back"
+    _grown_reads_zeros(path, b"B")
