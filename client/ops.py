@@ -99,11 +99,13 @@ def _guarded(handler):
 
 @contextlib.contextmanager
 def _stale_if_gone():
-    """NotFound of the inode a request names becomes ESTALE.  The kernel reached it
+    """NotFound of the inode an open names becomes ESTALE.  The kernel reached it
     through a name cached for `entry_timeout`, which another mount has since
-    removed or pointed elsewhere; on ESTALE from open or stat it looks the name up
-    afresh (LOOKUP_REVAL) and tries again, where ENOENT would end the call on a
-    name that may well exist."""
+    removed or pointed elsewhere; on ESTALE from open it looks the name up afresh
+    (LOOKUP_REVAL) and tries again, where ENOENT would end the call on a name that
+    may well exist.  (Not for getattr: an fstat of a removed directory held open,
+    or a stat of a removed working directory, would then fail with ESTALE where a
+    local filesystem answers, a tester found.)"""
     try:
         yield
     except errors.NotFound:
@@ -259,8 +261,7 @@ class LoomOperations(pyfuse3.Operations):
         # unlink in it (the kernel drops them): see Meta.cached_dir.
         attr = self.meta.cached_dir(inode, self.attr_timeout)
         if attr is None:
-            with _stale_if_gone():
-                attr = await self.meta.getattr(inode)
+            attr = await self.meta.getattr(inode)
         return self._entry(attr)
 
     async def setattr(self, inode, attr, fields, fh, ctx):

@@ -126,7 +126,7 @@ async def setattr(ns, args: dict) -> dict:
     caller_uid, caller_gids = check.caller(args)
     rid = check.rid(args)
     if "size" in fields:
-        # An extension must not show what a dead writer left past the size.
+        # An extension must not show what a failed writer left past the size.
         await ns.tails.settle(ino, ns.sessions.is_open(ino))
 
     async def body(tx):
@@ -208,7 +208,7 @@ async def open_(ns, args: dict) -> dict:
     held_before = ns.sessions.is_open(ino)
     ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between
     try:
-        await ns.tails.settle(ino, held_before)  # what a dead writer left past the size
+        await ns.tails.settle(ino, held_before)  # what a failed writer left past the size
         return await getattr(ns, {"ino": ino})
     except errors.LoomError:
         ns.sessions.close(ino, session)

@@ -49,9 +49,6 @@ class Sessions:
         # Every client had its chance to register its opens again since this
         # shard started (reclaim's grace passed): is_open can be trusted.
         self.settled = False
-        # Awaited with the inodes an expired session still held open: its writes
-        # past their sizes may be on the OSDs for good (mdsd.tails).
-        self.on_expire = None
 
     def open(self, ino: int, session):
         self.expires[session] = max(self.expires.get(session, 0), self._deadline())
@@ -85,32 +82,17 @@ class Sessions:
     def _deadline(self) -> float:
         return trio.current_time() + self.timeout
 
-    def expire(self) -> list[int]:
-        """Drop the sessions past their deadline; returns the inodes they held open."""
+    def expire(self):
         now = trio.current_time()
-        held = []
         for session in [s for s, deadline in self.expires.items() if deadline < now]:
             del self.expires[session]
             log.info("session %r expired", session)
             for ino, holders in list(self.opens.items()):
                 if session in holders:
-                    held.append(ino)
                     self.close(ino, session)
-        return held
 
     async def expire_loop(self):
         while True:
-            now = trio.current_time()
-            late = {s for s, deadline in self.expires.items() if deadline < now}
-            held = sorted(ino for ino, holders in self.opens.items() if late & holders.keys())
-            if held and self.on_expire is not None:
-                # Flagged while their opens still count, so that no open slips in
-                # between and finds the file neither held nor flagged.
-                try:
-                    await self.on_expire(held)
-                except errors.LoomError as exc:
-                    log.warning("inodes %s held by expired sessions: %s", held[:8],
-                                exc.message)
             self.expire()
             await trio.sleep(1.0)
 

@@ -42,7 +42,6 @@ class Shard:
                                    f"mds{mds_id}")
         self.ns.map_source = self.current_map
         self.ns.tails = Tails(store, self.sessions, self.current_map, self.reclaimer.osd_call)
-        self.sessions.on_expire = self.ns.tails.mark
 
     def current_map(self):
         return self.keeper.map if self.keeper is not None else self.follower.map

@@ -1,31 +1,31 @@
 """Bytes a writer left past a file's size, cut before anyone can see them.
 
 A client's writes are on the OSDs before its flush commits the size that covers
-them (`commit_size`).  A writer that died with the file open (its session
-expired holding it) or whose flush failed may leave such bytes past the
-committed size for good.  A later extension (a truncate up, a write past the
-end) would then show them where the file must read as zeros.
+them (`commit_size`).  A writer whose flush failed (ENOSPC), or a truncate that
+could not reach every copy of a chunk, may leave bytes past the committed size
+for good.  A later extension (a truncate up, a write past the end) would then
+show them where the file must read as zeros.
 
-Such an inode carries ``tail`` (in its record, durable).  The shard sets it for
-every inode an expired session still held open (`Sessions.on_expire`), and
-when a client reports a failed flush (``mark_tail``).  The next open or size
-change that finds it set, while no session (the caller's included) held the
-file before it, first cuts every up OSD's chunks at the committed size
-(``truncate_file``), then clears it; opens and size changes of that inode wait
-meanwhile.  While a session holds the file its writes past the size may be on
-their way, so nothing is cut then: a later open tries again.
+Such an inode carries ``tail`` (in its record, durable), set by the client
+(``mark_tail``).  The next open or size change that finds it set, while no
+session (the caller's included) held the file before it, first cuts every up
+OSD's chunks at the committed size (``truncate_file``), then clears it; opens
+and size changes of that inode wait meanwhile.  While a session holds the file
+its writes past the size may be on their way, so nothing is cut then: a later
+open tries again.
 
 The flag is cleared only once every OSD in the map was up and cut, so a copy
 on an OSD that was down cannot come back with the old bytes unrecorded.
 
 Limitations:
-- The open registry lives in memory: a client that dies while the inode's
-  shard is down, so never registers its opens again, leaves no flag.
-- Until a dead client's session expires (the session timeout), its opens still
-  count, so another mount that extends the file meanwhile can see the old bytes;
-  so can a client that held the file open when the writer died and extends it
-  through that handle (its own writes past the size may be on their way, so
-  nothing is cut while any session holds the file).
+- A client killed while writing leaves no flag: the shard cannot tell a dead
+  client from one stalled past its session timeout, which resumes, renews and
+  commits a size over what a cut would have removed, with fsync succeeding (a
+  tester paused a writer with SIGSTOP).  Flagging on session expiry needs
+  clients that learn they were evicted and fail their handles first; not built.
+- A cut while an OSD is down leaves the flag set, and a session that holds the
+  file then (a writer stalled past its session timeout included) is not
+  protected against the next cut.
 """
 
 import logging
