@@ -25,7 +25,9 @@ Limitations:
   clients that learn they were evicted and fail their handles first; not built.
 - A cut while an OSD is down leaves the flag set, and a session that holds the
   file then (a writer stalled past its session timeout included) is not
-  protected against the next cut.
+  protected against the next cut.  Nor is a writer whose close of an earlier
+  handle reached the shard after its re-open (client.meta admits that race),
+  and a cut given up after CUT_TIMEOUT may still land on a slow OSD later.
 """
 
 import logging
