@@ -282,7 +282,8 @@ class Meta:
 
     async def mark_tail(self, ino: int) -> None:
         """Tell the inode's shard that writes of ours past its size failed, so they
-        may stay on the OSDs: it cuts them before the file is next opened (mdsd.tails)."""
+        may stay on the OSDs: it cuts them at the next open or size change while
+        nobody holds the file (mdsd.tails)."""
         await self._at_ino(ino, "mark_tail", {"ino": ino})
 
     async def commit_size(self, ino: int, size: int, mtime: int, chunks=()) -> dict:

@@ -216,8 +216,9 @@ async def open_(ns, args: dict) -> dict:
 
 
 async def mark_tail(ns, args: dict) -> dict:
-    """A client's flush of `ino` failed: its writes past the size may stay on the
-    OSDs; the next open with nobody else holding the file cuts them (mdsd.tails)."""
+    """A client's flush of `ino` failed, or its truncate could not reach every copy
+    of a chunk: bytes past the size may stay on the OSDs; the next open or size
+    change with nobody holding the file cuts them (mdsd.tails)."""
     ino = check.ino(args)
     if ns.ino_shard(ino) != ns.mds_id:
         raise errors.Invalid(f"inode {ino} does not live on shard {ns.mds_id}")
