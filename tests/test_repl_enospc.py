@@ -9,11 +9,11 @@ import errno
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from conftest import cluster_script, mounts_below
+from posix_util import wait_until
 from repl_helpers import drop_page_cache, repl_cluster_fixture, seeded_blocks
 
 pytestmark = pytest.mark.mount
@@ -78,10 +78,8 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
     # not as the failed writes' bytes (a tester's report).
     full = os.statvfs(live.state / "osd2")
     size = os.stat(big).st_size
-    deadline = time.monotonic() + 60
-    while "tail flagged" not in live.log_text("mds0") + live.log_text("mds1"):
-        assert time.monotonic() < deadline, "the failed flush was not reported"
-        time.sleep(0.2)  # polls the shard's log under the deadline
+    wait_until(lambda: "tail flagged" in live.log_text("mds0") + live.log_text("mds1"),
+               60, "the shard to record the failed flush")
     with open(big, "r+b") as fp:
         fp.seek(size + 8 * MiB)
         fp.write(b"E")
@@ -100,10 +98,8 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
 
     # Space comes back once the big file is gone, and writes work again.
     big.unlink()
-    deadline = time.monotonic() + 60
-    while os.statvfs(live.state / "osd2").f_bfree <= full.f_bfree + 256:
-        assert time.monotonic() < deadline, "the deleted file's chunks stayed on osd2"
-        time.sleep(0.2)  # polling the OSD's free space, which has no event to wait on
+    wait_until(lambda: os.statvfs(live.state / "osd2").f_bfree > full.f_bfree + 256, 60,
+               "the deleted file's chunks to leave osd2")  # free space has no event
     after = live.mnt / "after"
     after.write_bytes(early_data)
     drop_page_cache()

@@ -7,7 +7,6 @@ flush's are in test_repl_enospc.py."""
 
 import os
 import signal
-import time
 
 import pytest
 import trio
@@ -15,6 +14,7 @@ import trio
 from conftest import cluster_script
 from loomproto import config as cluster_config
 from loomproto import rpc
+from posix_util import wait_until
 from repl_helpers import DOWN_AFTER, close_cluster, drop_page_cache, repl_cluster_fixture
 
 pytestmark = pytest.mark.mount
@@ -32,13 +32,6 @@ def tail_cluster(tmp_path_factory):
     finally:
         problems = close_cluster(base, live)
         assert not problems, "\n".join(problems)
-
-
-def _wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {seconds}s"
-        time.sleep(0.1)  # polls the condition under the deadline
 
 
 def _logs(live):
@@ -77,7 +70,7 @@ def test_a_second_open_by_the_writer_cuts_nothing(tail_cluster):
             os.write(fd, b"W" * MiB)
         flagged = _logs(live).count("tail flagged")
         _mark_tail(live, os.fstat(fd).st_ino)
-        _wait_for(lambda: _logs(live).count("tail flagged") > flagged, 60, "flag")
+        wait_until(lambda: _logs(live).count("tail flagged") > flagged, 60, "the flag")
         second = os.open(path, os.O_RDONLY)  # the writer's mount opens it again
     finally:
         os.close(fd)  # commits the size of all 40 MiB
