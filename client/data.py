@@ -547,8 +547,10 @@ class DataPath:
                     log.warning("read of ino %d chunk %d from osd %d: %s", fd.ino, chunk_index,
                                 osd_id, exc)
                     failures.append(f"osd {osd_id}: {exc}")
-                except (errors.TransportError, errors.IOFailure, errors.StaleMap,
-                        errors.TryAgain, trio.TooSlowError) as exc:
+                except (errors.TransportError, errors.IOFailure, errors.NoSpace,
+                        errors.StaleMap, errors.TryAgain, trio.TooSlowError) as exc:
+                    # (NoSpace: an OSD of an older version than this one could not
+                    # make room to catch up; another replica may serve the read.)
                     log.warning("read of ino %d chunk %d from osd %d failed: %s",
                                 fd.ino, chunk_index, osd_id, exc or "timeout")
                     failures.append(f"osd {osd_id}: {exc or 'timeout'}")

@@ -394,7 +394,13 @@ class Recovery:
         members = [o for o in replicas if o != self.osd_id]
         others = [o for o in members if self.replicator.peer(o)]
         found = await self._versions_of(ino, chunk_index, others) if others else {}
-        await self._take_newest(ino, chunk_index, found, replicas)
+        try:
+            await self._take_newest(ino, chunk_index, found, replicas)
+        except errors.NoSpace as exc:
+            # Our disk cannot take the newer copy: the read is this OSD's to fail,
+            # not the client's to see as ENOSPC; it reads another replica instead.
+            raise errors.IOFailure(f"ino {ino} chunk {chunk_index}: a newer copy is on "
+                                   f"another replica and cannot be stored here: {exc}") from None
         if all(o in found for o in members):
             await self._confirmed_at_read(ino, chunk_index)
             return

@@ -73,6 +73,22 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
             os.fsync(fp.fileno())
     assert info.value.errno == errno.ENOSPC, info.value
 
+    # A file written while the full osd2 was down: back up, osd2 has no room to catch
+    # up on its chunks, and reads of those go to the other copy, not fail with
+    # ENOSPC (a tester's report; getstripe names the chunks osd2 is primary of).
+    live.kill(2)
+    live.wait_osd(2, False)
+    missed = live.mnt / "missed"
+    missed_data = b"".join(seeded_blocks(SEED + 2, 6))
+    with open(missed, "wb") as fp:
+        fp.write(missed_data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    assert any(osds[0] == 2 for osds in live.getstripe(missed).values())
+    live.restart(2)
+    drop_page_cache()
+    assert missed.read_bytes() == missed_data
+
     # The chunks that did land stay past the committed size until the next open,
     # which cuts them (mdsd.tails): the file grown again reads as zeros there,
     # not as the failed writes' bytes (a tester's report).
