@@ -17,7 +17,10 @@ File layout (all integers little-endian)::
         24     8  data length (u64, at most MAX_CHUNK = 64 MiB)
         32     4  CRC32 (zlib's polynomial, computed by `osd.checksum`) of bytes
                   0..31: detects a torn or damaged header
-        36  4060  zero (reserved)
+        36     8  inode number (u64)   the chunk the file holds, written when the
+        44     8  chunk index (u64)    file is made and never rewritten; all 20
+        52     4  CRC32 of 36..51      bytes are zero in files made before them
+        56  4040  zero (reserved)
       4096  4096  CRC table: MAX_BLOCKS = 1024 u32 slots; slot i is the CRC32 of the
                   data bytes of block i, that is [i*64 KiB, min((i+1)*64 KiB, length));
                   slots at or past ceil(length / 64 KiB) are meaningless (left as is)
@@ -35,15 +38,22 @@ write first preallocates its range (``posix_fallocate``), so a full disk fails
 the write before any byte of it lands and the header is left as it was.  There
 is no fsync here: durability is asked for by ``sync_file`` (`osd.store`).
 
+The name (inode, index) is checked at every open: a file that holds another
+chunk (put there by hand, by a restore of the wrong directory, by a filesystem
+fault) reads as corrupt instead of serving, or replicating, the other chunk's
+bytes.  `where` is that name (`ChunkName`) wherever a file is made or opened.
+
 Limitations:
 - A crash between the data and its CRC slots leaves blocks that read as corrupt;
   the client then reads another replica, and repair is a later issue.
+- A file made before the name was recorded carries none and is not checked.
 """
 
 import errno
 import os
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from loomproto import errors
 
@@ -60,10 +70,44 @@ HEADER_SIZE = 8192
 
 _FIXED = struct.Struct("<8sHHIQQ")
 _FIXED_CRC = struct.Struct("<I")
+_NAME = struct.Struct("<QQ")
+_NAME_OFFSET = _FIXED.size + _FIXED_CRC.size
+_NAME_END = _NAME_OFFSET + _NAME.size + _FIXED_CRC.size
 _CRC = struct.Struct("<I")
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ZERO_BLOCK_CRC = crc32(_ZERO_BLOCK)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
+
+
+class ChunkName(NamedTuple):
+    """Which chunk a file holds; it reads as "ino N chunk I" in messages."""
+
+    ino: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"ino {self.ino} chunk {self.index}"
+
+
+def encode_name(name) -> bytes:
+    """Bytes 36..55 of a new file's header: `name` and its CRC (zeros without one)."""
+    if not isinstance(name, ChunkName):
+        return bytes(_NAME_END - _NAME_OFFSET)
+    raw = _NAME.pack(name.ino, name.index)
+    return raw + _FIXED_CRC.pack(crc32(raw))
+
+
+def _check_name(raw: bytes, where) -> None:
+    """Refuse a header that names another chunk than `where` (when both name one)."""
+    stored = raw[_NAME_OFFSET:_NAME_END]
+    if not isinstance(where, ChunkName) or not any(stored):
+        return  # a caller that does not know, or a file from before names were kept
+    (crc,) = _FIXED_CRC.unpack_from(stored, _NAME.size)
+    if crc32(stored[:_NAME.size]) != crc:
+        raise errors.Corrupt(f"{where}: checksum mismatch in the header's chunk name")
+    found = ChunkName(*_NAME.unpack_from(stored))
+    if found != where:
+        raise errors.Corrupt(f"{where}: the file holds {found}, not this chunk")
 
 
 @dataclass
@@ -104,6 +148,7 @@ def decode_header(raw: bytes, where: str) -> ChunkHeader:
         raise errors.Corrupt(f"{where}: unsupported chunk flags {flags:#x}")
     if block_size != BLOCK_SIZE or length > MAX_CHUNK:
         raise errors.Corrupt(f"{where}: block size {block_size} or length {length} out of range")
+    _check_name(raw, where)
     crcs = bytearray(raw[CRC_TABLE_OFFSET:CRC_TABLE_OFFSET + MAX_BLOCKS * 4])
     return ChunkHeader(version, length, crcs, flags)
 
@@ -142,18 +187,20 @@ def _pwritev_all(fd: int, buffers: list, offset: int) -> None:
             written -= len(views.pop(0))
 
 
-def _raw_header(header: ChunkHeader) -> bytearray:
+def _raw_header(header: ChunkHeader, name) -> bytearray:
     raw = bytearray(HEADER_SIZE)
     fixed = encode_fixed(header)
     raw[:len(fixed)] = fixed
+    raw[_NAME_OFFSET:_NAME_END] = encode_name(name)
     raw[CRC_TABLE_OFFSET:CRC_TABLE_OFFSET + len(header.crcs)] = header.crcs
     return raw
 
 
-def create(fd: int) -> ChunkHeader:
-    """Give a new, empty file the header of an empty chunk (version 0, length 0)."""
+def create(fd: int, name) -> ChunkHeader:
+    """Give a new, empty file the header of an empty chunk (version 0, length 0)
+    that holds chunk `name` (a `ChunkName`)."""
     header = ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))
-    _pwrite_all(fd, _raw_header(header), 0)
+    _pwrite_all(fd, _raw_header(header, name), 0)
     return header
 
 
@@ -172,8 +219,9 @@ def create_with(fd: int, payload, version: int, where: str) -> ChunkHeader:
     for block in _block_range(0, len(payload)) if payload else ():
         header.set_crc(block, crc32(payload[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]))
 
-    _pwritev_all(fd, [_raw_header(ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))), payload], 0)
-    _pwrite_all(fd, _raw_header(header), 0)
+    empty = ChunkHeader(0, 0, bytearray(MAX_BLOCKS * 4))
+    _pwritev_all(fd, [_raw_header(empty, where), payload], 0)
+    _pwrite_all(fd, _raw_header(header, where), 0)
     return header
 
 

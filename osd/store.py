@@ -74,8 +74,8 @@ class _Handle:
     path: str
 
 
-def _where(ino: int, chunk_index: int) -> str:
-    return f"ino {ino} chunk {chunk_index}"
+def _where(ino: int, chunk_index: int) -> chunkfile.ChunkName:
+    return chunkfile.ChunkName(ino, chunk_index)
 
 
 class ChunkStore:
@@ -169,7 +169,8 @@ class ChunkStore:
         if self.meta(ino, chunk_index) is not None:
             fd, header = await self._io(path, _open_chunk, path, _where(ino, chunk_index))
         elif create:
-            fd, header, new_dirs = await self._io(path, _create_chunk, path)
+            fd, header, new_dirs = await self._io(path, _create_chunk, path, None, 0,
+                                                  _where(ino, chunk_index))
             self._set_meta(ino, chunk_index, ChunkMeta(0, 0))
             self._dirty_dirs.setdefault(ino, set()).update(new_dirs)
         else:
@@ -229,7 +230,8 @@ class ChunkStore:
                                       offset, length, where)
             return data, handle.header.version
 
-    def _read_cached(self, handle: _Handle, offset: int, length: int, where: str):
+    def _read_cached(self, handle: _Handle, offset: int, length: int,
+                     where: chunkfile.ChunkName):
         """A small read served on the trio thread when the page cache holds it
         (no thread hop); None when it needs the disk."""
         try:
@@ -332,10 +334,15 @@ class ChunkStore:
             meta.corrupt = True
 
     async def verify(self, ino: int, chunk_index: int) -> bool:
-        """Read the whole chunk and check every block; False (and marked) if corrupt."""
+        """Read the whole chunk from its file and check every block; False (and
+        marked corrupt) if it fails its checks or cannot be read: gone from the
+        disk, or an I/O error."""
+        key = (ino, chunk_index)
+        async with self._locks.hold(key):
+            self._drop_handle(key)  # the file as it is now, not one kept open
         try:
             await self.read(ino, chunk_index, 0, chunkfile.MAX_CHUNK)
-        except errors.Corrupt as exc:
+        except (errors.Corrupt, errors.IOFailure) as exc:
             log.error("scrub: %s", exc)
             self.mark_corrupt(ino, chunk_index)
             return False
@@ -440,7 +447,7 @@ def _typed_os_error(exc: OSError, path: str) -> errors.LoomError:
 # -- blocking helpers (run in I/O threads) ----------------------------------------
 
 
-def _open_chunk(path: str, where: str):
+def _open_chunk(path: str, where: chunkfile.ChunkName):
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         return fd, chunkfile.load(fd, where)
@@ -449,7 +456,7 @@ def _open_chunk(path: str, where: str):
         raise
 
 
-def _open_and_read(path: str, offset: int, length: int, where: str):
+def _open_and_read(path: str, offset: int, length: int, where: chunkfile.ChunkName):
     """``(fd, header, data)``: a chunk opened and `length` bytes read at `offset`."""
     fd, header = _open_chunk(path, where)
     try:
@@ -459,7 +466,8 @@ def _open_and_read(path: str, offset: int, length: int, where: str):
         raise
 
 
-def _open_and_write(path: str, offset: int, data, version: int | None, where: str):
+def _open_and_write(path: str, offset: int, data, version: int | None,
+                    where: chunkfile.ChunkName):
     """``(fd, header)``: a chunk opened and written (at its next version unless
     `version` is given)."""
     fd, header = _open_chunk(path, where)
@@ -488,14 +496,14 @@ def _make_dirs(path: str) -> list[str]:
     return [path] + [os.path.dirname(directory) for directory in missing]
 
 
-def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
+def _create_chunk(path: str, data, version: int, where: chunkfile.ChunkName):
     """Create a chunk file, empty or holding `data` at `version`; returns
     ``(fd, header, dirs with new entries)``.  A failure (ENOSPC) leaves no file."""
     new_dirs = _make_dirs(os.path.dirname(path))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         if data is None:
-            return fd, chunkfile.create(fd), new_dirs
+            return fd, chunkfile.create(fd, where), new_dirs
         header = chunkfile.create_with(fd, data, version, where)
         start_writeback(fd, chunkfile.HEADER_SIZE, len(data))
         return fd, header, new_dirs
@@ -505,21 +513,21 @@ def _create_chunk(path: str, data=None, version: int = 0, where: str = ""):
         raise
 
 
-def _write_chunk(fd: int, header, offset: int, data, version: int, where: str):
+def _write_chunk(fd: int, header, offset: int, data, version: int, where: chunkfile.ChunkName):
     """chunkfile.write, then the disk writes of a large one begun (osd.writeback)."""
     header = chunkfile.write(fd, header, offset, data, version, where)
     start_writeback(fd, chunkfile.HEADER_SIZE + offset, len(data))
     return header
 
 
-def _replace_chunk(path: str, data, version: int, where: str):
+def _replace_chunk(path: str, data, version: int, where: chunkfile.ChunkName):
     """Write a whole chunk to a temporary file, fsync it and rename it over `path`;
     returns ``(fd, header, dirs with new entries)``."""
     new_dirs = _make_dirs(os.path.dirname(path))
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        header = chunkfile.create(fd)
+        header = chunkfile.create(fd, where)
         header = chunkfile.write(fd, header, 0, data, version, where)
         os.fsync(fd)
         os.rename(tmp, path)
@@ -583,7 +591,15 @@ def _scan(root: str) -> dict:
                 if key is None:
                     log.warning("ignoring stray file %s", os.path.join(ino_dir, chunk_name))
                     continue
-                found[key] = _scan_one(os.path.join(ino_dir, chunk_name), key)
+                path = os.path.join(ino_dir, chunk_name)
+                if os.stat(path).st_size == 0:
+                    # A create cut short before its header landed (crash, full disk):
+                    # it holds nothing, and kept it would count as a corrupt chunk
+                    # that no replica can repair when the chunk exists nowhere else.
+                    log.warning("removing empty chunk file %s", path)
+                    _unlink_quietly(path)
+                    continue
+                found[key] = _scan_one(path, key)
     return found
 
 

@@ -25,7 +25,7 @@ class Model:
 
     def __init__(self, fd):
         self.fd = fd
-        self.header = chunkfile.create(fd)
+        self.header = chunkfile.create(fd, "t")
         self.expect = bytearray()
 
     def write(self, offset, data):
@@ -60,7 +60,7 @@ def test_round_trip(chunk):
 
 
 def test_empty_chunk_reads_empty(chunk):
-    header = chunkfile.create(chunk)
+    header = chunkfile.create(chunk, "t")
     assert chunkfile.read(chunk, header, 0, 4096, "t") == b""
     assert chunkfile.load(chunk, "t").length == 0
 
@@ -128,7 +128,7 @@ def test_bad_header_detected(chunk, offset, patch):
 
 
 def test_wrong_format_version_with_valid_checksum_named(chunk):
-    header = chunkfile.create(chunk)
+    header = chunkfile.create(chunk, "t")
     fixed = bytearray(chunkfile.encode_fixed(header))
     fixed[8:10] = struct.pack("<H", 2)
     fixed[32:36] = struct.pack("<I", zlib.crc32(bytes(fixed[:32])))
@@ -138,7 +138,7 @@ def test_wrong_format_version_with_valid_checksum_named(chunk):
 
 
 def test_write_past_chunk_limit_refused(chunk):
-    header = chunkfile.create(chunk)
+    header = chunkfile.create(chunk, "t")
     with pytest.raises(errors.Invalid):
         chunkfile.write(chunk, header, MAX_CHUNK - 1, b"ab", 1, "t")
 
@@ -169,7 +169,7 @@ def test_create_with_equals_create_then_write(tmp_path, size):
     paths = tmp_path / "slow", tmp_path / "fast"
     fds = [os.open(path, os.O_RDWR | os.O_CREAT, 0o644) for path in paths]
     try:
-        slow = chunkfile.write(fds[0], chunkfile.create(fds[0]), 0, data, 3, "t")
+        slow = chunkfile.write(fds[0], chunkfile.create(fds[0], "t"), 0, data, 3, "t")
         fast = chunkfile.create_with(fds[1], data, 3, "t")
         assert fast == slow
         assert chunkfile.load(fds[1], "t") == slow
@@ -215,7 +215,7 @@ def test_chunk_checksummed_by_zlib_reads_back(chunk, monkeypatch):
     # Chunk files written before osd.checksum used zlib.crc32 directly.
     data = os.urandom(2 * BLOCK_SIZE + 5)
     monkeypatch.setattr(chunkfile, "crc32", zlib.crc32)
-    chunkfile.write(chunk, chunkfile.create(chunk), 0, data, 1, "t")
+    chunkfile.write(chunk, chunkfile.create(chunk, "t"), 0, data, 1, "t")
     monkeypatch.undo()
 
     assert chunkfile.crc32 is checksum.crc32
@@ -260,3 +260,41 @@ def test_read_cached_gives_none_for_a_short_file(chunk):
     model.write(0, os.urandom(BLOCK_SIZE))
     os.ftruncate(chunk, HEADER_SIZE + 100)
     assert chunkfile.read_cached(chunk, model.header, 0, 4096, "t") is None
+
+
+def test_a_file_holding_another_chunk_reads_as_corrupt(chunk, tmp_path):
+    """The header names its chunk: a file put in another chunk's place (by hand, a
+    wrong restore, a filesystem fault) is refused at open, not served (a tester's
+    report: such a file was read, and replicated, as the chunk whose name it took)."""
+    name = chunkfile.ChunkName(5, 1)
+    chunkfile.create_with(chunk, b"one" * 1000, 3, name)
+    assert chunkfile.load(chunk, name).length == 3000
+    with pytest.raises(errors.Corrupt, match="holds ino 5 chunk 1, not this chunk"):
+        chunkfile.load(chunk, chunkfile.ChunkName(5, 0))
+    with pytest.raises(errors.Corrupt, match="holds ino 5 chunk 1"):
+        chunkfile.load(chunk, chunkfile.ChunkName(6, 1))
+    # A damaged name is corrupt too; a string `where` (no name known) checks nothing.
+    os.pwrite(chunk, b"\xff", 40)
+    with pytest.raises(errors.Corrupt, match="chunk name"):
+        chunkfile.load(chunk, name)
+    assert chunkfile.load(chunk, "t").length == 3000
+
+    empty = os.open(tmp_path / "empty", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        chunkfile.create(empty, chunkfile.ChunkName(7, 2))
+        with pytest.raises(errors.Corrupt):
+            chunkfile.load(empty, chunkfile.ChunkName(7, 3))
+        # Writes keep the name (they rewrite only the fixed fields before it).
+        header = chunkfile.write(empty, chunkfile.load(empty, chunkfile.ChunkName(7, 2)), 0,
+                                 b"x" * 10, 1, chunkfile.ChunkName(7, 2))
+        chunkfile.truncate(empty, header, 4, 2, chunkfile.ChunkName(7, 2))
+        assert chunkfile.load(empty, chunkfile.ChunkName(7, 2)).length == 4
+    finally:
+        os.close(empty)
+
+
+def test_a_file_from_before_names_were_kept_still_opens(chunk):
+    """Bytes 36..55 all zero (files made before the name was recorded): accepted."""
+    chunkfile.create_with(chunk, b"old" * 100, 2, "t")  # a string: no name written
+    assert os.pread(chunk, 20, 36) == bytes(20)
+    assert chunkfile.load(chunk, chunkfile.ChunkName(9, 0)).length == 300

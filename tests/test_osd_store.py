@@ -167,3 +167,42 @@ async def test_truncate_again_names_the_chunks_cut_before(store):
     # size, cut now or before, with its version, for the missed-write record.
     assert await store.truncate_file(5, unit + 10, unit, every=True) == {1: 2, 2: 2}
     assert await store.truncate_file(5, 0, unit, every=True) == {0: 2, 1: 3, 2: 2}
+
+
+async def test_open_drops_empty_chunk_files_and_names_a_swapped_one(tmp_path):
+    """At open: an empty chunk file (a create cut short) is removed, not counted as a
+    corrupt chunk that no replica could repair; a file holding another chunk than its
+    path names is marked corrupt (a tester's reports)."""
+    first = ChunkStore(str(tmp_path))
+    await first.open()
+    await first.write(5, 0, 0, b"zero" * 100)
+    await first.write(5, 1, 0, b"one!" * 100)
+    first.close()
+    empty = os.path.join(os.path.dirname(first.chunk_path(5, 0)), "7")
+    open(empty, "wb").close()
+    with open(first.chunk_path(5, 1), "rb") as src:
+        swapped = src.read()
+    with open(first.chunk_path(5, 0), "wb") as dst:
+        dst.write(swapped)
+
+    again = ChunkStore(str(tmp_path))
+    await again.open()
+    try:
+        assert not os.path.exists(empty) and again.meta(5, 7) is None
+        assert again.meta(5, 0).corrupt and not again.meta(5, 1).corrupt
+        with pytest.raises(errors.Corrupt, match="holds ino 5 chunk 1"):
+            await again.read(5, 0, 0, 400)
+        assert not await again.verify(5, 0)
+        assert await again.verify(5, 1)
+    finally:
+        again.close()
+
+
+async def test_verify_reads_the_file_on_disk_not_an_fd_kept_open(store):
+    """A chunk file removed while the OSD still had it open is found by scrub."""
+    await store.write(5, 0, 0, b"data" * 100)
+    assert await store.read(5, 0, 0, 400) == (b"data" * 100, 1)
+    assert (5, 0) in store._handles
+    os.unlink(store.chunk_path(5, 0))
+    assert not await store.verify(5, 0)
+    assert store.meta(5, 0).corrupt

@@ -209,6 +209,54 @@ def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
     assert verified(bad)
 
 
+def test_a_chunk_file_swapped_or_removed_on_disk_is_repaired(repl):
+    """A copy of another chunk put in a chunk's place is refused (its header names the
+    chunk it holds), so it is neither read nor copied over the good replica; a chunk
+    file removed from under an OSD is found by scrub and copied back, and the rest of
+    that OSD is still scrubbed (a tester's reports)."""
+    repl.wait_healthy(60)
+    path = repl.mnt / "swap"
+    data = os.urandom(8 << 20)
+    with open(path, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    ino = os.stat(path).st_ino
+    slots = repl.getstripe(path)
+    count = len(slots)
+    holders = {}
+    for chunk_index in range(8):
+        for osd_id in slots[chunk_index % count]:
+            holders.setdefault(osd_id, []).append(chunk_index)
+    osd_id, chunks = next((o, c) for o, c in sorted(holders.items()) if len(c) >= 2)
+    victim, other = chunks[0], chunks[1]
+    victim_path = repl.chunk_path(osd_id, ino, victim)
+
+    repl.run("stop", f"osd{osd_id}")
+    victim_path.write_bytes(repl.chunk_path(osd_id, ino, other).read_bytes())
+    repl.restart(osd_id)
+    assert "holds ino %d chunk %d, not this chunk" % (ino, other) in repl.log_text(f"osd{osd_id}")
+    drop_page_cache()
+    assert path.read_bytes() == data
+    done = repl.loomfs("scrub", "--json", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    fd = os.open(victim_path, os.O_RDONLY)
+    try:
+        header = chunkfile.load(fd, chunkfile.ChunkName(ino, victim))
+        start = victim * (1 << 20)
+        assert chunkfile.read(fd, header, 0, header.length, "t") == data[start:start + (1 << 20)]
+    finally:
+        os.close(fd)
+
+    victim_path.unlink()
+    done = repl.loomfs("scrub", "--json", check=False)
+    totals = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and totals["corrupt"] == 1 == totals["repaired"], done.stdout
+    assert victim_path.exists()
+    drop_page_cache()
+    assert path.read_bytes() == data
+
+
 def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     repl.wait_healthy(60)
     path = repl.mnt / "out"
