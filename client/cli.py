@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("osd", help="mark an OSD in or out of placement")
     p.add_argument("action", choices=["in", "out"])
     p.add_argument("osd_id", type=int)
+    p.add_argument("--force", action="store_true",
+                   help="mark out even if fewer OSDs than the default replica count stay in")
     _add_fsck_backup(sub)
 
     for p in sub.choices.values():
@@ -396,6 +398,16 @@ async def _setstripe(cluster, args) -> int:
 
 
 async def _osd(cluster, args) -> int:
+    if args.action == "out" and not args.force:
+        staying = [o for o in cluster.in_osds() if o != args.osd_id]
+        replicas = cluster.config.layout.replicas
+        if args.osd_id in cluster.map.osds and len(staying) < replicas:
+            # Recovery would move every copy onto the rest, and a chunk could then
+            # have fewer copies than its file asks for, one OSD away from loss.
+            print(f"loomfs osd: marking osd{args.osd_id} out leaves {len(staying)} OSDs in, "
+                  f"fewer than the {replicas} replicas files get by default; "
+                  "add OSDs first, or give --force", file=sys.stderr)
+            return 1
     await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
     print(f"osd{args.osd_id} marked {args.action}")
     return 0

@@ -15,7 +15,9 @@ map's epoch changes, when a degraded write happened here, and every
   a non-member last) is *responsible*: it pushes its whole copy
   (``replicate`` with ``full``) to every up member that is behind or lacks
   it, counts the chunk *degraded* when fewer than all members hold the
-  newest version, and *misplaced* when it holds a chunk outside the set;
+  newest version or when fewer OSDs are in than the file's replica count
+  (the set itself is short), and *misplaced* when it holds a chunk outside
+  the set;
 - a copy outside the set (after ``osd out``, a new OSD, rebalance) is removed
   once every member holds the newest version.
 
@@ -159,6 +161,7 @@ class Recovery:
         in_osds = current.in_osds()
         hosts = current.hosts()
         plans = []
+        wanted = {}  # chunk -> its file's replica count, when fewer OSDs are in than that
         inos = sorted(self.store.index)
         attrs = await self._attrs(inos)
         for ino in inos:
@@ -175,6 +178,8 @@ class Recovery:
             for chunk_index in sorted(self.store.index.get(ino, {})):
                 members = replicas_for_chunk(layout, ino, chunk_index, order, hosts)
                 plans.append(((ino, chunk_index), members))
+                if len(members) < layout.replicas:
+                    wanted[(ino, chunk_index)] = layout.replicas
         versions = await self._peer_versions(plans, current)
 
         if not self._behind(plans, versions):
@@ -202,7 +207,9 @@ class Recovery:
             holders = [o for o in ranked if have.get(o) == best]
             if best == 0 or holders[0] != self.osd_id:
                 continue  # another copy is responsible (or nobody has data)
-            if good < len(members):
+            if good < max(len(members), wanted.get(key, 0)):
+                # (Fewer OSDs in than the file's replica count: the set is short,
+                # and the chunk has fewer copies than asked for however full it is.)
                 degraded += 1
             # With every member answering, `best` is the newest copy there is.
             newest = best if all(o in have for o in members) else None
