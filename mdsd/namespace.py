@@ -159,6 +159,9 @@ class Namespace:
         shard = self.ino_shard(ino)
         if inode["nlink"] == 0 and shard == self.mds_id and self.sessions.settled \
                 and not self.sessions.is_open(ino) and self._drop_now(tx, ino, inode, now):
+            # Until this commits, an open of the inode waits (Sessions.wait_drops).
+            self.sessions.begin_drop(ino)
+            tx.on_end.append(partial(self.sessions.end_drop, ino))
             return
         self.write_inode(tx, ino, inode)
         if inode["nlink"] == 0:

@@ -205,6 +205,7 @@ async def open_(ns, args: dict) -> dict:
     ino = check.ino(args)
     session = check.session(args)
     check.integer(args, "flags", 0, check.U32_MAX, default=0)
+    await ns.sessions.wait_drops(ino)  # a drop decided before this open commits first
     held_before = ns.sessions.is_open(ino)
     ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between
     try:

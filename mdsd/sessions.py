@@ -49,6 +49,11 @@ class Sessions:
         # Every client had its chance to register its opens again since this
         # shard started (reclaim's grace passed): is_open can be trusted.
         self.settled = False
+        # ino -> [drops decided and not yet committed or abandoned, their end]: an
+        # open waits for them (`wait_drops`), else it could register and read the
+        # inode between a drop's "nobody has it open" and its commit, and be left
+        # holding an inode that is gone (a tester's report: reads of ENOENT or zeros).
+        self._dropping: dict[int, list] = {}
 
     def open(self, ino: int, session):
         self.expires[session] = max(self.expires.get(session, 0), self._deadline())
@@ -75,6 +80,26 @@ class Sessions:
 
     def is_open(self, ino: int) -> bool:
         return ino in self.opens
+
+    def begin_drop(self, ino: int) -> None:
+        """A drop of `ino` was decided on `is_open` being false, in the same step
+        (no await between); `end_drop` once it committed or was given up."""
+        self._dropping.setdefault(ino, [0, trio.Event()])[0] += 1
+
+    def end_drop(self, ino: int) -> None:
+        pending = self._dropping.get(ino)
+        if pending is None:
+            return
+        pending[0] -= 1
+        if pending[0] <= 0:
+            del self._dropping[ino]
+            pending[1].set()
+
+    async def wait_drops(self, ino: int) -> None:
+        """Return once no drop of `ino` is in flight; the caller then registers its
+        open before any await, so a later drop sees it."""
+        while (pending := self._dropping.get(ino)) is not None:
+            await pending[1].wait()
 
     def orphan_added(self, ino: int):
         self.wake.set()
@@ -140,7 +165,11 @@ class Reclaimer:
             if not record["dropped"]:
                 if self.sessions.is_open(ino):  # opened while this waited
                     return
-                record = await self._drop(ino, cluster_map)
+                self.sessions.begin_drop(ino)  # an open now waits for the commit
+                try:
+                    record = await self._drop(ino, cluster_map)
+                finally:
+                    self.sessions.end_drop(ino)
                 if record is None or record.get("finished"):
                     return
             cleaning.append((ino, record))

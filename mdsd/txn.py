@@ -75,6 +75,8 @@ class Txn:
         # Who adds entries, and whether it asks for a lease (mdsd.leases).
         self.adder = None
         self.wants_lease = False
+        # Called once this attempt committed or was given up (TxnEngine.run).
+        self.on_end: list = []
 
     async def read(self, shard: int, key: schema.Key) -> bytes | None:
         """Read a key; the commit fails with Conflict if it changed meanwhile."""
@@ -162,6 +164,9 @@ class TxnEngine:
                 if stored is not None:
                     return _replay(stored)
                 raise
+            finally:
+                for end in tx.on_end:
+                    end()
             if pause is not None:
                 await trio.sleep(pause + 0.001)  # just past the lease's end
                 continue

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import trio
@@ -174,3 +175,56 @@ async def test_a_commit_that_writes_nothing_says_so(mds):
     assert later["gen"] == first["gen"] + 1 and "unchanged" not in later
     covered = await mds.call_ino("commit_size", f["ino"], size=50, mtime=now + 2000)
     assert covered["unchanged"] and covered["gen"] == later["gen"]
+
+
+async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, monkeypatch):
+    """An unlink decides to drop an inode nobody has open, then commits; an open that
+    came in between used to register and read the inode still there, and its client
+    was left holding an inode the commit then dropped (a tester's report: reads of
+    ENOENT, or of zeros, on a file open since before the unlink returned).  Now the
+    open waits for that commit and finds the inode gone."""
+    mds = MdsCluster(tmp_path, nursery, 1, reclaim_grace=0)
+    await mds.start_all()
+    shard = mds.handles[0].shard
+    ino = (await mds.create(ROOT, b"racing"))["ino"]
+    with trio.fail_after(10):
+        while not shard.sessions.settled:
+            await trio.sleep(0.01)  # polls the flag reclaim sets, under fail_after
+
+    gate = threading.Event()
+    real = shard.store._run_batch
+
+    def held(batch):
+        gate.wait(20)
+        real(batch)
+
+    monkeypatch.setattr(shard.store, "_run_batch", held)
+    outcome = {}
+
+    async def unlink():
+        outcome["unlink"] = await mds.unlink(ROOT, b"racing")
+
+    async def open_():
+        try:
+            outcome["open"] = await mds.call_ino("open", ino, session=b"s", flags=0)
+        except errors.NotFound as exc:
+            outcome["open"] = exc
+
+    try:
+        nursery.start_soon(unlink)
+        with trio.fail_after(10):
+            while ino not in shard.sessions._dropping:
+                await trio.sleep(0.01)  # until the drop is decided, under fail_after
+        ended = shard.sessions._dropping[ino][1]
+        nursery.start_soon(open_)
+        with trio.fail_after(10):
+            while "open" not in outcome and not ended.statistics().tasks_waiting:
+                await trio.sleep(0.01)  # until the open answers or waits, under fail_after
+        assert "open" not in outcome, f"open answered before the unlink committed: {outcome}"
+    finally:
+        gate.set()
+    with trio.fail_after(10):
+        while len(outcome) < 2:
+            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    assert isinstance(outcome["open"], errors.NotFound), outcome
+    assert not shard.sessions.is_open(ino) and not shard.sessions._dropping
