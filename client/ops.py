@@ -261,8 +261,30 @@ class LoomOperations(pyfuse3.Operations):
         # unlink in it (the kernel drops them): see Meta.cached_dir.
         attr = self.meta.cached_dir(inode, self.attr_timeout)
         if attr is None:
-            attr = await self.meta.getattr(inode)
+            try:
+                attr = await self.meta.getattr(inode)
+            except errors.NotFound:
+                if self._reached_by_name(inode):
+                    raise pyfuse3.FUSEError(errno.ESTALE) from None
+                raise
+            if attr["nlink"] == 0 and self._reached_by_name(inode):
+                # Unlinked and not open here: still there only while another
+                # client holds it, reached through a name that is now another file's.
+                raise pyfuse3.FUSEError(errno.ESTALE)
         return self._entry(attr)
+
+    def _reached_by_name(self, ino: int) -> bool:
+        """Whether a getattr of `ino`, gone or unlinked, came through a name the
+        kernel still caches, which another mount removed or pointed at a new file
+        (`mv ref.lock ref`): then ESTALE makes stat(2) look the name up again, where
+        ENOENT failed the call on a name that exists (a tester's report: git on two
+        mounts lost commits).  Not for a file open here (an fstat), nor for a
+        directory or an inode of unknown kind: an fstat of a removed directory held
+        open, or a stat of a removed working directory, answers ENOENT as before."""
+        if ino in self.files:
+            return False
+        known = self.meta.attrs.get(ino)
+        return known is not None and not stat.S_ISDIR(known["mode"])
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         changes = {}
