@@ -20,8 +20,13 @@ Restore moves the shard's current data directory aside (``DATA.pre-restore-
 counter by `RESTORE_INO_GAP` blocks, so that files created after the restore
 never reuse the inode number of a file created after the backup, whose chunks
 may still sit on the OSDs until fsck removes them.  Limitations: file data is
-not part of the backup: a file whose chunks were overwritten or deleted after
-the backup reads back its current (or missing, hence zero) bytes.
+not part of the backup: a file whose chunks were overwritten after the backup
+reads back its current bytes, and one whose chunks were deleted after it fails
+with EIO (fsck reports them as missing-chunk).
+
+Restore refuses a data directory that holds another shard's store, and a
+backup copy of another shard or cluster: each store records whose it is
+(`mdsd.shard.claim_identity`), and an mdsd refuses to serve another's.
 """
 
 import json
@@ -105,6 +110,13 @@ def restore(config, backup_dir: str, mds_id: int, data_dir: str, out) -> str:
     source = os.path.join(backup_dir, f"mds{mds_id}", "data.mdb")
     if not os.path.exists(source):
         raise BackupError(f"{source} missing")
+    wanted = {"cluster": config.cluster_id, "shard": mds_id}
+    for where in (os.path.dirname(source), data_dir):
+        found = _identity(where)
+        if found is not None and found != wanted:
+            raise BackupError(f"{where} holds shard {found.get('shard')} of cluster "
+                              f"{found.get('cluster')}, not mds{mds_id} of "
+                              f"{config.cluster_id}: wrong --data or --id?")
     aside = None
     if os.path.exists(data_dir):
         aside = f"{data_dir.rstrip('/')}.pre-restore-{int(time.time())}"
@@ -139,6 +151,27 @@ def _accepts(addr: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def _identity(data_dir: str) -> dict | None:
+    """Whose store `data_dir` holds (None: no store there, or one from before
+    stores recorded it)."""
+    if not os.path.exists(os.path.join(data_dir, "data.mdb")):
+        return None
+    try:
+        # (With the lock file when there is one: its mdsd may be running.)
+        env = lmdb.open(data_dir, readonly=True, subdir=True, max_dbs=len(schema.DATABASES) + 2,
+                        lock=os.path.exists(os.path.join(data_dir, "lock.mdb")))
+    except lmdb.Error as exc:
+        raise BackupError(f"{data_dir}: cannot read its metadata store: {exc}") from None
+    try:
+        with env.begin() as txn:
+            raw = txn.get(schema.SYS_IDENTITY, db=env.open_db(schema.SYS.encode(), txn=txn))
+    except lmdb.Error:
+        return None  # no SYS database yet: an empty store
+    finally:
+        env.close()
+    return schema.unpack(raw) if raw is not None else None
 
 
 def _skip_inos(data_dir: str):

@@ -21,7 +21,7 @@ from loomproto import config as cluster_config
 from loomproto import rpc
 
 from .service import MdsService
-from .shard import Shard, next_boot
+from .shard import Shard, claim_identity, next_boot
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ async def serve_shard(config, mds_id: int, data_dir: str, *, listen: str | None 
     store = await Store.open(data_dir)
     store.leases.quiet()
     try:
+        await store.write(partial(claim_identity, store.dbs, config.cluster_id, mds_id))
         boot = await store.write(partial(next_boot, store.dbs))
         async with trio.open_nursery() as nursery:
             shard = Shard(config, mds_id, store, nursery, down_after=down_after,

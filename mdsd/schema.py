@@ -108,6 +108,7 @@ SYS_FORMAT = b"format"
 SYS_NEXT_INO = b"next_ino"
 SYS_BOOT = b"boot"
 SYS_MAP = b"map"
+SYS_IDENTITY = b"identity"  # msgpack {"cluster": id, "shard": n}: whose store this is
 
 _U64 = struct.Struct(">Q")
 _U64_PAIR = struct.Struct(">QQ")

@@ -14,6 +14,7 @@ from .namespace import Namespace
 from .peers import Peers
 from .recovery import Participant
 from .sessions import Reclaimer, Sessions
+from .store import StoreError
 from .tails import Tails
 from .txn import TxnEngine
 
@@ -81,6 +82,22 @@ def _ensure_root(dbs, layout, txn):
             "layout": layout, "parent": ROOT_INO, "set_at": 0}
     txn.put(key, schema.pack(root), db=dbs[db])
     log.info("created the root directory")
+
+
+def claim_identity(dbs, cluster_id: str, mds_id: int, txn) -> None:
+    """Record whose store this is at the first start; refuse another shard's (a
+    restore into the wrong data directory, a --data of another mdsd) instead of
+    serving its namespace as this one's."""
+    wanted = {"cluster": cluster_id, "shard": mds_id}
+    raw = txn.get(schema.SYS_IDENTITY, db=dbs[schema.SYS])
+    if raw is None:
+        txn.put(schema.SYS_IDENTITY, schema.pack(wanted), db=dbs[schema.SYS])
+        return
+    found = schema.unpack(raw)
+    if found != wanted:
+        raise StoreError(f"this data directory holds shard {found.get('shard')} of cluster "
+                         f"{found.get('cluster')}, not shard {mds_id} of {cluster_id}: "
+                         "refusing to serve it")
 
 
 def next_boot(dbs, txn) -> int:

@@ -12,6 +12,8 @@ import trio
 from loomproto import errors, rpc
 from loomproto.config import create as create_config
 from loomproto.layout import Layout
+from mdsd.main import serve_shard
+from mdsd.store import StoreError
 from test_mdsd_harness import ROOT, MdsCluster, free_ports, no_log_warnings  # noqa: F401
 
 
@@ -228,3 +230,16 @@ async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, 
             await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
     assert isinstance(outcome["open"], errors.NotFound), outcome
     assert not shard.sessions.is_open(ino) and not shard.sessions._dropping
+
+
+async def test_a_shard_refuses_another_shards_store(tmp_path, nursery):
+    """Each store records whose it is at the first start; an mdsd given another
+    shard's data directory refuses to serve it instead of serving that namespace
+    as its own."""
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    await mds.stop(0)
+    await mds.stop(1)
+    with pytest.raises(StoreError, match="holds shard 0 of cluster"):
+        await serve_shard(mds.config, 1, str(tmp_path / "mds0"))
+    await mds.start(0)  # its own still opens

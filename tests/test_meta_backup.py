@@ -50,12 +50,23 @@ def test_backup_change_restore(small_cluster, tmp_path):
     (live.mnt / "new" / "data").write_bytes(os.urandom(1 << 20))
 
     live.run("umount", "client0")
-    for shard in (0, 1):
-        live.run("stop", f"mds{shard}")
-    for shard in (0, 1):
-        done = subprocess.run([LOOMFS, "restore", str(backup_dir), "--id", str(shard), "--data",
-                               str(live.state / f"mds{shard}"), "--cluster", str(live.config)],
+    live.run("stop", "mds1")
+
+    def restore(shard, data):
+        return subprocess.run([LOOMFS, "restore", str(backup_dir), "--id", str(shard), "--data",
+                               str(data), "--cluster", str(live.config)],
                               capture_output=True, text=True, timeout=60)
+
+    # Shard 1's copy into mds0's directory (mds0 still running) is refused and
+    # leaves it in place: it was moved aside, and mds0 then served shard 1's
+    # namespace as its own (a tester's report).
+    wrong = restore(1, live.state / "mds0")
+    assert wrong.returncode != 0 and "holds shard 0" in wrong.stderr, wrong.stderr
+    assert (live.state / "mds0" / "data.mdb").exists()
+    assert not list(live.state.glob("mds0.pre-restore-*"))
+    live.run("stop", "mds0")
+    for shard in (0, 1):
+        done = restore(shard, live.state / f"mds{shard}")
         assert done.returncode == 0, done.stderr
     for shard in (0, 1):
         live.run("start", f"mds{shard}")
