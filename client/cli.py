@@ -56,9 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure a mounted directory (big file, small files, "
                        "metadata) and print a table")
     p.add_argument("path")
-    p.add_argument("--size-mib", type=int, default=1024, help="big file size (default 1024)")
-    p.add_argument("--small-files", type=int, default=1000)
-    p.add_argument("--md-files", type=int, default=2000)
+    p.add_argument("--size-mib", type=_positive, default=1024,
+                   help="big file size (default 1024)")
+    p.add_argument("--small-files", type=_positive, default=1000)
+    p.add_argument("--md-files", type=_positive, default=2000)
 
     p = sub.add_parser("getstripe", help="show a file's or directory's layout")
     p.add_argument("path")
@@ -182,6 +183,13 @@ async def _admin(config, args) -> int:
             return 1
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
 
 
 def recovery_summary(cluster_map) -> dict:
@@ -376,6 +384,9 @@ async def _setstripe(cluster, args) -> int:
               file=sys.stderr)
         return 1
     in_osds = len(cluster.in_osds())
+    if args.replicas is not None and args.replicas < 1:
+        print(f"loomfs setstripe: --replicas {args.replicas}: at least 1", file=sys.stderr)
+        return 1
     if args.replicas and args.replicas > in_osds:
         print(f"loomfs setstripe: {args.replicas} replicas need as many OSDs in service; "
               f"the cluster has {in_osds}", file=sys.stderr)

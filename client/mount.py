@@ -48,6 +48,10 @@ DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
                 "debug_faults": bool, "writeback_cache": bool}
+# Below these a setting makes no sense: every call would time out at once, or
+# nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
+_LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
+          "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
             "exec", "async"}
 
@@ -71,6 +75,9 @@ def parse_options(text: str) -> tuple[dict, set]:
                 own[key] = _OWN_OPTIONS[key](value)
             except ValueError:
                 raise MountError(f"option {key} needs a number, got {value!r}") from None
+            if not own[key] >= _LEAST[key]:  # (also refuses nan)
+                raise MountError(f"option {key}={value} is below its least value "
+                                 f"{_LEAST[key]:g}")
         elif key not in _DROPPED:
             fuse.add(item)
     return own, fuse

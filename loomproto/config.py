@@ -58,9 +58,18 @@ def load(where: str) -> ClusterConfig:
                           "or name one with --cluster)") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
-    if raw.get("format") != CONFIG_FORMAT:
-        raise ConfigError(f"{path}: config format {raw.get('format')!r}, "
-                          f"this LoomFS reads {CONFIG_FORMAT}")
+    if not isinstance(raw, dict) or raw.get("format") != CONFIG_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise ConfigError(f"{path}: config format {found!r}, this LoomFS reads {CONFIG_FORMAT}")
+    try:
+        return _parse(path, raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        # A hand-edited config: say which file and what, not a traceback.
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{path}: bad cluster config: {what}") from None
+
+
+def _parse(path: str, raw: dict) -> ClusterConfig:
     key_path = os.path.join(os.path.dirname(os.path.abspath(path)), raw["key_file"])
     try:
         with open(key_path) as fp:
@@ -68,6 +77,8 @@ def load(where: str) -> ClusterConfig:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read cluster key {key_path}: {exc}") from None
     layout = Layout(**raw.get("layout", {}))
+    if not isinstance(raw["mds"], list):
+        raise ConfigError(f"{path}: \"mds\" must be a list of HOST:PORT addresses")
     mds = [str(a) for a in raw["mds"]]
     if not mds:
         raise ConfigError(f"{path}: no metadata servers listed")

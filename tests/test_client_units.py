@@ -32,6 +32,11 @@ def test_parse_options_splits_own_from_fuse():
     assert fuse == {"allow_other", "default_permissions"}
     with pytest.raises(MountError, match="needs a number"):
         parse_options("attr_timeout=soon")
+    # Settings under which every call would time out at once were taken silently.
+    for bad in ("mds_timeout=0", "mds_timeout=-5", "io_timeout=-1", "write_window=-5",
+                "attr_timeout=-1", "io_timeout=nan"):
+        with pytest.raises(MountError, match="below its least value"):
+            parse_options(bad)
 
 
 @pytest.mark.parametrize("shard,seq", [(0, 1), (1, 7), (3, (1 << 48) - 1)])
