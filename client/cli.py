@@ -305,10 +305,13 @@ async def _rebalance(cluster, args) -> int:
 
 async def _scrub(cluster, args) -> int:
     """Ask every up OSD to verify its chunks, batch by batch, printing progress."""
-    totals = {"checked": 0, "corrupt": 0, "repaired": 0, "unreachable": []}
+    totals = {"checked": 0, "corrupt": 0, "repaired": 0, "unreachable": [], "skipped": []}
     for osd_id in sorted(cluster.map.osds):
         if not cluster.map.is_up(osd_id):
-            totals["unreachable"].append(osd_id)
+            # Down and out holds nothing the cluster relies on (as in fsck); down
+            # and in is a copy that could not be checked.
+            out = not cluster.map.osds[osd_id].in_
+            totals["skipped" if out else "unreachable"].append(osd_id)
             continue
         after, own = None, {"checked": 0, "corrupt": 0, "repaired": 0}
         while True:
@@ -336,6 +339,8 @@ async def _scrub(cluster, args) -> int:
         print(f"scrub: {totals['checked']} chunks checked, {totals['corrupt']} corrupt, "
               f"{totals['repaired']} repaired"
               + (f", osds not scrubbed: {totals['unreachable']}" if totals["unreachable"]
+                 else "")
+              + (f", skipped (down and out): {totals['skipped']}" if totals["skipped"]
                  else ""))
     unrepaired = totals["corrupt"] - totals["repaired"]
     return 0 if not unrepaired and not totals["unreachable"] else 1

@@ -276,6 +276,9 @@ def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     checked = repl.loomfs("fsck", "--quiet", check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SKIPPED osd {victim}: down and out\n" in checked.stdout
+    scrubbed = repl.loomfs("scrub", "--json", check=False)  # it exited 1 here (a tester)
+    assert scrubbed.returncode == 0, scrubbed.stdout + scrubbed.stderr
+    assert json.loads(scrubbed.stdout.strip().splitlines()[-1])["skipped"] == [victim]
     # Every chunk now has 2 copies on the 3 remaining OSDs: any one more may die.
     others = [o for o in range(4) if o != victim]
     repl.kill(others[0])
