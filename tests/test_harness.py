@@ -288,3 +288,16 @@ def test_watchdog_quiet_while_healthy():
     watchdog.start()
     watchdog.stop()
     assert watchdog.reason is None and cluster.killed == []
+
+
+def test_a_failed_add_osd_leaves_no_record(harness, tmp_path):
+    """add-osd whose OSD cannot start (its data path is a file) fails and forgets the
+    node; a dead record made `status` exit 1 for good (a tester's report)."""
+    harness.run("up", "--mds", 1, "--osd", 1, "--replicas", 1)
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    failed = harness.run("add-osd", "--data", not_a_dir, check=False)
+    assert failed.returncode != 0
+    assert sorted(harness.nodes()) == ["mds0", "osd0"]
+    assert harness.run("status", check=False).returncode == 0
+    harness.run("down")
