@@ -25,14 +25,18 @@ pending (not faults)
   open-unlinked         nlink 0, kept until its last close (or session expiry)
   reclaim               inode deleted, chunks wait for ``delete_file``
   transaction           a cross-shard transaction between prepare and finish
+  names-moving          a fault about names seen twice while those names changed
 
 A scan of a live cluster is not a snapshot: when the first pass finds faults
 a second pass runs and only the faults seen by both are reported (the others
-were operations in flight), and of those about an inode only the ones whose
-inode kept its generation from before the second pass to after it (a rename,
-link or unlink of it in between could have torn that pass too).  Repairs
-re-check their condition on the shard (`mdsd.repair`: the generation the
-second pass saw), so a repair that races a client changes nothing.
+were operations in flight).  A fault about names (link-count, unnamed-inode,
+dir-multiple-names, dir-parent, dir-cycle) counts only if the `ngen` of each
+inode it is about (moved by every link, unlink and rename of it, not by
+writes) stood still from before the second pass to after it; otherwise a
+rename between shards may have torn that pass too, and it is listed as
+pending (names-moving), not repaired.  Repairs re-check their condition on the
+shard (`mdsd.repair`: the generation the second pass saw), so a repair that
+races a client changes nothing.
 
 Limitations: a lost chunk is found only when its inode records it: files
 last written before the record existed (or past its `MAX_RANGES` cap) have
@@ -68,6 +72,9 @@ class Finding:
     message: str
     pending: bool = False
     repair: tuple | None = None  # (target, op, args) target: ("mds", shard) or ("osd", id)
+    # For faults about names that a scan torn by a rename could show: the inodes
+    # whose names decide it (confirmed only if none of their `ngen` moved meanwhile).
+    names_of: tuple = ()
 
     def line(self) -> str:
         label = "PENDING" if self.pending else "FAULT"
@@ -135,30 +142,34 @@ class Checker:
             # shards meanwhile shows a count off by one, or a directory with no
             # name, twice in a row if it comes again (a tester's busy cluster,
             # where --repair then set wrong link counts and gave a live directory
-            # a second name).  Every rename, link and unlink moves the generation
-            # of the inode it names: one read before and after the second scan
-            # tells whether its names stood still throughout.
-            subjects = {f.key[1] for f in findings if not f.pending and _subject(f)}
-            before = await self._gens(subjects)
+            # a second name).  Every rename, link and unlink moves the `ngen` of
+            # the inode it names (writes and attribute changes do not): one read
+            # before and after the second scan tells whether its names stood still.
+            subjects = {ino for f in findings if not f.pending for ino in f.names_of}
+            before = await self._name_gens(subjects)
             model = await self.scan()
-            after = await self._gens(subjects)
+            after = await self._name_gens(subjects)
             moved = {ino for ino in subjects if before[ino] != after[ino]}
-            findings = [f for f in check_model(model) if f.pending or (
-                (f.kind, f.key) in first and not (_subject(f) and f.key[1] in moved))]
-            if moved:
-                self.progress.show(f"{len(moved)} inodes changed while they were checked "
-                                   "(operations in flight): not reported", force=True)
+            confirmed = [f for f in check_model(model) if f.pending or (
+                (f.kind, f.key) in first and not moved.intersection(f.names_of))]
+            unsettled = [f for f in check_model(model) if not f.pending
+                         and (f.kind, f.key) in first and moved.intersection(f.names_of)]
+            findings = confirmed + [Finding(
+                "names-moving", f.key, f"{f.kind}: {f.message}, while renames, links or "
+                "unlinks of it went on: run fsck again when it is quiet", pending=True)
+                for f in unsettled]
         return model, findings
 
-    async def _gens(self, inos) -> dict:
-        """{ino: its generation now, or None if it does not exist}."""
+    async def _name_gens(self, inos) -> dict:
+        """{ino: its `ngen` now, or None if it does not exist}."""
         gens = {}
         for ino in sorted(inos):
-            try:
-                attr = await self.call_mds(ino % self.nshards, "getattr", {"ino": ino})
-                gens[ino] = attr.get("gen", 0)
-            except errors.NotFound:
-                gens[ino] = None
+            reply = await self.call_mds(ino % self.nshards, "scan",
+                                        {"family": schema.INODE, "after": schema.be64(ino - 1),
+                                         "limit": 1})
+            rows = reply["rows"]
+            found = rows and schema.from_be64(rows[0][0]) == ino
+            gens[ino] = schema.unpack(rows[0][1]).get("ngen", 0) if found else None
         return gens
 
     async def scan(self) -> Model:
@@ -204,12 +215,6 @@ class Checker:
                 after = rows[-1][:2]
         except (errors.LoomError, OSError) as exc:
             model.unchecked.append(f"osd {osd_id}: {getattr(exc, 'message', exc)}")
-
-
-def _subject(finding: Finding) -> bool:
-    """Whether a finding is about one inode (or a loop through it), whose names
-    every operation that changes them marks by moving its generation."""
-    return finding.key[0] in ("inode", "cycle")
 
 
 def _absorb(model: Model, shard: int, family: str, key: bytes, value: bytes):
@@ -338,11 +343,13 @@ def _check_files(model: Model, names: Names):
         elif refs == 0:
             yield Finding("unnamed-inode", ("inode", ino),
                           f"inode {ino} (nlink {nlink}, size {inode['size']}) has no name",
-                          repair=("lost+found", "relink", {"ino": ino, "gen": gen}))
+                          repair=("lost+found", "relink", {"ino": ino, "gen": gen}),
+                          names_of=(ino,))
         elif refs != nlink:
             yield Finding("link-count", ("inode", ino),
                           f"{names.path(ino)} (inode {ino}): nlink {nlink}, {refs} names",
-                          repair=_mds(shard, "set_nlink", ino=ino, nlink=refs, gen=gen))
+                          repair=_mds(shard, "set_nlink", ino=ino, nlink=refs, gen=gen),
+                          names_of=(ino,))
 
 
 def _check_dirs(model: Model, names: Names):
@@ -353,21 +360,23 @@ def _check_dirs(model: Model, names: Names):
         if not rows:
             yield Finding("unnamed-inode", ("inode", ino), f"directory inode {ino} has no name",
                           repair=("lost+found", "relink",
-                                  {"ino": ino, "gen": inode.get("gen", 0)}))
+                                  {"ino": ino, "gen": inode.get("gen", 0)}),
+                          names_of=(ino,))
             continue
         if len(rows) > 1:
             paths = ", ".join(names.entry(r[1], r[2]) for r in rows)
             yield Finding("dir-multiple-names", ("inode", ino),
-                          f"directory inode {ino} is reachable as {paths}")
+                          f"directory inode {ino} is reachable as {paths}", names_of=(ino,))
         if inode.get("parent") != rows[0][1]:
             yield Finding("dir-parent", ("inode", ino),
                           f"directory {names.path(ino)} (inode {ino}) records parent "
-                          f"{inode.get('parent')}, its entry is in {rows[0][1]}")
+                          f"{inode.get('parent')}, its entry is in {rows[0][1]}",
+                          names_of=(ino,))
     yield from _check_cycles(model, names)
 
 
 def _check_cycles(model: Model, names: Names):
-    reachable = {ROOT_INO}
+    reachable, seen = {ROOT_INO}, set()
     for ino, (_, inode) in model.inodes.items():
         if not stat.S_ISDIR(inode["mode"]):
             continue
@@ -381,9 +390,12 @@ def _check_cycles(model: Model, names: Names):
         if current in reachable:
             reachable.update(chain)
         elif current in chain:
-            yield Finding("dir-cycle", ("cycle", min(chain[chain.index(current):])),
-                          f"directories {chain[chain.index(current):]} form a loop cut off "
-                          f"from the root")
+            loop = chain[chain.index(current):]
+            if min(loop) not in seen:  # once, not again from each of its members
+                seen.add(min(loop))
+                yield Finding("dir-cycle", ("cycle", min(loop)),
+                              f"directories {loop} form a loop cut off from the root",
+                              names_of=tuple(loop))
 
 
 def _check_orphans(model: Model, names: Names):

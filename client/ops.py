@@ -278,13 +278,18 @@ class LoomOperations(pyfuse3.Operations):
         kernel still caches, which another mount removed or pointed at a new file
         (`mv ref.lock ref`): then ESTALE makes stat(2) look the name up again, where
         ENOENT failed the call on a name that exists (a tester's report: git on two
-        mounts lost commits).  Not for a file open here (an fstat), nor for a
-        directory or an inode of unknown kind: an fstat of a removed directory held
-        open, or a stat of a removed working directory, answers ENOENT as before."""
+        mounts lost commits).  Only for a regular file or symlink not open here
+        through FUSE: an fstat of an open file, of a removed directory held open or
+        of a FIFO or device (which the kernel opens without asking us), and a stat
+        of a removed working directory, answer as before.  An O_PATH descriptor of a
+        regular file also opens nothing here: its fstat, once every name of the file
+        is gone and the file lives only because another mount holds it, answers
+        ESTALE where a local filesystem answers (a reviewer's finding; rare, left)."""
         if ino in self.files:
             return False
         known = self.meta.attrs.get(ino)
-        return known is not None and not stat.S_ISDIR(known["mode"])
+        return known is not None and (stat.S_ISREG(known["mode"])
+                                      or stat.S_ISLNK(known["mode"]))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         changes = {}

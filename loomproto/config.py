@@ -76,10 +76,15 @@ def _parse(path: str, raw: dict) -> ClusterConfig:
             key = bytes.fromhex(fp.read().strip())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read cluster key {key_path}: {exc}") from None
-    layout = Layout(**raw.get("layout", {}))
-    if not isinstance(raw["mds"], list):
+    fields = raw.get("layout", {})
+    if not isinstance(fields, dict) or not all(
+            type(value) is int for value in fields.values()):  # (not bool, not 2.0)
+        raise ConfigError(f"{path}: \"layout\" must map unit, count and replicas to "
+                          "whole numbers")
+    layout = Layout(**fields)
+    if not isinstance(raw["mds"], list) or not all(isinstance(a, str) for a in raw["mds"]):
         raise ConfigError(f"{path}: \"mds\" must be a list of HOST:PORT addresses")
-    mds = [str(a) for a in raw["mds"]]
+    mds = list(raw["mds"])
     if not mds:
         raise ConfigError(f"{path}: no metadata servers listed")
     return ClusterConfig(os.path.abspath(path), str(raw["cluster_id"]), key, mds, layout)

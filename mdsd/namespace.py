@@ -90,8 +90,13 @@ class Namespace:
             raise errors.NotFound(f"no inode {ino}")
         return schema.unpack(raw)
 
-    def write_inode(self, tx, ino: int, inode: dict):
+    def write_inode(self, tx, ino: int, inode: dict, names: bool = False):
+        """Store an inode, moving its `gen` (any change); `names` also moves its
+        `ngen`, the count of changes to the names that lead to it (link, unlink,
+        rename), which fsck uses to tell a torn scan from a fault."""
         inode["gen"] = inode.get("gen", 0) + 1
+        if names:
+            inode["ngen"] = inode.get("ngen", 0) + 1
         tx.put(self.ino_shard(ino), schema.inode_key(ino), schema.pack(inode))
 
     async def read_dir(self, tx, ino: int, peek: bool = False) -> dict:
@@ -163,7 +168,7 @@ class Namespace:
             self.sessions.begin_drop(ino)
             tx.on_end.append(partial(self.sessions.end_drop, ino))
             return
-        self.write_inode(tx, ino, inode)
+        self.write_inode(tx, ino, inode, names=True)
         if inode["nlink"] == 0:
             record = {"since": now, "dropped": False, "pending": []}
             tx.put(shard, schema.orphan_key(ino), schema.pack(record))

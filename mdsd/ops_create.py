@@ -126,7 +126,7 @@ async def link(ns, args: dict) -> dict:
         now = now_ns()
         inode["nlink"] += 1
         inode["ctime"] = now
-        ns.write_inode(tx, ino, inode)
+        ns.write_inode(tx, ino, inode, names=True)
         ns.add_entry(tx, parent, name, ino, stat.S_IFMT(inode["mode"]), now)
         return await ns.attr_of(ino, inode)
 

@@ -123,7 +123,7 @@ def _moved(ns, tx, side: _Side, new_parent: int, now: int):
     side.inode["ctime"] = now
     if side.is_dir:
         side.inode["parent"] = new_parent
-    ns.write_inode(tx, side.ino, side.inode)
+    ns.write_inode(tx, side.ino, side.inode, names=True)
 
 
 async def _exchange(ns, tx, src: _Side, dst: _Side):

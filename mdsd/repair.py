@@ -87,7 +87,7 @@ async def _relink(ns, args: dict) -> dict:
         inode["nlink"], inode["ctime"] = 1, now
         if stat.S_ISDIR(inode["mode"]):
             inode["nlink"], inode["parent"] = 2, parent
-        ns.write_inode(tx, ino, inode)
+        ns.write_inode(tx, ino, inode, names=True)
         tx.delete(ns.ino_shard(ino), schema.orphan_key(ino))
         ns.add_entry(tx, parent, name, ino, stat.S_IFMT(inode["mode"]), now)
         return {"relinked": [ino, parent, name]}

@@ -335,18 +335,25 @@ class ChunkStore:
 
     async def verify(self, ino: int, chunk_index: int) -> bool:
         """Read the whole chunk from its file and check every block; False (and
-        marked corrupt) if it fails its checks or cannot be read: gone from the
-        disk, or an I/O error."""
+        marked corrupt) if it fails its checks or its file is gone from the disk."""
         key = (ino, chunk_index)
         async with self._locks.hold(key):
             self._drop_handle(key)  # the file as it is now, not one kept open
         try:
             await self.read(ino, chunk_index, 0, chunkfile.MAX_CHUNK)
-        except (errors.Corrupt, errors.IOFailure) as exc:
+        except errors.Corrupt as exc:
             log.error("scrub: %s", exc)
-            self.mark_corrupt(ino, chunk_index)
-            return False
-        return True
+        except errors.IOFailure as exc:
+            if os.path.exists(self.chunk_path(ino, chunk_index)):
+                # A failure that may pass (EMFILE, one EIO): marked corrupt, the copy
+                # could be replaced by an older one of another replica.
+                log.error("scrub: %s: %s, left as it is", _where(ino, chunk_index), exc)
+                return True
+            log.error("scrub: %s: its file is gone", _where(ino, chunk_index))
+        else:
+            return True
+        self.mark_corrupt(ino, chunk_index)
+        return False
 
     async def truncate_file(self, ino: int, size: int, unit: int,
                             every: bool = False) -> dict[int, int]:
