@@ -170,6 +170,14 @@ class Progress(threading.Thread):
         return self.result
 
 
+def write_synced(path, data: bytes) -> None:
+    """Write `data` to a new file at `path` and fsync it before closing."""
+    with open(path, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+
+
 def write_file(path, seed, nblocks, fsync=True):
     """A writer for `Progress`: seeded blocks, fsync, close; returns the sha256."""
     def work(progress):

@@ -130,48 +130,46 @@ def test_a_file_replaced_by_rename_on_another_mount_opens_as_the_new_one(
     tester's report: 9 and 11 of 20 rounds).  The client answers ESTALE for an inode
     that is gone or unlinked and not open here, and the kernel looks the name up
     again.  With `old_kept_open` the writer holds the old file open, so it stays."""
-    with extra_mount(cluster, NO_CACHE) as writer_root, \
-            extra_mount(cluster, "allow_other,default_permissions") as reader_root:
-        name = f"coherence-{request.node.name}"
-        os.mkdir(writer_root / name)
-        writer, reader = writer_root / name, reader_root / name
-        try:
-            for round_ in range(5):
-                (writer / "cfg").write_bytes(b"v1 %d" % round_)
-                assert (reader / "cfg").read_bytes() == b"v1 %d" % round_  # name cached
-                with open(writer / "cfg", "rb") if old_kept_open else \
-                        contextlib.nullcontext():
-                    (writer / "cfg.tmp").write_bytes(b"v2 %d" % round_)
-                    os.rename(writer / "cfg.tmp", writer / "cfg")
-                    assert (reader / "cfg").read_bytes() == b"v2 %d" % round_
-        finally:
-            for entry in os.listdir(writer):
-                os.unlink(writer / entry)
-            os.rmdir(writer)
+    with _writer_and_reader(cluster, request) as (writer, reader):
+        for round_ in range(5):
+            (writer / "cfg").write_bytes(b"v1 %d" % round_)
+            assert (reader / "cfg").read_bytes() == b"v1 %d" % round_  # name cached
+            with open(writer / "cfg", "rb") if old_kept_open else contextlib.nullcontext():
+                (writer / "cfg.tmp").write_bytes(b"v2 %d" % round_)
+                os.rename(writer / "cfg.tmp", writer / "cfg")
+                assert (reader / "cfg").read_bytes() == b"v2 %d" % round_
 
 
 def test_stat_of_a_name_another_mount_replaced_finds_the_new_file(cluster, request):
     """`write ref.lock; mv ref.lock ref` on one mount (git's ref update), then lstat
-    and stat of ref on another that had made ref the same way: they failed with ENOENT, the old
-    inode being gone, and git fell back to packed-refs and lost commits (a tester's
-    report: 5 and 10 of 20 rounds).  The client answers ESTALE for a gone inode
-    reached by name, and the kernel looks the name up again."""
+    and stat of ref on another that had made ref the same way: they failed with
+    ENOENT, the old inode being gone, and git fell back to packed-refs and lost
+    commits (a tester's report: 5 and 10 of 20 rounds).  The client answers ESTALE
+    for a gone inode reached by name, and the kernel looks the name up again."""
+    with _writer_and_reader(cluster, request) as (writer, reader):
+        for round_ in range(10):
+            # The reader's own rename leaves it the name cached and the moved
+            # file's attributes dropped (its ctime moved), as git's does.
+            (reader / "ref.lock").write_bytes(b"old %d" % round_)
+            os.rename(reader / "ref.lock", reader / "ref")
+            (writer / "ref.lock").write_bytes(b"newer %d" % round_)
+            os.rename(writer / "ref.lock", writer / "ref")
+            assert os.lstat(reader / "ref").st_size == len(b"newer %d" % round_)
+            assert os.stat(reader / "ref").st_size == len(b"newer %d" % round_)
+            assert (reader / "ref").read_bytes() == b"newer %d" % round_
+
+
+@contextlib.contextmanager
+def _writer_and_reader(cluster, request):
+    """One directory seen through two more mounts: a writer's without caches and a
+    reader's with make up's (1 s entry and attribute caching)."""
     with extra_mount(cluster, NO_CACHE) as writer_root, \
             extra_mount(cluster, "allow_other,default_permissions") as reader_root:
         name = f"coherence-{request.node.name}"
         os.mkdir(writer_root / name)
-        writer, reader = writer_root / name, reader_root / name
+        writer = writer_root / name
         try:
-            for round_ in range(10):
-                # The reader's own rename leaves it the name cached and the moved
-                # file's attributes dropped (its ctime moved), as git's does.
-                (reader / "ref.lock").write_bytes(b"old %d" % round_)
-                os.rename(reader / "ref.lock", reader / "ref")
-                (writer / "ref.lock").write_bytes(b"newer %d" % round_)
-                os.rename(writer / "ref.lock", writer / "ref")
-                assert os.lstat(reader / "ref").st_size == len(b"newer %d" % round_)
-                assert os.stat(reader / "ref").st_size == len(b"newer %d" % round_)
-                assert (reader / "ref").read_bytes() == b"newer %d" % round_
+            yield writer, reader_root / name
         finally:
             for entry in os.listdir(writer):
                 os.unlink(writer / entry)

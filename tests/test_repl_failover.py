@@ -25,7 +25,7 @@ import pytest
 
 from osd import chunkfile
 from repl_helpers import (DOWN_AFTER, IO_TIMEOUT, Progress, drop_page_cache, read_file,
-                          running_cluster, sha_of, write_file)
+                          running_cluster, sha_of, write_file, write_synced)
 
 pytestmark = pytest.mark.mount
 
@@ -154,10 +154,7 @@ def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
     repl.wait_healthy(60)
     path = repl.mnt / "flip"
     data = os.urandom(4 << 20)
-    with open(path, "wb") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
+    write_synced(path, data)
     ino = os.stat(path).st_ino
     slots = repl.getstripe(path)
 
@@ -217,10 +214,7 @@ def test_a_chunk_file_swapped_or_removed_on_disk_is_repaired(repl):
     repl.wait_healthy(60)
     path = repl.mnt / "swap"
     data = os.urandom(8 << 20)
-    with open(path, "wb") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
+    write_synced(path, data)
     ino = os.stat(path).st_ino
     slots = repl.getstripe(path)
     count = len(slots)
@@ -261,10 +255,7 @@ def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
     repl.wait_healthy(60)
     path = repl.mnt / "out"
     data = os.urandom(8 << 20)
-    with open(path, "wb") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
+    write_synced(path, data)
     victim = repl.getstripe(path)[0][0]
     repl.kill(victim)
     repl.wait_osd(victim, False)

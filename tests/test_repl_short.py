@@ -11,7 +11,7 @@ import os
 import pytest
 
 from posix_util import wait_until
-from repl_helpers import drop_page_cache, running_cluster
+from repl_helpers import drop_page_cache, running_cluster, write_synced
 
 pytestmark = pytest.mark.mount
 
@@ -25,10 +25,7 @@ def test_out_below_the_replica_count_is_refused_then_reported_degraded(short):
     short.wait_healthy(60)
     path = short.mnt / "data"
     data = os.urandom(3 << 20)
-    with open(path, "wb") as fp:
-        fp.write(data)
-        fp.flush()
-        os.fsync(fp.fileno())
+    write_synced(path, data)
     short.wait_healthy(60)
 
     refused = short.loomfs("osd", "out", 1, check=False)
