@@ -301,3 +301,18 @@ def test_a_failed_add_osd_leaves_no_record(harness, tmp_path):
     assert sorted(harness.nodes()) == ["mds0", "osd0"]
     assert harness.run("status", check=False).returncode == 0
     harness.run("down")
+
+
+def test_an_added_osd_comes_back_with_the_next_up(harness):
+    """`up` after `down` starts the OSDs add-osd added too: it planned only --osd of
+    them, and the chunks rebalance had put on the added ones could not be read (a
+    tester's report)."""
+    harness.run("up", "--mds", 1, "--osd", 1, "--replicas", 1)
+    harness.run("add-osd", "--host", "other")
+    added = harness.nodes()["osd1"]
+    harness.run("down")
+    harness.run("up", "--mds", 1, "--osd", 1, "--replicas", 1)
+    nodes = check_all_running(harness, 3)
+    assert nodes["osd1"]["data"] == added["data"]
+    assert nodes["osd1"]["argv"][-2:] == ["--host", "other"]
+    harness.run("down")
