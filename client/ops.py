@@ -597,7 +597,11 @@ class LoomOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         fd = self.handles[fh].fd
         await self._flush(fd)
-        await self.data.sync(fd)
+        try:
+            await self.data.sync(fd)
+        except BaseException:
+            self._page_gens.pop(fd.ino, None)  # as in _flush: the pages may not be stored
+            raise
 
     async def _flush(self, fd: FileData):
         await self.data.drain(fd)
@@ -609,6 +613,10 @@ class LoomOperations(pyfuse3.Operations):
             fd.written_end = 0
             # What did land past the size must not show up if the file grows later.
             self.meta.cluster.nursery.start_soon(self._mark_tail, fd.ino)
+            # The kernel's pages hold those writes, stored or not: the next open here
+            # drops them instead of keeping them for good (a tester saw this mount
+            # read bytes that no OSD had, while every other mount read the old ones).
+            self._page_gens.pop(fd.ino, None)
             raise error
         if fd.size_dirty:
             # Commit the end of our own writes: fd.size may be a size from

@@ -5,6 +5,7 @@ up brought the old bytes back), and never at the cost of a live writer's bytes (
 flag does not make a second open on the writer's own mount cut them).  A failed
 flush's are in test_repl_enospc.py."""
 
+import errno
 import os
 import signal
 
@@ -15,7 +16,8 @@ from conftest import cluster_script
 from loomproto import config as cluster_config
 from loomproto import rpc
 from posix_util import wait_until
-from repl_helpers import DOWN_AFTER, close_cluster, drop_page_cache, repl_cluster_fixture
+from repl_helpers import (DOWN_AFTER, close_cluster, drop_page_cache, repl_cluster_fixture,
+                          write_synced)
 
 pytestmark = pytest.mark.mount
 
@@ -131,3 +133,30 @@ def test_a_truncate_with_the_only_replica_down_is_cut_when_it_returns(tail_clust
     os.truncate(path, MiB)
     live.restart(victim)
     _grown_reads_zeros(path, b"B")
+
+
+def test_a_failed_write_does_not_stay_in_the_writers_page_cache(tail_cluster):
+    """A write that failed at close (its only OSD down) left its bytes in the writing
+    mount's page cache, which the next opens there kept, so that mount read bytes no
+    OSD had while every other mount read the old ones (a tester's report)."""
+    live = tail_cluster
+    quick = live.base / "quick"
+    quick.mkdir()
+    live.run("mount", quick, "--mount-opts", "allow_other,default_permissions,io_timeout=3")
+    try:
+        path = quick / "failed-write"
+        old = b"o" * (256 << 10)
+        write_synced(path, old)
+        assert path.read_bytes() == old  # now in this mount's page cache
+        victim = live.getstripe(path)[0][0]
+        live.kill(victim)
+        live.wait_osd(victim, False)
+        with pytest.raises(OSError) as info:
+            with open(path, "r+b") as fp:
+                fp.write(b"z" * 100_000)
+        assert info.value.errno == errno.EIO, info.value
+        live.restart(victim)
+        assert path.read_bytes() == old
+        assert (live.mnt / "failed-write").read_bytes() == old
+    finally:
+        live.run("umount", quick)
