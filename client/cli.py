@@ -201,12 +201,14 @@ def recovery_summary(cluster_map) -> dict:
     osds = list(cluster_map.osds.values())
     up = [o for o in osds if o.up]
     total = {name: sum(o.stats.get(name, 0) for o in up)
-             for name in ("degraded", "recovering", "recovered", "misplaced", "repaired")}
+             for name in ("degraded", "recovering", "recovered", "misplaced", "repaired",
+                          "unrepairable")}
     down_in = sorted(o.osd_id for o in osds if o.in_ and not o.up)
     behind = sorted(o.osd_id for o in up if o.stats.get("scan_epoch", 0) < cluster_map.epoch)
     total.update(down_in=down_in, scanning=behind,
                  healthy=not down_in and not behind and not total["degraded"]
-                 and not total["recovering"] and not total["misplaced"])
+                 and not total["recovering"] and not total["misplaced"]
+                 and not total["unrepairable"])
     return total
 
 
@@ -255,13 +257,16 @@ async def _status(cluster, args) -> int:
     if recovery["healthy"]:
         state = "HEALTHY"
     elif recovery["scanning"] and not (recovery["down_in"] or recovery["degraded"]
-                                       or recovery["recovering"] or recovery["misplaced"]):
+                                       or recovery["recovering"] or recovery["misplaced"]
+                                       or recovery["unrepairable"]):
         state = "CHECKING"  # nothing known wrong: OSDs have yet to scan at this map epoch
     else:
         state = "DEGRADED"
     print(f"data: {state}: {recovery['degraded']} degraded, {recovery['recovering']} "
           f"recovering, {recovery['misplaced']} misplaced chunks; {recovery['recovered']} "
           f"copies recovered, {recovery['repaired']} repaired"
+          + (f"; {recovery['unrepairable']} copies corrupt with no good replica (data lost:"
+             " see the OSDs' logs, `loomfs scrub`)" if recovery["unrepairable"] else "")
           + (f"; in but down: osds {recovery['down_in']}" if recovery["down_in"] else "")
           + (f"; scan pending on osds {recovery['scanning']}" if recovery["scanning"] else ""))
     return code
@@ -326,6 +331,10 @@ async def _scrub(cluster, args) -> int:
             for name in ("checked", "corrupt", "repaired"):
                 own[name] += reply[name]
                 totals[name] += reply[name]
+            for ino, chunk_index in reply.get("unrepaired", ()):
+                # Which data is gone, not only how much (a tester's report).
+                print(f"osd{osd_id}: ino {ino} chunk {chunk_index} is corrupt and no replica "
+                      "has a good copy", file=sys.stderr)
             if not args.json:
                 print(f"osd{osd_id}: {own['checked']}/{reply['total']} chunks checked, "
                       f"{own['corrupt']} corrupt, {own['repaired']} repaired",

@@ -99,7 +99,8 @@ class Recovery:
         self.missed = missed  # osd.missed.MissedLog; None in bare unit setups
         self._missed_mine: set[tuple[int, int]] = set()  # as the last pass listed them
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
-                      "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0}
+                      "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0,
+                      "unrepairable": 0}
         replicator.on_degraded = self.kick
         replicator.locate = self.locate
 
@@ -185,7 +186,7 @@ class Recovery:
         if not self._behind(plans, versions):
             self._clean_gen = stale_gen
         await self._clear_missed(plans, versions)
-        degraded = misplaced = 0
+        degraded = misplaced = unrepairable = 0
         pushes, removals = [], []
         for key, members in plans:
             meta = self.store.meta(*key)
@@ -205,6 +206,11 @@ class Recovery:
                 misplaced += 1
             ranked = members + ([] if self.osd_id in members else [self.osd_id])
             holders = [o for o in ranked if have.get(o) == best]
+            if best == 0 and meta.corrupt:
+                # Corrupt here, and no member that answered has a good copy: the
+                # data is lost unless a silent member holds it (a tester's report:
+                # status said HEALTHY with a chunk corrupt on every copy).
+                unrepairable += 1
             if best == 0 or holders[0] != self.osd_id:
                 continue  # another copy is responsible (or nobody has data)
             if good < max(len(members), wanted.get(key, 0)):
@@ -216,7 +222,8 @@ class Recovery:
             for osd_id in members:
                 if osd_id in have and have[osd_id] < best:
                     pushes.append((key, osd_id, newest))
-        self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes))
+        self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes),
+                          unrepairable=unrepairable)
         for key in removals:
             await self.store.remove_chunk(*key)
             self.stats["removed"] += 1
@@ -507,12 +514,14 @@ class Recovery:
                     return True
         log.error("ino %d chunk %d is corrupt here and no replica of %s could repair it",
                   ino, chunk_index, replicas)
+        self.kick()  # a pass counts it (`unrepairable`), so status stops saying HEALTHY
         return False
 
     async def scrub(self, after, limit: int) -> dict:
         """Verify up to `limit` chunks after `after`; repair the corrupt ones."""
         rows = self.store.list_chunks(None, after, limit)
         checked = corrupt = repaired = 0
+        unrepaired = []
         current = self.maps.current
         for ino, chunk_index, _, _ in rows:
             checked += 1
@@ -527,8 +536,11 @@ class Recovery:
                                          osd_order(ino, current.in_osds()), current.hosts())
             if await self.repair(ino, chunk_index, members):
                 repaired += 1
+            else:
+                unrepaired.append([ino, chunk_index])
         last = rows[-1][:2] if rows else None
         return {"checked": checked, "corrupt": corrupt, "repaired": repaired,
+                "unrepaired": unrepaired,
                 "next": list(last) if last and len(rows) == limit else None,
                 "total": self.store.chunk_count}
 

@@ -24,6 +24,7 @@ import time
 import pytest
 
 from osd import chunkfile
+from posix_util import wait_until
 from repl_helpers import (DOWN_AFTER, IO_TIMEOUT, Progress, drop_page_cache, read_file,
                           running_cluster, sha_of, write_file, write_synced)
 
@@ -249,6 +250,36 @@ def test_a_chunk_file_swapped_or_removed_on_disk_is_repaired(repl):
     assert victim_path.exists()
     drop_page_cache()
     assert path.read_bytes() == data
+
+
+def test_a_chunk_corrupt_on_every_copy_is_not_healthy(repl):
+    """Both copies of a chunk damaged: the read fails (EIO, never wrong bytes), scrub
+    names the chunk and exits 1, and status says DEGRADED, not HEALTHY, until the
+    file is gone (a tester's report: HEALTHY, and --wait-healthy exited 0)."""
+    repl.wait_healthy(60)
+    path = repl.mnt / "lost"
+    data = os.urandom(2 << 20)
+    write_synced(path, data)
+    ino = os.stat(path).st_ino
+    for osd_id in repl.getstripe(path)[1]:
+        chunk = repl.chunk_path(osd_id, ino, 1)
+        with open(chunk, "r+b") as fp:
+            fp.seek(chunkfile.HEADER_SIZE + 777)
+            fp.write(b"\xff\x00\xff")
+    drop_page_cache()
+    with pytest.raises(OSError) as info, open(path, "rb") as fp:
+        fp.seek(1 << 20)
+        fp.read(4096)
+    assert info.value.errno == errno.EIO
+    scrubbed = repl.loomfs("scrub", check=False)
+    assert scrubbed.returncode == 1, scrubbed.stdout + scrubbed.stderr
+    assert f"ino {ino} chunk 1 is corrupt and no replica has a good copy" in scrubbed.stderr
+    wait_until(lambda: repl.status()["recovery"]["unrepairable"] > 0, 60,
+               "status to count the copies no replica can repair")
+    waited = repl.loomfs("status", "--wait-healthy", 1, check=False)
+    assert waited.returncode == 1 and "no good replica" in waited.stdout, waited.stdout
+    path.unlink()
+    repl.wait_healthy(90)
 
 
 def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
