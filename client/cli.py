@@ -363,7 +363,9 @@ async def _df(cluster, args) -> int:
     total, used = info["bytes_total"], info["bytes_used"]
     avail = info.get("bytes_free", total - used)
     print(f"{'size':>10} {'used':>10} {'avail':>10} {'use%':>5}  inodes")
-    pct = f"{100 * used // total}%" if total else "-"
+    # How full the OSDs' filesystems are, as df(1) of the mount says (they may hold
+    # more than LoomFS's own `used`): 0% on a disk others had filled read as empty.
+    pct = f"{-(-100 * (total - avail) // total)}%" if total else "-"
     print(f"{_size(total):>10} {_size(used):>10} {_size(avail):>10} {pct:>5}  "
           f"{info['inodes_used']}")
     return 0
