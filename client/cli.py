@@ -205,10 +205,12 @@ def recovery_summary(cluster_map) -> dict:
                           "unrepairable")}
     down_in = sorted(o.osd_id for o in osds if o.in_ and not o.up)
     behind = sorted(o.osd_id for o in up if o.stats.get("scan_epoch", 0) < cluster_map.epoch)
-    total.update(down_in=down_in, scanning=behind,
-                 healthy=not down_in and not behind and not total["degraded"]
-                 and not total["recovering"] and not total["misplaced"]
-                 and not total["unrepairable"])
+    # settled: recovery has nothing left to do (what rebalance waits for, and what
+    # lets fsck skip an OSD that is down and out); healthy: that, and no copy lost.
+    settled = not down_in and not behind and not total["degraded"] \
+        and not total["recovering"] and not total["misplaced"]
+    total.update(down_in=down_in, scanning=behind, settled=settled,
+                 healthy=settled and not total["unrepairable"])
     return total
 
 
@@ -265,8 +267,8 @@ async def _status(cluster, args) -> int:
     print(f"data: {state}: {recovery['degraded']} degraded, {recovery['recovering']} "
           f"recovering, {recovery['misplaced']} misplaced chunks; {recovery['recovered']} "
           f"copies recovered, {recovery['repaired']} repaired"
-          + (f"; {recovery['unrepairable']} copies corrupt with no good replica (data lost:"
-             " see the OSDs' logs, `loomfs scrub`)" if recovery["unrepairable"] else "")
+          + (f"; {recovery['unrepairable']} copies corrupt with no good replica among the "
+             "OSDs that answered (see `loomfs scrub`)" if recovery["unrepairable"] else "")
           + (f"; in but down: osds {recovery['down_in']}" if recovery["down_in"] else "")
           + (f"; scan pending on osds {recovery['scanning']}" if recovery["scanning"] else ""))
     return code
@@ -299,8 +301,10 @@ async def _rebalance(cluster, args) -> int:
         if line != last:
             print(line, flush=True)
             last = line
-        if summary["healthy"] and fresh:
-            print("rebalance done")
+        if summary["settled"] and fresh:
+            print("rebalance done" + (f"; {summary['unrepairable']} copies corrupt with no "
+                                      "good replica (see loomfs status)"
+                                      if summary["unrepairable"] else ""))
             return 0
         if trio.current_time() >= deadline:
             print(f"rebalance: not done after {args.timeout:g}s", file=sys.stderr)
@@ -310,7 +314,8 @@ async def _rebalance(cluster, args) -> int:
 
 async def _scrub(cluster, args) -> int:
     """Ask every up OSD to verify its chunks, batch by batch, printing progress."""
-    totals = {"checked": 0, "corrupt": 0, "repaired": 0, "unreachable": [], "skipped": []}
+    totals = {"checked": 0, "corrupt": 0, "repaired": 0, "unreachable": [], "skipped": [],
+              "unreadable": 0}
     for osd_id in sorted(cluster.map.osds):
         if not cluster.map.is_up(osd_id):
             # Down and out holds nothing the cluster relies on (as in fsck); down
@@ -335,6 +340,10 @@ async def _scrub(cluster, args) -> int:
                 # Which data is gone, not only how much (a tester's report).
                 print(f"osd{osd_id}: ino {ino} chunk {chunk_index} is corrupt and no replica "
                       "has a good copy", file=sys.stderr)
+            for ino, chunk_index in reply.get("unreadable", ()):
+                totals["unreadable"] += 1
+                print(f"osd{osd_id}: ino {ino} chunk {chunk_index} could not be read (see "
+                      f"osd{osd_id}'s log); left as it is", file=sys.stderr)
             if not args.json:
                 print(f"osd{osd_id}: {own['checked']}/{reply['total']} chunks checked, "
                       f"{own['corrupt']} corrupt, {own['repaired']} repaired",
@@ -352,7 +361,8 @@ async def _scrub(cluster, args) -> int:
               + (f", skipped (down and out): {totals['skipped']}" if totals["skipped"]
                  else ""))
     unrepaired = totals["corrupt"] - totals["repaired"]
-    return 0 if not unrepaired and not totals["unreachable"] else 1
+    clean = not unrepaired and not totals["unreachable"] and not totals["unreadable"]
+    return 0 if clean else 1
 
 
 async def _df(cluster, args) -> int:
@@ -468,7 +478,7 @@ async def _fsck(cluster, args) -> int:
     checker = fsck.Checker(call_mds, cluster.nshards, call_osd,
                            sorted(o.osd_id for o in osds if o.up or o.in_),
                            fsck.Progress(not args.quiet), skipped=skipped,
-                           copied_elsewhere=recovery_summary(cluster.map)["healthy"])
+                           copied_elsewhere=recovery_summary(cluster.map)["settled"])
     return await fsck.run(checker, args.repair)
 
 

@@ -145,11 +145,16 @@ class Checker:
             # a second name).  Every rename, link and unlink moves the `ngen` of
             # the inode it names (writes and attribute changes do not): one read
             # before and after the second scan tells whether its names stood still.
+            # A cross-shard transaction whose participant has yet to apply its part
+            # (a commit re-sent later) shows old and new names together without any
+            # ngen moving in between: while one is pending, names are not settled.
+            in_flight = bool(model.txns)
             subjects = {ino for f in findings if not f.pending for ino in f.names_of}
             before = await self._name_gens(subjects)
             model = await self.scan()
             after = await self._name_gens(subjects)
-            moved = {ino for ino in subjects if before[ino] != after[ino]}
+            in_flight = in_flight or bool(model.txns)
+            moved = {ino for ino in subjects if before[ino] != after[ino] or in_flight}
             confirmed = [f for f in check_model(model) if f.pending or (
                 (f.kind, f.key) in first and not moved.intersection(f.names_of))]
             unsettled = [f for f in check_model(model) if not f.pending
@@ -331,7 +336,7 @@ def _check_files(model: Model, names: Names):
         if stat.S_ISDIR(inode["mode"]):
             continue
         refs = len(names.refs.get(ino, ()))
-        nlink, gen = inode["nlink"], inode.get("gen", 0)
+        nlink, gen, ngen = inode["nlink"], inode.get("gen", 0), inode.get("ngen", 0)
         if refs == 0 and nlink == 0:
             if ino in model.orphans:
                 yield Finding("open-unlinked", ("inode", ino),
@@ -343,12 +348,14 @@ def _check_files(model: Model, names: Names):
         elif refs == 0:
             yield Finding("unnamed-inode", ("inode", ino),
                           f"inode {ino} (nlink {nlink}, size {inode['size']}) has no name",
-                          repair=("lost+found", "relink", {"ino": ino, "gen": gen}),
+                          repair=("lost+found", "relink", {"ino": ino, "gen": gen,
+                                                          "ngen": ngen}),
                           names_of=(ino,))
         elif refs != nlink:
             yield Finding("link-count", ("inode", ino),
                           f"{names.path(ino)} (inode {ino}): nlink {nlink}, {refs} names",
-                          repair=_mds(shard, "set_nlink", ino=ino, nlink=refs, gen=gen),
+                          repair=_mds(shard, "set_nlink", ino=ino, nlink=refs, gen=gen,
+                                      ngen=ngen),
                           names_of=(ino,))
 
 
@@ -360,7 +367,8 @@ def _check_dirs(model: Model, names: Names):
         if not rows:
             yield Finding("unnamed-inode", ("inode", ino), f"directory inode {ino} has no name",
                           repair=("lost+found", "relink",
-                                  {"ino": ino, "gen": inode.get("gen", 0)}),
+                                  {"ino": ino, "gen": inode.get("gen", 0),
+                                   "ngen": inode.get("ngen", 0)}),
                           names_of=(ino,))
             continue
         if len(rows) > 1:
@@ -380,16 +388,17 @@ def _check_cycles(model: Model, names: Names):
     for ino, (_, inode) in model.inodes.items():
         if not stat.S_ISDIR(inode["mode"]):
             continue
-        chain, current = [], ino
+        chain, current, cut = [], ino, False
         while current not in reachable and current not in chain:
             chain.append(current)
             rows = names.refs.get(current)
             if not rows:
+                cut = True  # an unnamed directory (its own finding), not a loop
                 break
             current = rows[0][1]
         if current in reachable:
             reachable.update(chain)
-        elif current in chain:
+        elif current in chain and not cut:
             loop = chain[chain.index(current):]
             if min(loop) not in seen:  # once, not again from each of its members
                 seen.add(min(loop))
@@ -535,10 +544,12 @@ def report(model: Model, findings: list[Finding], out) -> tuple[int, int]:
 
 
 def exit_status(model: Model, findings: list[Finding]) -> int:
-    """0 clean, 1 faults, 2 some shard or OSD could not be checked (and no faults)."""
+    """0 clean, 1 faults, 2 some shard or OSD could not be checked, or a fault about
+    names was seen twice while those names moved (and no faults)."""
     if any(not f.pending for f in findings):
         return 1
-    return 2 if model.unchecked else 0
+    unsettled = any(f.kind == "names-moving" for f in findings)
+    return 2 if model.unchecked or unsettled else 0
 
 
 async def run(checker: Checker, fix: bool, out=sys.stdout) -> int:

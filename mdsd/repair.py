@@ -7,11 +7,12 @@ harm.  Actions:
 
 - ``entry_drop {parent, name, ino}``: remove the entry ``(parent, name) ->
   ino`` if inode `ino` does not exist (a dangling entry).
-- ``set_nlink {ino, nlink, gen}``: set a non-directory's link count to the
-  number of entries the checker counted, if the inode is still at generation
-  `gen`; 0 makes it an orphan that reclaim deletes.
-- ``relink {ino, parent, name, gen}``: give an inode that no entry names one
-  name (in lost+found) with nlink 1, if still at generation `gen`.
+- ``set_nlink {ino, nlink, gen, ngen}``: set a non-directory's link count to the
+  number of entries the checker counted, if the names of the inode have not
+  changed since (its `ngen`; writes move `gen` but not that); 0 makes it an
+  orphan that reclaim deletes.  Without `ngen` (an older checker): `gen`.
+- ``relink {ino, parent, name, gen, ngen}``: give an inode that no entry names one
+  name (in lost+found) with nlink 1, on the same condition.
 - ``share_recount {dir_ino}`` (local to the shard asked): recompute this
   shard's ``dirstat`` count and subdirs of `dir_ino` from its entries, and
   drop ``dirseq`` rows whose entry is gone / add the ones missing.
@@ -59,10 +60,10 @@ async def _entry_drop(ns, args: dict) -> dict:
 async def _set_nlink(ns, args: dict) -> dict:
     ino = check.ino(args)
     nlink = check.integer(args, "nlink", 0, check.U32_MAX)
-    gen = check.integer(args, "gen")
+    seen = _seen(args)
 
     async def body(tx):
-        inode = await _inode_at(ns, tx, ino, gen)
+        inode = await _inode_at(ns, tx, ino, seen)
         old = inode["nlink"]
         inode["nlink"] = nlink + 1  # drop_link takes one off and records a new orphan
         ns.drop_link(tx, ino, inode, now_ns())
@@ -76,10 +77,10 @@ async def _set_nlink(ns, args: dict) -> dict:
 
 async def _relink(ns, args: dict) -> dict:
     ino, parent, name = check.ino(args), check.ino(args, "parent"), check.name(args)
-    gen = check.integer(args, "gen")
+    seen = _seen(args)
 
     async def body(tx):
-        inode = await _inode_at(ns, tx, ino, gen)
+        inode = await _inode_at(ns, tx, ino, seen)
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
         await ns.check_parent_alive(tx, parent, name)
@@ -95,9 +96,17 @@ async def _relink(ns, args: dict) -> dict:
     return await ns.engine.run(body)
 
 
-async def _inode_at(ns, tx, ino: int, gen: int) -> dict:
+def _seen(args: dict) -> tuple[str, int]:
+    """Which counter of the inode the checker saw: `ngen` (its names), or `gen`."""
+    if args.get("ngen") is not None:
+        return "ngen", check.integer(args, "ngen")
+    return "gen", check.integer(args, "gen")
+
+
+async def _inode_at(ns, tx, ino: int, seen: tuple[str, int]) -> dict:
+    field, value = seen
     inode = await ns.read_inode(tx, ino)
-    if inode.get("gen", 0) != gen:
+    if inode.get(field, 0) != value:
         raise errors.Invalid(f"inode {ino} changed since it was checked")
     return inode
 

@@ -521,16 +521,20 @@ class Recovery:
         """Verify up to `limit` chunks after `after`; repair the corrupt ones."""
         rows = self.store.list_chunks(None, after, limit)
         checked = corrupt = repaired = 0
-        unrepaired = []
+        unrepaired, unreadable = [], []
         current = self.maps.current
         for ino, chunk_index, _, _ in rows:
             checked += 1
-            if await self.store.verify(ino, chunk_index):
+            verdict = await self.store.verify(ino, chunk_index)
+            if verdict is None:
+                unreadable.append([ino, chunk_index])
                 continue
-            corrupt += 1
+            if verdict:
+                continue
             attr = (await self._attrs([ino])).get(ino)
             if attr is None or not attr.get("layout"):
-                continue
+                continue  # a file gone since: recovery removes its chunks
+            corrupt += 1
             layout = Layout.from_wire(attr["layout"])
             members = replicas_for_chunk(layout, ino, chunk_index,
                                          osd_order(ino, current.in_osds()), current.hosts())
@@ -540,7 +544,7 @@ class Recovery:
                 unrepaired.append([ino, chunk_index])
         last = rows[-1][:2] if rows else None
         return {"checked": checked, "corrupt": corrupt, "repaired": repaired,
-                "unrepaired": unrepaired,
+                "unrepaired": unrepaired, "unreadable": unreadable,
                 "next": list(last) if last and len(rows) == limit else None,
                 "total": self.store.chunk_count}
 

@@ -333,9 +333,10 @@ class ChunkStore:
         if meta is not None:
             meta.corrupt = True
 
-    async def verify(self, ino: int, chunk_index: int) -> bool:
+    async def verify(self, ino: int, chunk_index: int) -> bool | None:
         """Read the whole chunk from its file and check every block; False (and
-        marked corrupt) if it fails its checks or its file is gone from the disk."""
+        marked corrupt) if it fails its checks or its file is gone from the disk,
+        None if it cannot be read for another reason (left as it is, reported)."""
         key = (ino, chunk_index)
         async with self._locks.hold(key):
             self._drop_handle(key)  # the file as it is now, not one kept open
@@ -348,7 +349,7 @@ class ChunkStore:
                 # A failure that may pass (EMFILE, one EIO): marked corrupt, the copy
                 # could be replaced by an older one of another replica.
                 log.error("scrub: %s: %s, left as it is", _where(ino, chunk_index), exc)
-                return True
+                return None
             log.error("scrub: %s: its file is gone", _where(ino, chunk_index))
         else:
             return True

@@ -192,7 +192,7 @@ async def test_open_drops_empty_chunk_files_and_names_a_swapped_one(tmp_path):
         assert again.meta(5, 0).corrupt and not again.meta(5, 1).corrupt
         with pytest.raises(errors.Corrupt, match="holds ino 5 chunk 1"):
             await again.read(5, 0, 0, 400)
-        assert not await again.verify(5, 0)
+        assert await again.verify(5, 0) is False
         assert await again.verify(5, 1)
     finally:
         again.close()
@@ -204,5 +204,21 @@ async def test_verify_reads_the_file_on_disk_not_an_fd_kept_open(store):
     assert await store.read(5, 0, 0, 400) == (b"data" * 100, 1)
     assert (5, 0) in store._handles
     os.unlink(store.chunk_path(5, 0))
-    assert not await store.verify(5, 0)
+    assert await store.verify(5, 0) is False
     assert store.meta(5, 0).corrupt
+
+
+async def test_verify_of_a_chunk_that_cannot_be_read_neither_passes_nor_condemns_it(store):
+    """A read failure other than a bad checksum or a gone file (here EISDIR) is not
+    marked corrupt (a repair might put an older replica's copy in its place), nor
+    counted as good (a reviewer's finding): verify answers None."""
+    await store.write(5, 0, 0, b"data" * 100)
+    store._drop_handle((5, 0))
+    path = store.chunk_path(5, 0)
+    os.unlink(path)
+    os.mkdir(path)
+    try:
+        assert await store.verify(5, 0) is None
+        assert not store.meta(5, 0).corrupt
+    finally:
+        os.rmdir(path)
