@@ -86,7 +86,7 @@ async def retrying(coro_fn, seconds: float = 40.0):
             try:
                 return await coro_fn()
             except (errors.TransportError, errors.Conflict, errors.TryAgain):
-                await trio.sleep(0.1)  # retry pause, under fail_after
+                await trio.sleep(0.1)  # polls until the call succeeds, under fail_after
 
 
 async def entry_of(cluster, parent, name):

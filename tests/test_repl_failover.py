@@ -151,13 +151,18 @@ def test_one_replica_gives_eio_never_wrong_data(repl):
     assert path.read_bytes() == data
 
 
-def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
+def _healthy_then_written(repl, name: str, size: int):
+    """Once the cluster is healthy, a file of `size` random bytes, fsynced:
+    ``(path, data, ino, {slot: [osd ids, primary first]})``."""
     repl.wait_healthy(60)
-    path = repl.mnt / "flip"
-    data = os.urandom(4 << 20)
+    path = repl.mnt / name
+    data = os.urandom(size)
     write_synced(path, data)
-    ino = os.stat(path).st_ino
-    slots = repl.getstripe(path)
+    return path, data, os.stat(path).st_ino, repl.getstripe(path)
+
+
+def test_flipped_bytes_are_repaired_on_read_and_by_scrub(repl):
+    path, data, ino, slots = _healthy_then_written(repl, "flip", 4 << 20)
 
     def flip(chunk_index, osd_id):
         chunk = repl.chunk_path(osd_id, ino, chunk_index)
@@ -212,12 +217,7 @@ def test_a_chunk_file_swapped_or_removed_on_disk_is_repaired(repl):
     chunk it holds), so it is neither read nor copied over the good replica; a chunk
     file removed from under an OSD is found by scrub and copied back, and the rest of
     that OSD is still scrubbed (a tester's reports)."""
-    repl.wait_healthy(60)
-    path = repl.mnt / "swap"
-    data = os.urandom(8 << 20)
-    write_synced(path, data)
-    ino = os.stat(path).st_ino
-    slots = repl.getstripe(path)
+    path, data, ino, slots = _healthy_then_written(repl, "swap", 8 << 20)
     count = len(slots)
     holders = {}
     for chunk_index in range(8):
@@ -256,12 +256,8 @@ def test_a_chunk_corrupt_on_every_copy_is_not_healthy(repl):
     """Both copies of a chunk damaged: the read fails (EIO, never wrong bytes), scrub
     names the chunk and exits 1, and status says DEGRADED, not HEALTHY, until the
     file is gone (a tester's report: HEALTHY, and --wait-healthy exited 0)."""
-    repl.wait_healthy(60)
-    path = repl.mnt / "lost"
-    data = os.urandom(2 << 20)
-    write_synced(path, data)
-    ino = os.stat(path).st_ino
-    for osd_id in repl.getstripe(path)[1]:
+    path, data, ino, slots = _healthy_then_written(repl, "lost", 2 << 20)
+    for osd_id in slots[1]:
         chunk = repl.chunk_path(osd_id, ino, 1)
         with open(chunk, "r+b") as fp:
             fp.seek(chunkfile.HEADER_SIZE + 777)
@@ -278,16 +274,18 @@ def test_a_chunk_corrupt_on_every_copy_is_not_healthy(repl):
                "status to count the copies no replica can repair")
     waited = repl.loomfs("status", "--wait-healthy", 1, check=False)
     assert waited.returncode == 1 and "no good replica" in waited.stdout, waited.stdout
+    # The test after this one scrubs: the damaged copies must be gone from the disks
+    # (the inode reclaimed, then its chunks deleted), not only out of the count.
     path.unlink()
+    damaged = [repl.chunk_path(osd_id, ino, 1) for osd_id in slots[1]]
+    wait_until(lambda: not any(chunk.exists() for chunk in damaged), 90,
+               "the deleted file's damaged copies to leave the OSDs")
     repl.wait_healthy(90)
 
 
 def test_osd_out_gets_its_chunks_copied_elsewhere(repl):
-    repl.wait_healthy(60)
-    path = repl.mnt / "out"
-    data = os.urandom(8 << 20)
-    write_synced(path, data)
-    victim = repl.getstripe(path)[0][0]
+    path, data, _, slots = _healthy_then_written(repl, "out", 8 << 20)
+    victim = slots[0][0]
     repl.kill(victim)
     repl.wait_osd(victim, False)
     repl.loomfs("osd", "out", victim)
