@@ -335,14 +335,29 @@ class Meta:
         self._dir_changed(parent, attr["ctime"], 1)
         return attr
 
-    async def unlink(self, parent, name) -> dict:
+    async def unlink(self, parent, name, answered_at: int | None = None) -> dict:
+        """`answered_at`: the kernel was told of the removal then (client.behind),
+        and the parent's cached attributes already show it."""
         check_name(name)
-        with self.absent.changing(parent):
-            reply = await self._at_entry(parent, name, "unlink",
-                                         {"parent": parent, "name": name, "rid": _rid()})
+        try:
+            with self.absent.changing(parent):
+                reply = await self._at_entry(parent, name, "unlink",
+                                             {"parent": parent, "name": name, "rid": _rid()})
+        except BaseException:
+            if answered_at is not None:
+                self._dir_unknown(parent)
+            raise
         self.absent.removed(parent, name)
-        self._dir_changed(parent, time.time_ns(), -1)
+        if answered_at is None:
+            self._dir_changed(parent, time.time_ns(), -1)
         return reply
+
+    def removing(self, parent: int) -> int:
+        """An unlink in `parent` is answered before its request goes out: the
+        parent's cached attributes show it from now on.  Returns the time."""
+        when = time.time_ns()
+        self._dir_changed(parent, when, -1)
+        return when
 
     async def rmdir(self, parent, name) -> None:
         check_name(name)

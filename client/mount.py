@@ -12,7 +12,9 @@ default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 (the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
 metadata call retries an unreachable shard before EIO, and waits for a shard
 that holds its connection open without answering before ETIMEDOUT; default 60),
-``io_timeout=S`` (the same for OSDs, default 60), ``writeback_cache`` (the
+``io_timeout=S`` (the same for OSDs, default 60), ``unlink_window=N`` (unlinks
+of files answered before their commit, at most N in flight, default 128; 0
+answers each after its commit; see client.behind), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
 README "Kernel writeback cache" for the trade-off).  With LOOMFS_PROFILE=FILE in
@@ -47,11 +49,11 @@ UNMOUNT_CLOSES_SECONDS = 2.0  # at unmount, how long queued closes may take to l
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
-                "debug_faults": bool, "writeback_cache": bool}
+                "debug_faults": bool, "writeback_cache": bool, "unlink_window": int}
 # Below these a setting makes no sense: every call would time out at once, or
 # nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
 _LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
-          "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1}
+          "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1, "unlink_window": 0}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
             "exec", "async"}
 
@@ -64,7 +66,7 @@ def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
-           "debug_faults": False, "writeback_cache": False}
+           "debug_faults": False, "writeback_cache": False, "unlink_window": 128}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
@@ -199,7 +201,8 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         ops = LoomOperations(meta, data, own["attr_timeout"], own["entry_timeout"],
                              on_init=lambda: nursery.start_soon(
                                  _tune_mount, mountpoint, own["readahead_kb"]),
-                             debug_faults=own["debug_faults"])
+                             debug_faults=own["debug_faults"],
+                             unlink_window=own["unlink_window"])
         # Read by pyfuse3 when the kernel's INIT arrives.  The kernel then owns
         # size and mtime while it holds dirty pages, turns O_APPEND into writes
         # at its own size, and may read partial pages through write-only handles.
@@ -219,9 +222,26 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
-            with trio.CancelScope(shield=True), trio.move_on_after(UNMOUNT_CLOSES_SECONDS):
-                await meta.send_queued_closes()
+            with trio.CancelScope(shield=True):
+                await _drain_unlinks(ops.behind, own["mds_timeout"])
+                with trio.move_on_after(UNMOUNT_CLOSES_SECONDS):
+                    await meta.send_queued_closes()
             nursery.cancel_scope.cancel()
+
+
+async def _drain_unlinks(behind, seconds: float):
+    """Unlinks answered before their commit still travel: wait for them (each
+    gives up after mds_timeout on its own; this bound is only a backstop)."""
+    if not behind:
+        return
+    log.info("unmount: waiting for unlinks on their way")
+    with trio.move_on_after(seconds + 5):
+        await behind.settle_all()
+    if behind:
+        log.error("unmount: unlinks still unanswered after %.0fs; they may be lost", seconds + 5)
+    if behind.failures:
+        log.error("%d unlinks answered before their commit failed during this mount",
+                  behind.failures)
 
 
 async def _stop_on_signal():

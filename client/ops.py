@@ -35,6 +35,7 @@ import trio
 from loomproto import errors
 from loomproto.layout import Layout
 
+from .behind import UnlinksBehind
 from .data import FileData
 from .dirnames import DirNames, drop_old_name
 from .meta import check_name
@@ -157,7 +158,7 @@ class LoomOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 on_init=None, debug_faults: bool = False):
+                 on_init=None, debug_faults: bool = False, unlink_window: int = 0):
         super().__init__()
         self.on_init = on_init
         self.debug_faults = debug_faults
@@ -174,6 +175,9 @@ class LoomOperations(pyfuse3.Operations):
         self._fhs = itertools.count(1)
         self._resizing = collections.Counter()  # ino -> our size changes in flight
         self.dir_names = DirNames()  # where the kernel knows each directory (client.dirnames)
+        # Unlinks answered before their commit, and the waits for them (client.behind).
+        nursery = getattr(meta.cluster, "nursery", None)
+        self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0)
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -234,6 +238,8 @@ class LoomOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode, name, ctx=None):
         check_name(name)  # ENAMETOOLONG before any answer, as the shard gives it
+        if self.behind:
+            await self.behind.settle_name(parent_inode, name)
         if self.meta.absent.absent(parent_inode, name, trio.current_time()):
             # Known absent under a lease (client.absent); the kernel keeps
             # no negative entry of it, so the lease's end takes effect at once.
@@ -246,6 +252,7 @@ class LoomOperations(pyfuse3.Operations):
             return self._negative(self.entry_timeout)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
+        self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
         return self._entry(attr)
 
     @staticmethod
@@ -261,6 +268,8 @@ class LoomOperations(pyfuse3.Operations):
         # unlink in it (the kernel drops them): see Meta.cached_dir.
         attr = self.meta.cached_dir(inode, self.attr_timeout)
         if attr is None:
+            if self.behind:
+                await self.behind.settle_ino(inode)
             try:
                 attr = await self.meta.getattr(inode)
             except errors.NotFound:
@@ -292,6 +301,8 @@ class LoomOperations(pyfuse3.Operations):
                                       or stat.S_ISLNK(known["mode"]))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         changes = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
@@ -338,33 +349,76 @@ class LoomOperations(pyfuse3.Operations):
     # -- namespace --------------------------------------------------------
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        await self.behind.settle_name(parent_inode, name)
         attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
-        return self._entry(attr)
+        return self._named(parent_inode, name, attr)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
+        await self.behind.settle_name(parent_inode, name)
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
         self.dir_names.record(attr["ino"], parent_inode, name)
-        return self._entry(attr)
+        return self._named(parent_inode, name, attr)
 
     async def symlink(self, parent_inode, name, target, ctx):
+        await self.behind.settle_name(parent_inode, name)
         attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
-        return self._entry(attr)
+        return self._named(parent_inode, name, attr)
 
     async def readlink(self, inode, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         return await self.meta.readlink(inode)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        return self._entry(await self.meta.link(inode, new_parent_inode, new_name))
+        if self.behind:
+            await self.behind.settle_ino(inode)
+            await self.behind.settle_name(new_parent_inode, new_name)
+        attr = await self.meta.link(inode, new_parent_inode, new_name)
+        return self._named(new_parent_inode, new_name, attr)
+
+    def _named(self, parent_inode: int, name: bytes, attr: dict) -> pyfuse3.EntryAttributes:
+        """The entry of a name the kernel gets from this reply."""
+        self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        return self._entry(attr)
 
     async def unlink(self, parent_inode, name, ctx):
-        await self.meta.unlink(parent_inode, name)
+        check_name(name)
+        ino = self.behind.may_answer_early(parent_inode, name, self.files)
+        if ino is None:
+            self.behind.gone(parent_inode, name)
+            await self.behind.settle_name(parent_inode, name)
+            await self.meta.unlink(parent_inode, name)
+            return
+        # Answered now, committed in the background (client.behind).
+        await self.behind.reserve(parent_inode, name)
+        when = self.meta.removing(parent_inode)
+        self.behind.send(parent_inode, name, ino,
+                         functools.partial(self.meta.unlink, parent_inode, name, when))
 
     async def rmdir(self, parent_inode, name, ctx):
+        if self.behind:
+            await self._settle_dir_named(parent_inode, name)
+        self.behind.gone(parent_inode, name)
         await self.meta.rmdir(parent_inode, name)
         self.dir_names.forget_at(parent_inode, name)
 
+    async def _settle_dir_named(self, parent_inode: int, name: bytes) -> None:
+        """Wait for our pending unlinks in the directory `name` (all of them when
+        we do not know which directory that is) and of the name itself."""
+        await self.behind.settle_name(parent_inode, name)
+        known = self.behind.known(parent_inode, name)
+        if known is None:
+            await self.behind.settle_all()
+        else:
+            await self.behind.settle_dir(known[0])
+
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if self.behind:
+            await self.behind.settle_name(parent_inode_old, name_old)
+            await self._settle_dir_named(parent_inode_new, name_new)  # it may be replaced
+        self.behind.gone(parent_inode_old, name_old)
+        self.behind.gone(parent_inode_new, name_new)
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
                                exchange=bool(flags & RENAME_EXCHANGE))
@@ -378,6 +432,8 @@ class LoomOperations(pyfuse3.Operations):
     # -- directories ------------------------------------------------------
 
     async def opendir(self, inode, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         attr = await self.meta.getattr(inode)
         if not stat.S_ISDIR(attr["mode"]):
             raise errors.NotDir(f"ino {inode} is not a directory")
@@ -385,6 +441,8 @@ class LoomOperations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         ino = fh
+        if self.behind:
+            await self.behind.settle_dir(ino)  # a listing shows our unlinks
         if start_id < 1 and not await self._reply_dot(token, ino, b".", ino, 1):
             return
         if start_id < 2:
@@ -430,6 +488,7 @@ class LoomOperations(pyfuse3.Operations):
                     return False
                 if stat.S_ISDIR(attr["mode"]):
                     self._listed_dir(attr["ino"], ino, name)
+                self.behind.saw(ino, name, attr["ino"], attr["mode"])
                 after = seq
             if not reply["more"]:
                 return True
@@ -438,7 +497,12 @@ class LoomOperations(pyfuse3.Operations):
         pass
 
     async def fsyncdir(self, fh, datasync):
-        pass  # every namespace change is committed on its shard before the reply
+        # Every namespace change is committed on its shard before its reply,
+        # except unlinks answered early (client.behind): wait for those here.
+        await self.behind.settle_dir(fh)
+        failed = self.behind.take_failure(fh)
+        if failed is not None:
+            raise pyfuse3.FUSEError(errno.EIO) from failed
 
     async def statfs(self, ctx):
         info = await self.meta.statfs()
@@ -455,6 +519,8 @@ class LoomOperations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        if self.behind:
+            await self.behind.settle_name(parent_inode, name)
         try:
             attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
                                          0, ctx.uid, ctx.gid, open_it=True)
@@ -471,9 +537,11 @@ class LoomOperations(pyfuse3.Operations):
         fi = self._new_handle(attr, flags)
         self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
         self._pages_opened(attr)
-        return fi, self._entry(attr)
+        return fi, self._named(parent_inode, name, attr)
 
     async def open(self, inode, flags, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
         with _stale_if_gone():
@@ -659,6 +727,8 @@ class LoomOperations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------
 
     async def setxattr(self, inode, name, value, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         self._fault_hook(inode, name)
         if name.startswith(ACL_XATTR_PREFIX):
             # ACLs are not enforced, so they are not stored either: cp -a, tar
@@ -667,6 +737,8 @@ class LoomOperations(pyfuse3.Operations):
         await self.meta.setxattr(inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         self._fault_hook(inode, name)
         return await self.meta.getxattr(inode, name)
 
@@ -675,9 +747,13 @@ class LoomOperations(pyfuse3.Operations):
             raise InjectedFault(f"debug fault injected on ino {ino}")
 
     async def listxattr(self, inode, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         return await self.meta.listxattr(inode)
 
     async def removexattr(self, inode, name, ctx):
+        if self.behind:
+            await self.behind.settle_ino(inode)
         await self.meta.removexattr(inode, name)
 
 

@@ -27,14 +27,15 @@ def test_chunk_buffer_merges_extents():
 
 def test_parse_options_splits_own_from_fuse():
     own, fuse = parse_options("allow_other,default_permissions,attr_timeout=5,rw,"
-                              "write_window=0,nofail")
+                              "write_window=0,nofail,unlink_window=0")
     assert own["attr_timeout"] == 5.0 and own["write_window"] == 0
+    assert own["unlink_window"] == 0 and parse_options("")[0]["unlink_window"] == 128
     assert fuse == {"allow_other", "default_permissions"}
     with pytest.raises(MountError, match="needs a number"):
         parse_options("attr_timeout=soon")
     # Settings under which every call would time out at once were taken silently.
     for bad in ("mds_timeout=0", "mds_timeout=-5", "io_timeout=-1", "write_window=-5",
-                "attr_timeout=-1", "io_timeout=nan"):
+                "attr_timeout=-1", "io_timeout=nan", "unlink_window=-1"):
         with pytest.raises(MountError, match="below its least value"):
             parse_options(bad)
 

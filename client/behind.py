@@ -1,0 +1,172 @@
+"""Unlinks answered before their commit, and what must wait for them.
+
+A removal costs a shard commit (an fsync) and a round trip, and a program
+removing files one after another (``rm -rf``, a dataset cleaner, a checkpoint
+rotation) waits for each in turn, while the shard could commit many of them
+with one fsync (mdsd.store's group commit).  So an unlink of a file this
+client knows is answered as soon as its request is on its way, and up to
+`window` of them travel at once.  Only what the kernel has already checked
+goes this way: the name was looked up (or listed) here as a regular file or
+a symlink, and the file is not open here.  Everything else waits as before.
+
+What this client sees stays exact: before a request that may depend on a
+pending removal goes out, it waits for it (`settle_name`, `settle_ino`,
+`settle_dir`, `settle_all`): a lookup or create of the same name, anything
+about the removed inode, a listing or fsync of the directory, an rmdir.  The
+kernel has already made the name negative, so it asks us (a lookup) before
+using the name again.
+
+Other mounts see the removal once its commit lands: a round trip and a
+commit later, which is far inside the entry_timeout for which their kernels
+may show a removed name anyway.  Durability is the directory's, as on a local
+filesystem: fsync of the directory waits for its pending removals and
+reports one that failed (EIO) once; unmount waits for all of them.  A removal
+that fails after its answer (the shard unreachable past mds_timeout) is
+logged, and the name shows again at its next lookup.  A client killed with
+removals in flight loses at most `window` of them, as a local filesystem
+loses the removals its journal had not written at a power cut.
+"""
+
+import logging
+import stat
+from collections import OrderedDict
+
+import trio
+
+from loomproto import errors
+
+log = logging.getLogger(__name__)
+
+NAMES_KEPT = 32_768  # (parent, name) -> (ino, mode) remembered from replies (~8 MiB)
+
+
+class _Pending:
+    __slots__ = ("parent", "name", "ino", "done")
+
+    def __init__(self, parent: int, name: bytes, ino: int):
+        self.parent = parent
+        self.name = name
+        self.ino = ino
+        self.done = trio.Event()
+
+
+class UnlinksBehind:
+    """Removals in flight; `window` 0 makes every unlink wait for its commit."""
+
+    def __init__(self, nursery, window: int):
+        self.nursery = nursery
+        self.window = window
+        self._slots = trio.Semaphore(window) if window > 0 else None
+        self._by_name: dict[tuple[int, bytes], _Pending] = {}
+        self._by_ino: dict[int, _Pending] = {}
+        self._by_dir: dict[int, set[_Pending]] = {}
+        self._failed: dict[int, errors.LoomError] = {}  # directory -> first failure
+        self.failures = 0  # counted for tests and logs
+        # (parent, name) -> (ino, mode), from this client's lookups, creates and
+        # listings: what the kernel's dentry of the name holds, as far as we know.
+        self._names: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._by_name)
+
+    # -- names the kernel got from us -------------------------------------
+
+    def saw(self, parent: int, name: bytes, ino: int, mode: int) -> None:
+        if self._slots is None:
+            return
+        key = (parent, name)
+        self._names[key] = (ino, mode)
+        self._names.move_to_end(key)
+        if len(self._names) > NAMES_KEPT:
+            self._names.popitem(last=False)
+
+    def gone(self, parent: int, name: bytes) -> None:
+        self._names.pop((parent, name), None)
+
+    def known(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        return self._names.get((parent, name))
+
+    def may_answer_early(self, parent: int, name: bytes, open_here) -> int | None:
+        """The inode whose unlink may be answered before its commit, or None:
+        a regular file or symlink the kernel got from us, not open here."""
+        if self._slots is None:
+            return None
+        known = self._names.get((parent, name))
+        if known is None or known[0] in open_here or known[0] in self._by_ino:
+            return None  # (another name of it on its way: this one waits, as it did)
+        ino, mode = known
+        return ino if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else None
+
+    async def reserve(self, parent: int, name: bytes) -> None:
+        """Wait for a place in the window; `send` must follow with no await between."""
+        self._names.pop((parent, name), None)
+        await self.settle_name(parent, name)
+        await self._slots.acquire()
+
+    def send(self, parent: int, name: bytes, ino: int, remove) -> None:
+        """Send `remove()`, the unlink request, in the background."""
+        item = _Pending(parent, name, ino)
+        self._by_name[(parent, name)] = item
+        self._by_ino[ino] = item
+        self._by_dir.setdefault(parent, set()).add(item)
+        self.nursery.start_soon(self._send, item, remove)
+
+    async def _send(self, item: _Pending, remove):
+        try:
+            await remove()
+        except errors.NotFound:
+            log.debug("unlink of %r in %d: already gone", item.name, item.parent)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            self._fail(item, exc if isinstance(exc, errors.LoomError)
+                       else errors.IOFailure("metadata server did not answer in time"))
+        except Exception as exc:  # a background task: a bug must not end the mount
+            log.exception("unlink of %r in %d", item.name, item.parent)
+            self._fail(item, errors.IOFailure(f"unlink failed: {exc!r}"))
+        finally:
+            self._finish(item)
+
+    def _fail(self, item: _Pending, exc: errors.LoomError):
+        self.failures += 1
+        self._failed.setdefault(item.parent, exc)
+        log.error("unlink of %r in directory %d, answered before its commit, failed: %s; "
+                  "the name may still be there (fsync of the directory reports it)",
+                  item.name, item.parent, exc)
+
+    def _finish(self, item: _Pending):
+        if self._by_name.get((item.parent, item.name)) is item:
+            del self._by_name[(item.parent, item.name)]
+        if self._by_ino.get(item.ino) is item:
+            del self._by_ino[item.ino]
+        in_dir = self._by_dir.get(item.parent)
+        if in_dir is not None:
+            in_dir.discard(item)
+            if not in_dir:
+                del self._by_dir[item.parent]
+        item.done.set()
+        self._slots.release()
+
+    # -- waits ------------------------------------------------------------
+
+    async def settle_name(self, parent: int, name: bytes) -> None:
+        item = self._by_name.get((parent, name))
+        if item is not None:
+            await item.done.wait()
+
+    async def settle_ino(self, ino: int) -> None:
+        """Wait for a pending removal of `ino`, and of names in it if a directory."""
+        item = self._by_ino.get(ino)
+        if item is not None:
+            await item.done.wait()
+        await self.settle_dir(ino)
+
+    async def settle_dir(self, ino: int) -> None:
+        while ino in self._by_dir:
+            await next(iter(self._by_dir[ino])).done.wait()
+
+    async def settle_all(self) -> None:
+        while self._by_name:
+            await next(iter(self._by_name.values())).done.wait()
+
+    def take_failure(self, ino: int) -> errors.LoomError | None:
+        """The first failed removal in directory `ino` since the last call."""
+        return self._failed.pop(ino, None)

@@ -1,0 +1,155 @@
+"""client.behind: unlinks answered before their commit, and the waits for them.
+
+Unit tests on trio's virtual clock, with the unlink request played by a
+function that waits for the test's word; the mount tests are in
+test_posix_unlink_behind.
+"""
+
+import stat
+
+import pytest
+import trio
+
+from client.behind import UnlinksBehind
+from loomproto import errors
+
+DIR, OTHER_DIR = 1, 2
+FILE = stat.S_IFREG | 0o644
+
+
+class _Requests:
+    """Unlink requests that finish when the test says so, with its outcome."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.gates: dict[bytes, trio.Event] = {}
+        self.outcome: dict[bytes, Exception] = {}
+
+    def make(self, name: bytes):
+        self.gates[name] = trio.Event()
+
+        async def remove():
+            self.sent.append(name)
+            await self.gates[name].wait()
+            if name in self.outcome:
+                raise self.outcome[name]
+        return remove
+
+    def finish(self, name: bytes, error: Exception | None = None):
+        if error is not None:
+            self.outcome[name] = error
+        self.gates[name].set()
+
+
+async def _unlink(behind: UnlinksBehind, requests: _Requests, parent: int, name: bytes,
+                  ino: int):
+    behind.saw(parent, name, ino, FILE)
+    assert behind.may_answer_early(parent, name, open_here={}) == ino
+    await behind.reserve(parent, name)
+    behind.send(parent, name, ino, requests.make(name))
+
+
+async def _finished(fn, *args) -> bool:
+    """Whether `fn(*args)` returns once everything runnable has run (virtual time)."""
+    done = trio.Event()
+
+    async def run():
+        await fn(*args)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        finished = done.is_set()
+        nursery.cancel_scope.cancel()
+    return finished
+
+
+async def test_only_known_files_not_open_here_go_early(nursery):
+    behind = UnlinksBehind(nursery, 4)
+    assert behind.may_answer_early(DIR, b"never-seen", {}) is None
+    behind.saw(DIR, b"d", 10, stat.S_IFDIR | 0o755)
+    behind.saw(DIR, b"fifo", 11, stat.S_IFIFO | 0o644)
+    behind.saw(DIR, b"open", 12, FILE)
+    behind.saw(DIR, b"link", 13, stat.S_IFLNK | 0o777)
+    assert behind.may_answer_early(DIR, b"d", {}) is None
+    assert behind.may_answer_early(DIR, b"fifo", {}) is None
+    assert behind.may_answer_early(DIR, b"open", {12: object()}) is None
+    assert behind.may_answer_early(DIR, b"link", {}) == 13
+    assert UnlinksBehind(nursery, 0).may_answer_early(DIR, b"link", {}) is None
+    # A second name of a file whose first unlink is on its way waits, as before.
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"open", 12)
+    behind.saw(OTHER_DIR, b"hardlink", 12, FILE)
+    assert behind.may_answer_early(OTHER_DIR, b"hardlink", {}) is None
+    requests.finish(b"open")
+    await behind.settle_all()
+    assert behind.may_answer_early(OTHER_DIR, b"hardlink", {}) == 12
+
+
+async def test_waits_cover_name_inode_directory_and_all(nursery):
+    behind = UnlinksBehind(nursery, 8)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"a", 21)
+    await _unlink(behind, requests, OTHER_DIR, b"b", 22)
+    await trio.testing.wait_all_tasks_blocked()
+    assert requests.sent == [b"a", b"b"] and behind
+    assert not await _finished(behind.settle_name, DIR, b"a")
+    assert not await _finished(behind.settle_ino, 21)
+    assert not await _finished(behind.settle_dir, DIR)
+    assert not await _finished(behind.settle_all)
+    assert await _finished(behind.settle_name, DIR, b"b")  # another directory's name
+    assert await _finished(behind.settle_ino, 99)
+    requests.finish(b"a")
+    await trio.testing.wait_all_tasks_blocked()
+    assert await _finished(behind.settle_dir, DIR)
+    assert await _finished(behind.settle_ino, 21)
+    assert not await _finished(behind.settle_dir, OTHER_DIR)
+    assert not await _finished(behind.settle_all)
+    requests.finish(b"b")
+    await behind.settle_all()
+    assert not behind
+
+
+async def test_the_window_bounds_unlinks_in_flight(nursery):
+    behind = UnlinksBehind(nursery, 2)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"one", 31)
+    await _unlink(behind, requests, DIR, b"two", 32)
+    behind.saw(DIR, b"three", 33, FILE)
+    assert not await _finished(behind.reserve, DIR, b"three")
+    requests.finish(b"one")
+    await trio.testing.wait_all_tasks_blocked()
+    await behind.reserve(DIR, b"three")  # a place is free again
+    behind.send(DIR, b"three", 33, requests.make(b"three"))
+    requests.finish(b"two")
+    requests.finish(b"three")
+    await behind.settle_all()
+
+
+@pytest.mark.parametrize("error,reported", [
+    (errors.IOFailure("shard unreachable"), True),
+    (trio.TooSlowError(), True),
+    (errors.NotFound("gone already"), False),  # the name is gone either way
+])
+async def test_a_failure_is_reported_once_to_the_directory(nursery, error, reported):
+    behind = UnlinksBehind(nursery, 4)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"f", 41)
+    requests.finish(b"f", error)
+    await behind.settle_dir(DIR)
+    failure = behind.take_failure(DIR)
+    assert (failure is not None) == reported and behind.failures == int(reported)
+    if reported:
+        assert isinstance(failure, errors.LoomError)
+    assert behind.take_failure(DIR) is None
+    assert behind.take_failure(OTHER_DIR) is None
+
+
+async def test_a_bug_in_the_request_costs_one_failure_not_the_mount(nursery):
+    behind = UnlinksBehind(nursery, 4)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"f", 51)
+    requests.finish(b"f", KeyError("a bug"))
+    await behind.settle_all()
+    assert isinstance(behind.take_failure(DIR), errors.IOFailure)

@@ -1,0 +1,190 @@
+"""Unlinks answered before their commit (client.behind), on a real mount.
+
+An unlink of a file the kernel got from this client, not open here, is
+answered once its request is on its way; up to `unlink_window` travel at once
+and the shard commits them together.  This client's own view stays exact
+(the name is gone for its next lookup, listing, create and rmdir); fsync of
+the directory waits for the commits and reports one that failed; unmount
+waits for all of them.
+
+The shard that holds the names is stopped (SIGSTOP) where a test must tell
+"answered at once" from "answered after the commit".  Those mounts keep the
+kernel's entries and attributes for 30 s, so that nothing else the kernel asks
+for during the test needs the stopped shard.
+"""
+
+import errno
+import os
+import signal
+import stat
+import threading
+
+import pytest
+
+from conftest import cluster_script
+from loomproto.layout import shard_of_dentry
+from posix_util import extra_mount, wait_until
+
+pytestmark = pytest.mark.mount
+
+LONG_CACHE = "allow_other,default_permissions,attr_timeout=30,entry_timeout=30"
+BOUND = 60  # what a call may take on a loaded machine; far below any wait it must not do
+
+
+def _names_on_shard(parent_ino: int, shard: int, count: int, prefix: str) -> list[str]:
+    names = (f"{prefix}{i:04d}" for i in range(100_000))
+    return [n for n in names if shard_of_dentry(parent_ino, n.encode(), 2) == shard][:count]
+
+
+def _make_files(directory, names):
+    """Regular files made with mknod: no open, so no release still on its way."""
+    for name in names:
+        os.mknod(directory / name, stat.S_IFREG | 0o644)
+    for name in names:
+        os.stat(directory / name)  # (looked up: the kernel and this client know it)
+
+
+class _InThread(threading.Thread):
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result = self.error = None
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except OSError as exc:
+            self.error = exc
+
+    def finished_within(self, seconds: float) -> bool:
+        self.join(seconds)
+        return not self.is_alive()
+
+
+class _ShardStopped:
+    """SIGSTOP metadata server `shard` for the body of a with block."""
+
+    def __init__(self, cluster, shard: int):
+        self.node = cluster.nodes()[f"mds{shard}"]
+
+    def __enter__(self):
+        assert cluster_script.send_signal(self.node, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        cluster_script.send_signal(self.node, signal.SIGCONT)
+
+
+def test_this_mount_sees_its_unlinks_at_once(cluster, workdir):
+    """Right after each unlink: the name is gone, can be made again (O_EXCL), a
+    listing leaves it out, and the emptied directory can be removed."""
+    inner = workdir / "inner"
+    inner.mkdir()
+    names = [f"f{i:04d}" for i in range(300)]
+    for where in (workdir, inner):
+        for name in names:
+            os.close(os.open(where / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    remade = set()
+    for i, name in enumerate(names):
+        os.unlink(workdir / name)
+        with pytest.raises(FileNotFoundError):
+            os.stat(workdir / name)
+        if i % 3 == 0:
+            os.close(os.open(workdir / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            remade.add(name)
+    assert set(os.listdir(workdir)) == remade | {"inner"}
+    for name in names:
+        os.unlink(inner / name)
+    os.rmdir(inner)  # ENOTEMPTY if an unlink in it had not landed
+    assert {os.stat(workdir / name).st_mode & 0o777 for name in remade} == {0o600}
+
+
+def test_unlink_is_answered_before_its_commit(cluster):
+    """With the names' shard stopped, unlinks still return; a listing of the
+    directory waits until they are committed, and does not show them."""
+    with extra_mount(cluster, LONG_CACHE) as mnt:
+        directory = mnt / "early"
+        directory.mkdir()
+        parent = os.stat(directory).st_ino
+        names = _names_on_shard(parent, 0, 20, "e")
+        _make_files(directory, names)
+        lister = None
+        with _ShardStopped(cluster, 0):
+            unlinker = _InThread(lambda: [os.unlink(directory / n) for n in names])
+            unlinker.start()
+            answered = unlinker.finished_within(BOUND)
+            if answered:
+                lister = _InThread(os.listdir, directory)
+                lister.start()
+        assert answered, "unlink waited for the stopped shard's commit"
+        assert unlinker.error is None
+        assert lister.finished_within(BOUND) and lister.error is None
+        assert lister.result == []
+
+
+def test_fsync_of_the_directory_reports_a_failed_unlink(cluster):
+    """An unlink answered early whose request then times out (mds_timeout) makes
+    the next fsync of its directory fail with EIO, once."""
+    with extra_mount(cluster, LONG_CACHE + ",mds_timeout=2") as mnt:
+        directory = mnt / "failing"
+        directory.mkdir()
+        parent = os.stat(directory).st_ino
+        [name] = _names_on_shard(parent, 1, 1, "x")
+        _make_files(directory, [name])
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with _ShardStopped(cluster, 1):
+                os.unlink(directory / name)  # answered at once
+                syncer = _InThread(os.fsync, dir_fd)
+                syncer.start()
+                synced = syncer.finished_within(BOUND)  # ends when the request times out
+            assert synced, "fsync of the directory did not end after mds_timeout"
+            assert syncer.error is not None and syncer.error.errno == errno.EIO
+            os.fsync(dir_fd)  # reported once
+        finally:
+            os.close(dir_fd)
+
+
+def test_unlinks_show_on_other_mounts_after_fsync_of_the_directory(cluster, workdir):
+    """fsync of the directory makes the unlinks visible to a mount that never saw
+    the names."""
+    names = [f"g{i:04d}" for i in range(300)]
+    with extra_mount(cluster, "allow_other,default_permissions") as mnt:
+        directory = mnt / workdir.name
+        _make_files(directory, names)
+        for name in names[:200]:
+            os.unlink(directory / name)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        assert sorted(os.listdir(workdir)) == names[200:]  # the cluster's first mount
+
+
+@pytest.mark.deadline(300)
+def test_unmount_waits_for_unlinks_on_their_way(cluster, workdir, tmp_path):
+    """Unlinks answered while their shard is down are still sent once it is back,
+    though the mount is gone by then: the client stays to finish them."""
+    mnt = tmp_path / "leaving"
+    mnt.mkdir()
+    client = cluster.run("mount", mnt, "--mount-opts", LONG_CACHE).stdout.split()[-1]
+    node = cluster.nodes()[client]
+    try:
+        directory = mnt / workdir.name
+        names = _names_on_shard(os.stat(directory).st_ino, 0, 50, "u")
+        _make_files(directory, names)
+        cluster.allowed_dead.add("mds0")
+        try:
+            cluster.run("stop", "mds0")
+            for name in names:
+                os.unlink(directory / name)  # answered at once
+            cluster_script.unmount(mnt)  # the kernel's mount is gone, the client stays
+        finally:
+            cluster.run("start", "mds0")
+            cluster.allowed_dead.discard("mds0")
+        wait_until(lambda: not cluster_script.is_running(node), BOUND,
+                   "the unmounted client to finish its unlinks and exit")
+    finally:
+        cluster.run("umount", client)
+    assert os.listdir(workdir) == []
