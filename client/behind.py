@@ -6,25 +6,31 @@ rotation) waits for each in turn, while the shard could commit many of them
 with one fsync (mdsd.store's group commit).  So an unlink of a file this
 client knows is answered as soon as its request is on its way, and up to
 `window` of them travel at once.  Only what the kernel has already checked
-goes this way: the name was looked up (or listed) here as a regular file or
-a symlink, and the file is not open here.  Everything else waits as before.
+goes this way: the name was looked up, created or listed here as a regular
+file or a symlink with one link (another name's lookup would show the old
+link count), and the file is not open here.  Everything else waits as before.
 
 What this client sees stays exact: before a request that may depend on a
 pending removal goes out, it waits for it (`settle_name`, `settle_ino`,
 `settle_dir`, `settle_all`): a lookup or create of the same name, anything
-about the removed inode, a listing or fsync of the directory, an rmdir.  The
-kernel has already made the name negative, so it asks us (a lookup) before
-using the name again.
+about the removed inode, a listing or fsync of the directory, an rmdir or a
+rename onto it.  The kernel has already made the name negative, so it asks
+us (a lookup) before using the name again.  (client.meta keeps the parent's
+cached attributes, which show the removal at once, from being replaced by a
+shard's reply until the commit landed.)
 
 Other mounts see the removal once its commit lands: a round trip and a
 commit later, which is far inside the entry_timeout for which their kernels
 may show a removed name anyway.  Durability is the directory's, as on a local
 filesystem: fsync of the directory waits for its pending removals and
-reports one that failed (EIO) once; unmount waits for all of them.  A removal
+reports one that failed (EIO) once; unmount waits for them (a bounded time,
+client.mount.UNMOUNT_UNLINKS_SECONDS).  A removal
 that fails after its answer (the shard unreachable past mds_timeout) is
-logged, and the name shows again at its next lookup.  A client killed with
-removals in flight loses at most `window` of them, as a local filesystem
-loses the removals its journal had not written at a power cut.
+logged, and the name shows again at its next lookup.  An unlink of a name
+that another mount removed first succeeds (its NotFound comes too late to
+tell).  A client killed with removals in flight loses at most `window` of
+them, as a local filesystem loses the removals its journal had not written
+at a power cut.
 """
 
 import logging
@@ -38,6 +44,7 @@ from loomproto import errors
 log = logging.getLogger(__name__)
 
 NAMES_KEPT = 32_768  # (parent, name) -> (ino, mode) remembered from replies (~8 MiB)
+FAILED_KEPT = 1024  # directories with a failure not yet reported by their fsync
 
 
 class _Pending:
@@ -69,6 +76,9 @@ class UnlinksBehind:
     def __bool__(self) -> bool:
         return bool(self._by_name)
 
+    def __len__(self) -> int:
+        return len(self._by_name)
+
     # -- names the kernel got from us -------------------------------------
 
     def saw(self, parent: int, name: bytes, ino: int, mode: int) -> None:
@@ -83,28 +93,36 @@ class UnlinksBehind:
     def gone(self, parent: int, name: bytes) -> None:
         self._names.pop((parent, name), None)
 
-    def known(self, parent: int, name: bytes) -> tuple[int, int] | None:
-        return self._names.get((parent, name))
-
-    def may_answer_early(self, parent: int, name: bytes, open_here) -> int | None:
-        """The inode whose unlink may be answered before its commit, or None:
-        a regular file or symlink the kernel got from us, not open here."""
+    def may_answer_early(self, parent: int, name: bytes, open_here, attrs) -> int | None:
+        """The inode whose unlink may be answered before its commit, or None: a
+        regular file or symlink the kernel got from us, with no other name (as
+        `attrs`, this client's attribute cache, last heard) and not open here.
+        Another name's lookup or listing would otherwise give its old link count."""
         if self._slots is None:
             return None
         known = self._names.get((parent, name))
         if known is None or known[0] in open_here or known[0] in self._by_ino:
-            return None  # (another name of it on its way: this one waits, as it did)
+            return None
         ino, mode = known
+        attr = attrs.get(ino)
+        if attr is None or attr["nlink"] != 1:
+            return None
         return ino if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else None
 
     async def reserve(self, parent: int, name: bytes) -> None:
-        """Wait for a place in the window; `send` must follow with no await between."""
-        self._names.pop((parent, name), None)
+        """Wait for a place in the window.  Then `may_answer_early` is asked
+        again (things may have changed meanwhile), and `send` or `release`
+        must follow with no await between."""
         await self.settle_name(parent, name)
         await self._slots.acquire()
 
+    def release(self) -> None:
+        """Give back a place taken by `reserve` and not used."""
+        self._slots.release()
+
     def send(self, parent: int, name: bytes, ino: int, remove) -> None:
         """Send `remove()`, the unlink request, in the background."""
+        self._names.pop((parent, name), None)
         item = _Pending(parent, name, ino)
         self._by_name[(parent, name)] = item
         self._by_ino[ino] = item
@@ -128,6 +146,8 @@ class UnlinksBehind:
     def _fail(self, item: _Pending, exc: errors.LoomError):
         self.failures += 1
         self._failed.setdefault(item.parent, exc)
+        while len(self._failed) > FAILED_KEPT:  # (the error log keeps every one)
+            del self._failed[next(iter(self._failed))]
         log.error("unlink of %r in directory %d, answered before its commit, failed: %s; "
                   "the name may still be there (fsync of the directory reports it)",
                   item.name, item.parent, exc)
@@ -163,9 +183,20 @@ class UnlinksBehind:
         while ino in self._by_dir:
             await next(iter(self._by_dir[ino])).done.wait()
 
+    async def settle_dir_at(self, parent: int, name: bytes, place_of) -> None:
+        """Wait for the pending unlinks in the directory named `name` in `parent`
+        (an rmdir, or a rename that may replace it): in every directory whose
+        place `place_of(ino)` (client.dirnames) is that name or unknown."""
+        await self.settle_name(parent, name)
+        for ino in list(self._by_dir):
+            place = place_of(ino)
+            if place is None or place == (parent, name):
+                await self.settle_dir(ino)
+
     async def settle_all(self) -> None:
-        while self._by_name:
-            await next(iter(self._by_name.values())).done.wait()
+        """Wait for the unlinks pending now (not for those sent meanwhile)."""
+        for item in list(self._by_name.values()):
+            await item.done.wait()
 
     def take_failure(self, ino: int) -> errors.LoomError | None:
         """The first failed removal in directory `ino` since the last call."""

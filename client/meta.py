@@ -83,6 +83,9 @@ class Meta:
         self.clock = 0
         self.changed: OrderedDict[int, int] = OrderedDict()  # ino -> clock of our change
         self.fetched: dict[int, float] = {}  # ino -> monotonic time of the server's answer
+        # Directories whose cached attributes show unlinks of ours answered before
+        # their commit (client.behind): a shard's reply until then predates them.
+        self.ahead: dict[int, int] = {}  # ino -> such unlinks on their way
         self.no_caps: OrderedDict[int, float] = OrderedDict()  # ino -> when a shard said none
         self.closing: dict[int, set[int]] = {}  # shard -> inos whose close waits to be sent
         self.closes_sent: dict[int, list[tuple[set[int], trio.Event]]] = {}  # shard -> on the way
@@ -91,7 +94,8 @@ class Meta:
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
-        if sent_at is not None and self.changed.get(ino, -1) > sent_at and ino in self.attrs:
+        if ino in self.attrs and (ino in self.ahead or (
+                sent_at is not None and self.changed.get(ino, -1) > sent_at)):
             return self.attrs[ino]
         self.attrs[ino] = attr
         self.attrs.move_to_end(ino)
@@ -126,11 +130,7 @@ class Meta:
         attr["mtime"] = max(attr["mtime"], when_ns)
         attr["ctime"] = max(attr["ctime"], when_ns)
         self.attrs[parent] = attr
-        self.clock += 1
-        self.changed[parent] = self.clock
-        self.changed.move_to_end(parent)
-        if len(self.changed) > CACHE_ENTRIES:
-            self.changed.popitem(last=False)
+        self._mark_changed(parent)
 
     def _dir_unknown(self, *inos: int):
         """Our change to these directories is not predictable: ask the server next time."""
@@ -139,12 +139,16 @@ class Meta:
 
     def _changed(self, attr: dict) -> dict:
         """Record attributes that result from this client's own change."""
+        self._mark_changed(attr["ino"])
+        return self.remember(attr)
+
+    def _mark_changed(self, ino: int) -> None:
+        """Our change of `ino` happened now: replies to requests sent before are older."""
         self.clock += 1
-        self.changed[attr["ino"]] = self.clock
-        self.changed.move_to_end(attr["ino"])
+        self.changed[ino] = self.clock
+        self.changed.move_to_end(ino)
         if len(self.changed) > CACHE_ENTRIES:
             self.changed.popitem(last=False)
-        return self.remember(attr)
 
     def forget(self, ino: int) -> None:
         self.attrs.pop(ino, None)
@@ -347,6 +351,9 @@ class Meta:
             if answered_at is not None:
                 self._dir_unknown(parent)
             raise
+        finally:
+            if answered_at is not None:
+                self._landed(parent)
         self.absent.removed(parent, name)
         if answered_at is None:
             self._dir_changed(parent, time.time_ns(), -1)
@@ -354,10 +361,20 @@ class Meta:
 
     def removing(self, parent: int) -> int:
         """An unlink in `parent` is answered before its request goes out: the
-        parent's cached attributes show it from now on.  Returns the time."""
+        parent's cached attributes show it from now on, and no shard reply
+        replaces them until it landed (`ahead`).  Returns the time."""
         when = time.time_ns()
         self._dir_changed(parent, when, -1)
+        self.ahead[parent] = self.ahead.get(parent, 0) + 1
         return when
+
+    def _landed(self, parent: int) -> None:
+        """An unlink answered early is committed (or failed): replies to requests
+        sent before this are older than what the cache shows."""
+        self.ahead[parent] -= 1
+        if not self.ahead[parent]:
+            del self.ahead[parent]
+        self._mark_changed(parent)
 
     async def rmdir(self, parent, name) -> None:
         check_name(name)

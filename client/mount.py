@@ -45,6 +45,9 @@ from .ops import LoomOperations
 log = logging.getLogger(__name__)
 
 UNMOUNT_CLOSES_SECONDS = 2.0  # at unmount, how long queued closes may take to leave
+# At unmount, how long unlinks answered before their commit may take to land
+# (client.behind).  Below the 20 s that scripts/cluster waits after its SIGTERM.
+UNMOUNT_UNLINKS_SECONDS = 15.0
 
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
@@ -216,40 +219,48 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         log.info("mounted %s at %s (options %s)", config.cluster_id, mountpoint,
                  ",".join(sorted(options)))
         _report(ready_fd, "ok")
-        nursery.start_soon(_stop_on_signal)
+        serving = {"fuse": True}
+        nursery.start_soon(_stop_on_signal, serving, ops.behind)
         try:
             await pyfuse3.main(min_tasks=4, max_tasks=128)
         finally:
+            serving["fuse"] = False  # no pyfuse3.terminate() after close: it has no session
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
             with trio.CancelScope(shield=True):
-                await _drain_unlinks(ops.behind, own["mds_timeout"])
+                await _drain_unlinks(ops.behind)
                 with trio.move_on_after(UNMOUNT_CLOSES_SECONDS):
                     await meta.send_queued_closes()
             nursery.cancel_scope.cancel()
 
 
-async def _drain_unlinks(behind, seconds: float):
-    """Unlinks answered before their commit still travel: wait for them (each
-    gives up after mds_timeout on its own; this bound is only a backstop)."""
-    if not behind:
-        return
-    log.info("unmount: waiting for unlinks on their way")
-    with trio.move_on_after(seconds + 5):
-        await behind.settle_all()
+async def _drain_unlinks(behind):
+    """Unlinks answered before their commit (client.behind) may still be on
+    their way: wait up to UNMOUNT_UNLINKS_SECONDS for them."""
     if behind:
-        log.error("unmount: unlinks still unanswered after %.0fs; they may be lost", seconds + 5)
+        log.info("unmount: waiting for %d unlinks on their way", len(behind))
+        with trio.move_on_after(UNMOUNT_UNLINKS_SECONDS):
+            while behind:
+                await behind.settle_all()
+    if behind:
+        log.error("unmount: %d unlinks answered before their commit did not land within "
+                  "%.0fs; they are lost", len(behind), UNMOUNT_UNLINKS_SECONDS)
     if behind.failures:
         log.error("%d unlinks answered before their commit failed during this mount",
                   behind.failures)
 
 
-async def _stop_on_signal():
+async def _stop_on_signal(serving: dict, behind):
+    """SIGTERM or SIGINT unmounts; once unmounted (unlinks still landing, which
+    is bounded), further ones are only logged, so they cannot cut that short."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
+            if serving["fuse"]:
+                log.info("signal %d: unmounting", signum)
+                serving["fuse"] = False
+                pyfuse3.terminate()
+            else:
+                log.info("signal %d: unmounted; %d unlinks still landing", signum, len(behind))
 
 
 async def _tune_mount(mountpoint: str, readahead_kb: int):

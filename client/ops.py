@@ -249,6 +249,7 @@ class LoomOperations(pyfuse3.Operations):
             attr = await self.meta.lookup(parent_inode, name)
         except errors.NotFound:
             self.dir_names.forget_at(parent_inode, name)
+            self.behind.gone(parent_inode, name)
             return self._negative(self.entry_timeout)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
@@ -384,39 +385,34 @@ class LoomOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         check_name(name)
-        ino = self.behind.may_answer_early(parent_inode, name, self.files)
-        if ino is None:
-            self.behind.gone(parent_inode, name)
-            await self.behind.settle_name(parent_inode, name)
-            await self.meta.unlink(parent_inode, name)
-            return
-        # Answered now, committed in the background (client.behind).
-        await self.behind.reserve(parent_inode, name)
-        when = self.meta.removing(parent_inode)
-        self.behind.send(parent_inode, name, ino,
-                         functools.partial(self.meta.unlink, parent_inode, name, when))
+        if self.behind.may_answer_early(parent_inode, name, self.files,
+                                        self.meta.attrs) is not None:
+            await self.behind.reserve(parent_inode, name)
+            ino = self.behind.may_answer_early(parent_inode, name, self.files,
+                                               self.meta.attrs)
+            if ino is not None:
+                # Answered now, committed in the background (client.behind).
+                when = self.meta.removing(parent_inode)
+                self.behind.send(parent_inode, name, ino,
+                                 functools.partial(self.meta.unlink, parent_inode, name, when))
+                return
+            self.behind.release()
+        self.behind.gone(parent_inode, name)
+        await self.behind.settle_name(parent_inode, name)
+        await self.meta.unlink(parent_inode, name)
 
     async def rmdir(self, parent_inode, name, ctx):
         if self.behind:
-            await self._settle_dir_named(parent_inode, name)
+            await self.behind.settle_dir_at(parent_inode, name, self.dir_names.place_of)
         self.behind.gone(parent_inode, name)
         await self.meta.rmdir(parent_inode, name)
         self.dir_names.forget_at(parent_inode, name)
 
-    async def _settle_dir_named(self, parent_inode: int, name: bytes) -> None:
-        """Wait for our pending unlinks in the directory `name` (all of them when
-        we do not know which directory that is) and of the name itself."""
-        await self.behind.settle_name(parent_inode, name)
-        known = self.behind.known(parent_inode, name)
-        if known is None:
-            await self.behind.settle_all()
-        else:
-            await self.behind.settle_dir(known[0])
-
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if self.behind:
             await self.behind.settle_name(parent_inode_old, name_old)
-            await self._settle_dir_named(parent_inode_new, name_new)  # it may be replaced
+            await self.behind.settle_dir_at(parent_inode_new, name_new,  # it may be replaced
+                                            self.dir_names.place_of)
         self.behind.gone(parent_inode_old, name_old)
         self.behind.gone(parent_inode_new, name_new)
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
@@ -533,7 +529,7 @@ class LoomOperations(pyfuse3.Operations):
             if stat.S_ISDIR(attr["mode"]):
                 raise errors.IsDir(f"{name!r} in {parent_inode} is a directory") from None
             fi = await self.open(attr["ino"], flags, ctx)
-            return fi, self._entry(self.meta.attrs.get(attr["ino"], attr))
+            return fi, self._named(parent_inode, name, self.meta.attrs.get(attr["ino"], attr))
         fi = self._new_handle(attr, flags)
         self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
         self._pages_opened(attr)

@@ -136,3 +136,14 @@ def extra_mount(cluster, opts):
 
 
 _mount_numbers = itertools.count(1)
+
+
+def unlink_and_publish(path):
+    """unlink(2), then fsync(2) of the directory: what makes an unlink answered
+    before its commit (client.behind) visible to other mounts at once."""
+    os.unlink(path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

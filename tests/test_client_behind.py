@@ -44,9 +44,19 @@ class _Requests:
 async def _unlink(behind: UnlinksBehind, requests: _Requests, parent: int, name: bytes,
                   ino: int):
     behind.saw(parent, name, ino, FILE)
-    assert behind.may_answer_early(parent, name, open_here={}) == ino
+    assert behind.may_answer_early(parent, name, {}, _ONE_LINK) == ino
     await behind.reserve(parent, name)
     behind.send(parent, name, ino, requests.make(name))
+
+
+class _OneLink(dict):
+    """An attribute cache in which every inode has one name."""
+
+    def get(self, ino, default=None):
+        return {"ino": ino, "nlink": 1}
+
+
+_ONE_LINK = _OneLink()
 
 
 async def _finished(fn, *args) -> bool:
@@ -65,26 +75,34 @@ async def _finished(fn, *args) -> bool:
     return finished
 
 
-async def test_only_known_files_not_open_here_go_early(nursery):
+async def test_only_known_files_with_one_name_not_open_here_go_early(nursery):
     behind = UnlinksBehind(nursery, 4)
-    assert behind.may_answer_early(DIR, b"never-seen", {}) is None
+    assert behind.may_answer_early(DIR, b"never-seen", {}, _ONE_LINK) is None
     behind.saw(DIR, b"d", 10, stat.S_IFDIR | 0o755)
     behind.saw(DIR, b"fifo", 11, stat.S_IFIFO | 0o644)
     behind.saw(DIR, b"open", 12, FILE)
     behind.saw(DIR, b"link", 13, stat.S_IFLNK | 0o777)
-    assert behind.may_answer_early(DIR, b"d", {}) is None
-    assert behind.may_answer_early(DIR, b"fifo", {}) is None
-    assert behind.may_answer_early(DIR, b"open", {12: object()}) is None
-    assert behind.may_answer_early(DIR, b"link", {}) == 13
-    assert UnlinksBehind(nursery, 0).may_answer_early(DIR, b"link", {}) is None
-    # A second name of a file whose first unlink is on its way waits, as before.
+    behind.saw(DIR, b"hard", 14, FILE)
+    assert behind.may_answer_early(DIR, b"d", {}, _ONE_LINK) is None
+    assert behind.may_answer_early(DIR, b"fifo", {}, _ONE_LINK) is None
+    assert behind.may_answer_early(DIR, b"open", {12: object()}, _ONE_LINK) is None
+    assert behind.may_answer_early(DIR, b"link", {}, _ONE_LINK) == 13
+    assert UnlinksBehind(nursery, 0).may_answer_early(DIR, b"link", {}, _ONE_LINK) is None
+    # Another name's lookup would give the link count before the commit: wait.
+    assert behind.may_answer_early(DIR, b"hard", {}, {14: {"nlink": 2}}) is None
+    assert behind.may_answer_early(DIR, b"hard", {}, {}) is None  # count unknown
+    assert behind.may_answer_early(DIR, b"hard", {}, {14: {"nlink": 1}}) == 14
+    # A name the shard said is absent, or removed by a rename, is forgotten.
+    behind.gone(DIR, b"hard")
+    assert behind.may_answer_early(DIR, b"hard", {}, _ONE_LINK) is None
+    # The same inode twice (a name re-made by another mount): the second waits.
     requests = _Requests()
     await _unlink(behind, requests, DIR, b"open", 12)
-    behind.saw(OTHER_DIR, b"hardlink", 12, FILE)
-    assert behind.may_answer_early(OTHER_DIR, b"hardlink", {}) is None
+    behind.saw(OTHER_DIR, b"again", 12, FILE)
+    assert behind.may_answer_early(OTHER_DIR, b"again", {}, _ONE_LINK) is None
     requests.finish(b"open")
     await behind.settle_all()
-    assert behind.may_answer_early(OTHER_DIR, b"hardlink", {}) == 12
+    assert behind.may_answer_early(OTHER_DIR, b"again", {}, _ONE_LINK) == 12
 
 
 async def test_waits_cover_name_inode_directory_and_all(nursery):
@@ -109,6 +127,45 @@ async def test_waits_cover_name_inode_directory_and_all(nursery):
     requests.finish(b"b")
     await behind.settle_all()
     assert not behind
+
+
+async def test_settle_all_waits_only_for_what_was_pending(nursery):
+    """A rename or rmdir must not wait as long as another process keeps unlinking."""
+    behind = UnlinksBehind(nursery, 8)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"first", 61)
+    waiter = trio.Event()
+
+    async def settle():
+        await behind.settle_all()
+        waiter.set()
+
+    nursery.start_soon(settle)
+    await trio.testing.wait_all_tasks_blocked()
+    await _unlink(behind, requests, DIR, b"later", 62)
+    requests.finish(b"first")
+    await trio.testing.wait_all_tasks_blocked()
+    assert waiter.is_set() and behind  # "later" still on its way
+    requests.finish(b"later")
+    await behind.settle_all()
+
+
+async def test_an_rmdir_waits_for_the_directory_it_names(nursery):
+    behind = UnlinksBehind(nursery, 8)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"in-dir", 71)
+    await _unlink(behind, requests, OTHER_DIR, b"in-other", 72)
+    places = {DIR: (100, b"dir"), OTHER_DIR: (100, b"other")}
+    # rmdir of "other" waits for OTHER_DIR only.
+    assert not await _finished(behind.settle_dir_at, 100, b"other", places.get)
+    requests.finish(b"in-other")
+    await trio.testing.wait_all_tasks_blocked()
+    assert await _finished(behind.settle_dir_at, 100, b"other", places.get)
+    # A directory whose place is not known here might be the one: wait for it.
+    assert not await _finished(behind.settle_dir_at, 100, b"third", {}.get)
+    assert await _finished(behind.settle_dir_at, 100, b"third", places.get)
+    requests.finish(b"in-dir")
+    await behind.settle_all()
 
 
 async def test_the_window_bounds_unlinks_in_flight(nursery):

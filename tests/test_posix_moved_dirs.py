@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from posix_util import extra_mount
+from posix_util import extra_mount, unlink_and_publish
 
 pytestmark = pytest.mark.mount
 
@@ -77,7 +77,7 @@ def test_moved_directory_moves_again_through_its_new_name(moved):
 
 def test_empty_directory_renamed_over_moved_one_after_it_empties(moved):
     one, two = moved
-    os.unlink(one / "q" / "d2" / "inside")
+    unlink_and_publish(one / "q" / "d2" / "inside")  # before mount two's rename over it
     os.mkdir(two / "r" / "e")
     assert _errno_of(os.rename, two / "r" / "e", two / "q" / "d2") == "ok"
     assert sorted(os.listdir(one / "q")) == ["d2"]

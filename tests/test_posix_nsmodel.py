@@ -23,7 +23,7 @@ import stat
 
 import pytest
 
-from posix_util import extra_mount
+from posix_util import extra_mount, unlink_and_publish
 
 pytestmark = pytest.mark.mount
 
@@ -109,8 +109,8 @@ class NsModel:
                 return _call(lambda: os.rename(p, q))
             if op == "link":
                 return _call(lambda: os.link(p, q, follow_symlinks=False))
-            if op == "unlink":
-                return _call(lambda: os.unlink(p))
+            if op == "unlink":  # seen by the other mount at once (client.behind)
+                return _call(lambda: unlink_and_publish(p))
             if op == "rmdir":
                 return _call(lambda: os.rmdir(p))
             if op == "write":

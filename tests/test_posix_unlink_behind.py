@@ -7,10 +7,10 @@ and the shard commits them together.  This client's own view stays exact
 the directory waits for the commits and reports one that failed; unmount
 waits for all of them.
 
-The shard that holds the names is stopped (SIGSTOP) where a test must tell
-"answered at once" from "answered after the commit".  Those mounts keep the
-kernel's entries and attributes for 30 s, so that nothing else the kernel asks
-for during the test needs the stopped shard.
+The shard that holds the names (mds1: not mds0, which keeps the cluster map)
+is stopped where a test must tell "answered at once" from "answered after the
+commit".  Those mounts keep the kernel's entries and attributes for 30 s, so
+that nothing else the kernel asks for during the test needs the stopped shard.
 """
 
 import errno
@@ -23,7 +23,7 @@ import pytest
 
 from conftest import cluster_script
 from loomproto.layout import shard_of_dentry
-from posix_util import extra_mount, wait_until
+from posix_util import extra_mount, unlink_and_publish, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -99,17 +99,16 @@ def test_this_mount_sees_its_unlinks_at_once(cluster, workdir):
     assert {os.stat(workdir / name).st_mode & 0o777 for name in remade} == {0o600}
 
 
-def test_unlink_is_answered_before_its_commit(cluster):
+def test_unlink_is_answered_before_its_commit(cluster, workdir):
     """With the names' shard stopped, unlinks still return; a listing of the
     directory waits until they are committed, and does not show them."""
     with extra_mount(cluster, LONG_CACHE) as mnt:
-        directory = mnt / "early"
-        directory.mkdir()
+        directory = mnt / workdir.name
         parent = os.stat(directory).st_ino
-        names = _names_on_shard(parent, 0, 20, "e")
+        names = _names_on_shard(parent, 1, 20, "e")
         _make_files(directory, names)
         lister = None
-        with _ShardStopped(cluster, 0):
+        with _ShardStopped(cluster, 1):
             unlinker = _InThread(lambda: [os.unlink(directory / n) for n in names])
             unlinker.start()
             answered = unlinker.finished_within(BOUND)
@@ -122,12 +121,11 @@ def test_unlink_is_answered_before_its_commit(cluster):
         assert lister.result == []
 
 
-def test_fsync_of_the_directory_reports_a_failed_unlink(cluster):
+def test_fsync_of_the_directory_reports_a_failed_unlink(cluster, workdir):
     """An unlink answered early whose request then times out (mds_timeout) makes
     the next fsync of its directory fail with EIO, once."""
     with extra_mount(cluster, LONG_CACHE + ",mds_timeout=2") as mnt:
-        directory = mnt / "failing"
-        directory.mkdir()
+        directory = mnt / workdir.name
         parent = os.stat(directory).st_ino
         [name] = _names_on_shard(parent, 1, 1, "x")
         _make_files(directory, [name])
@@ -152,37 +150,37 @@ def test_unlinks_show_on_other_mounts_after_fsync_of_the_directory(cluster, work
     with extra_mount(cluster, "allow_other,default_permissions") as mnt:
         directory = mnt / workdir.name
         _make_files(directory, names)
-        for name in names[:200]:
+        for name in names[:199]:
             os.unlink(directory / name)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        unlink_and_publish(directory / names[199])
         assert sorted(os.listdir(workdir)) == names[200:]  # the cluster's first mount
 
 
 @pytest.mark.deadline(300)
 def test_unmount_waits_for_unlinks_on_their_way(cluster, workdir, tmp_path):
     """Unlinks answered while their shard is down are still sent once it is back,
-    though the mount is gone by then: the client stays to finish them."""
+    though the mount is gone by then, and a SIGTERM came: the client stays to
+    finish them."""
     mnt = tmp_path / "leaving"
     mnt.mkdir()
     client = cluster.run("mount", mnt, "--mount-opts", LONG_CACHE).stdout.split()[-1]
     node = cluster.nodes()[client]
     try:
         directory = mnt / workdir.name
-        names = _names_on_shard(os.stat(directory).st_ino, 0, 50, "u")
+        names = _names_on_shard(os.stat(directory).st_ino, 1, 50, "u")
         _make_files(directory, names)
-        cluster.allowed_dead.add("mds0")
+        cluster.allowed_dead.add("mds1")
         try:
-            cluster.run("stop", "mds0")
+            cluster.run("stop", "mds1")
             for name in names:
                 os.unlink(directory / name)  # answered at once
             cluster_script.unmount(mnt)  # the kernel's mount is gone, the client stays
+            # What scripts/cluster sends next: it must not cut the wait short (it
+            # reached pyfuse3.terminate() on a closed session before).
+            assert cluster_script.send_signal(node, signal.SIGTERM)
         finally:
-            cluster.run("start", "mds0")
-            cluster.allowed_dead.discard("mds0")
+            cluster.run("start", "mds1")
+            cluster.allowed_dead.discard("mds1")
         wait_until(lambda: not cluster_script.is_running(node), BOUND,
                    "the unmounted client to finish its unlinks and exit")
     finally:
