@@ -4,11 +4,13 @@ A removal costs a shard commit (an fsync) and a round trip, and a program
 removing files one after another (``rm -rf``, a dataset cleaner, a checkpoint
 rotation) waits for each in turn, while the shard could commit many of them
 with one fsync (mdsd.store's group commit).  So an unlink of a file this
-client knows is answered as soon as its request is on its way, and up to
-`window` of them travel at once.  Only what the kernel has already checked
-goes this way: the name was looked up, created or listed here as a regular
-file or a symlink with one link (another name's lookup would show the old
-link count), and the file is not open here.  Everything else waits as before.
+client knows is answered as soon as its request is written to the shard's
+connection, and up to `window` of them travel at once.  Only what the kernel
+has already checked goes this way: the name was looked up, created or listed
+here as a regular file or a symlink with one link (another name's lookup
+would show the old link count), and the file is not open here.  Everything
+else waits for its commit as before, and so does an unlink whose request
+cannot be written (its shard unreachable): it fails as that one would.
 
 What this client sees stays exact: before a request that may depend on a
 pending removal goes out, it waits for it (`settle_name`, `settle_ino`,
@@ -19,18 +21,20 @@ us (a lookup) before using the name again.  (client.meta keeps the parent's
 cached attributes, which show the removal at once, from being replaced by a
 shard's reply until the commit landed.)
 
-Other mounts see the removal once its commit lands: a round trip and a
-commit later, which is far inside the entry_timeout for which their kernels
-may show a removed name anyway.  Durability is the directory's, as on a local
-filesystem: fsync of the directory waits for its pending removals and
-reports one that failed (EIO) once; unmount waits for them (a bounded time,
-client.mount.UNMOUNT_UNLINKS_SECONDS).  A removal
-that fails after its answer (the shard unreachable past mds_timeout) is
-logged, and the name shows again at its next lookup.  An unlink of a name
-that another mount removed first succeeds (its NotFound comes too late to
-tell).  A client killed with removals in flight loses at most `window` of
-them, as a local filesystem loses the removals its journal had not written
-at a power cut.
+Other mounts: a request about the name, the inode or the directory that
+reaches the shard after the unlink waits there for its commit
+(mdsd.removals), and one sent after the application learnt of the removal
+reaches it after the unlink, which was written first.  Durability is the
+directory's, as on a local filesystem: fsync of the directory waits for its
+pending removals and reports one that failed after its answer (EIO) once;
+unmount waits for them (a bounded time, client.mount.UNMOUNT_UNLINKS_SECONDS).
+A removal that fails after its answer (the shard stopped answering past
+mds_timeout, or it found a directory under the name) is logged, the parent's
+attributes are dropped from the kernel, and the name shows again at its next
+lookup.  An unlink of a name that another mount removed first succeeds (its
+NotFound comes too late to tell).  A client killed with removals in flight
+loses those the shard had not received (at most `window`), as a local
+filesystem loses the removals its journal had not written at a power cut.
 """
 
 import logging
@@ -48,21 +52,30 @@ FAILED_KEPT = 1024  # directories with a failure not yet reported by their fsync
 
 
 class _Pending:
-    __slots__ = ("parent", "name", "ino", "done")
+    __slots__ = ("parent", "name", "ino", "done", "answer", "written", "error")
 
     def __init__(self, parent: int, name: bytes, ino: int):
         self.parent = parent
         self.name = name
         self.ino = ino
-        self.done = trio.Event()
+        self.done = trio.Event()  # the request ended (committed, or failed)
+        self.answer = trio.Event()  # written to the shard's connection, or ended
+        self.written = False
+        self.error: errors.LoomError | None = None  # failed before it was written
+
+    def set(self) -> None:
+        """Called by the RPC layer once the request is written (rpc.RpcClient.call)."""
+        self.written = True
+        self.answer.set()
 
 
 class UnlinksBehind:
     """Removals in flight; `window` 0 makes every unlink wait for its commit."""
 
-    def __init__(self, nursery, window: int):
+    def __init__(self, nursery, window: int, on_failure=None):
         self.nursery = nursery
         self.window = window
+        self.on_failure = on_failure  # async fn(parent): the kernel's view of it is wrong
         self._slots = trio.Semaphore(window) if window > 0 else None
         self._by_name: dict[tuple[int, bytes], _Pending] = {}
         self._by_ino: dict[int, _Pending] = {}
@@ -112,7 +125,8 @@ class UnlinksBehind:
     async def reserve(self, parent: int, name: bytes) -> None:
         """Wait for a place in the window.  Then `may_answer_early` is asked
         again (things may have changed meanwhile), and `send` or `release`
-        must follow with no await between."""
+        must follow with no await between (`send` awaits only after it took
+        the place)."""
         await self.settle_name(parent, name)
         await self._slots.acquire()
 
@@ -120,30 +134,56 @@ class UnlinksBehind:
         """Give back a place taken by `reserve` and not used."""
         self._slots.release()
 
-    def send(self, parent: int, name: bytes, ino: int, remove) -> None:
-        """Send `remove()`, the unlink request, in the background."""
+    async def send(self, parent: int, name: bytes, ino: int, remove) -> None:
+        """Send `remove(sent)`, the unlink request, in the background, and return
+        once it is written to the shard's connection (`sent.set()`): a request
+        about the name that anyone sends after the answer then reaches the shard
+        after it, and waits there for its commit (mdsd.removals).  A request that
+        fails before it could be written (its shard unreachable past mds_timeout)
+        raises here, as an unlink answered after its commit does."""
         self._names.pop((parent, name), None)
         item = _Pending(parent, name, ino)
         self._by_name[(parent, name)] = item
         self._by_ino[ino] = item
         self._by_dir.setdefault(parent, set()).add(item)
         self.nursery.start_soon(self._send, item, remove)
+        await item.answer.wait()
+        if item.error is not None:
+            raise item.error
 
     async def _send(self, item: _Pending, remove):
         try:
-            await remove()
+            if not await self._request(item, remove) and item.written \
+                    and self.on_failure is not None:
+                try:  # (before `done`: an fsync of the directory waits for this too)
+                    await self.on_failure(item.parent)
+                except Exception:
+                    log.exception("after the failed unlink of %r in %d", item.name,
+                                  item.parent)
+        finally:
+            self._finish(item)
+            item.answer.set()
+
+    async def _request(self, item: _Pending, remove) -> bool:
+        """Whether the removal is done (or was done by someone else)."""
+        try:
+            await remove(item)
+            return True
         except errors.NotFound:
             log.debug("unlink of %r in %d: already gone", item.name, item.parent)
+            return True
         except (errors.LoomError, trio.TooSlowError) as exc:
             self._fail(item, exc if isinstance(exc, errors.LoomError)
                        else errors.IOFailure("metadata server did not answer in time"))
         except Exception as exc:  # a background task: a bug must not end the mount
             log.exception("unlink of %r in %d", item.name, item.parent)
             self._fail(item, errors.IOFailure(f"unlink failed: {exc!r}"))
-        finally:
-            self._finish(item)
+        return False
 
     def _fail(self, item: _Pending, exc: errors.LoomError):
+        if not item.written:  # the caller still waits, and gets the error
+            item.error = exc
+            return
         self.failures += 1
         self._failed.setdefault(item.parent, exc)
         while len(self._failed) > FAILED_KEPT:  # (the error log keeps every one)
@@ -171,6 +211,9 @@ class UnlinksBehind:
         item = self._by_name.get((parent, name))
         if item is not None:
             await item.done.wait()
+
+    def pending_ino(self, ino: int) -> bool:
+        return ino in self._by_ino
 
     async def settle_ino(self, ino: int) -> None:
         """Wait for a pending removal of `ino`, and of names in it if a directory."""

@@ -76,22 +76,24 @@ class Cluster:
     def shard_of_dentry(self, parent_ino: int, name: bytes) -> int:
         return layout.shard_of_dentry(parent_ino, name, self.nshards)
 
-    async def mds(self, shard: int, op: str, args: dict):
-        """Call one shard, retrying transport failures until `mds_timeout`."""
-        return await self._call_until(shard, op, args, trio.current_time() + self.mds_timeout)
+    async def mds(self, shard: int, op: str, args: dict, sent=None):
+        """Call one shard, retrying transport failures until `mds_timeout`;
+        `sent.set()` once a request is written (see rpc.RpcClient.call)."""
+        return await self._call_until(shard, op, args, trio.current_time() + self.mds_timeout,
+                                      sent)
 
     async def mds_once(self, shard: int, op: str, args: dict, timeout: float):
         """Call one shard, retrying only until `timeout` seconds pass."""
         return await self._call_until(shard, op, args, trio.current_time() + timeout)
 
-    async def _call_until(self, shard: int, op: str, args: dict, deadline: float):
+    async def _call_until(self, shard: int, op: str, args: dict, deadline: float, sent=None):
         started = trio.current_time()
         attempts = 0
         try:
             while True:
                 attempts += 1
                 try:
-                    return await self._attempt(shard, op, args, deadline)
+                    return await self._attempt(shard, op, args, deadline, sent)
                 except errors.TransportError as exc:
                     if trio.current_time() + delay_of(attempts) > deadline:
                         log.error("metadata server %d (%s) unreachable for %s: %s", shard,
@@ -108,11 +110,11 @@ class Cluster:
                 log.warning("slow metadata call: %s on shard %d took %.1fs in %d attempts",
                             op, shard, took, attempts)
 
-    async def _attempt(self, shard: int, op: str, args: dict, deadline: float):
+    async def _attempt(self, shard: int, op: str, args: dict, deadline: float, sent=None):
         if not self.bound_calls:
-            return await self._mds[shard].call(op, args)
+            return await self._mds[shard].call(op, args, sent=sent)
         with trio.move_on_at(deadline):
-            return await self._mds[shard].call(op, args)
+            return await self._mds[shard].call(op, args, sent=sent)
         log.error("metadata server %d (%s) did not answer %s within %.0fs", shard,
                   self.config.mds[shard], op, self.mds_timeout)
         raise errors.TimedOut(f"metadata server {shard} did not answer {op} "

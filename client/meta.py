@@ -157,18 +157,18 @@ class Meta:
     async def _at_ino(self, ino: int, op: str, args: dict) -> dict:
         return await self._call(self.cluster.shard_of_ino(ino), op, args)
 
-    async def _at_entry(self, parent: int, name: bytes, op: str, args: dict):
-        return await self._call(self.cluster.shard_of_dentry(parent, name), op, args)
+    async def _at_entry(self, parent: int, name: bytes, op: str, args: dict, sent=None):
+        return await self._call(self.cluster.shard_of_dentry(parent, name), op, args, sent)
 
-    async def _call(self, shard: int, op: str, args: dict):
+    async def _call(self, shard: int, op: str, args: dict, sent=None):
         """One request to `shard`, carrying the closes queued for it."""
         if not self.closing.get(shard):
-            return await self.cluster.mds(shard, op, args)
+            return await self.cluster.mds(shard, op, args, sent)
         carried = (self._next_closes(shard), trio.Event())
         self.closes_sent.setdefault(shard, []).append(carried)
         closes = {"session": self.cluster.session, "inos": sorted(carried[0])}
         try:
-            return await self.cluster.mds(shard, op, {**args, "closes": closes})
+            return await self.cluster.mds(shard, op, {**args, "closes": closes}, sent)
         finally:
             self.closes_sent[shard].remove(carried)
             carried[1].set()
@@ -339,14 +339,16 @@ class Meta:
         self._dir_changed(parent, attr["ctime"], 1)
         return attr
 
-    async def unlink(self, parent, name, answered_at: int | None = None) -> dict:
-        """`answered_at`: the kernel was told of the removal then (client.behind),
-        and the parent's cached attributes already show it."""
+    async def unlink(self, parent, name, answered_at: int | None = None, sent=None) -> dict:
+        """`answered_at`: the kernel is told of the removal once the request is
+        written (`sent.set()`; client.behind), and the parent's cached attributes
+        show it since then."""
         check_name(name)
         try:
             with self.absent.changing(parent):
                 reply = await self._at_entry(parent, name, "unlink",
-                                             {"parent": parent, "name": name, "rid": _rid()})
+                                             {"parent": parent, "name": name, "rid": _rid()},
+                                             sent)
         except BaseException:
             if answered_at is not None:
                 self._dir_unknown(parent)

@@ -37,7 +37,7 @@ from loomproto.layout import Layout
 
 from .behind import UnlinksBehind
 from .data import FileData
-from .dirnames import DirNames, drop_old_name
+from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
 from .meta import check_name
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,8 @@ class LoomOperations(pyfuse3.Operations):
         self.dir_names = DirNames()  # where the kernel knows each directory (client.dirnames)
         # Unlinks answered before their commit, and the waits for them (client.behind).
         nursery = getattr(meta.cluster, "nursery", None)
-        self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0)
+        self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0,
+                                    on_failure=self._unlink_failed)
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -251,6 +252,11 @@ class LoomOperations(pyfuse3.Operations):
             self.dir_names.forget_at(parent_inode, name)
             self.behind.gone(parent_inode, name)
             return self._negative(self.entry_timeout)
+        if self.behind.pending_ino(attr["ino"]):
+            # Another name of a file whose unlink is on its way (another mount
+            # linked it since we counted its links): its count after the commit.
+            await self.behind.settle_ino(attr["ino"])
+            attr = await self.meta.getattr(attr["ino"])
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
@@ -391,15 +397,23 @@ class LoomOperations(pyfuse3.Operations):
             ino = self.behind.may_answer_early(parent_inode, name, self.files,
                                                self.meta.attrs)
             if ino is not None:
-                # Answered now, committed in the background (client.behind).
+                # Answered once sent, committed in the background (client.behind).
                 when = self.meta.removing(parent_inode)
-                self.behind.send(parent_inode, name, ino,
-                                 functools.partial(self.meta.unlink, parent_inode, name, when))
+                await self.behind.send(parent_inode, name, ino, functools.partial(
+                    self.meta.unlink, parent_inode, name, when))
                 return
             self.behind.release()
         self.behind.gone(parent_inode, name)
         await self.behind.settle_name(parent_inode, name)
         await self.meta.unlink(parent_inode, name)
+
+    async def _unlink_failed(self, parent_inode: int) -> None:
+        """An unlink answered before its commit failed: the kernel's attributes of
+        the parent (which showed it) are dropped, so they are asked for again."""
+        self.meta.forget(parent_inode)
+        with trio.move_on_after(INVALIDATE_WAIT):
+            await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
+                                          abandon_on_cancel=True)
 
     async def rmdir(self, parent_inode, name, ctx):
         if self.behind:
@@ -479,6 +493,9 @@ class LoomOperations(pyfuse3.Operations):
         while True:
             reply = await self.meta.readdir(ino, shard, after, READDIR_BATCH)
             for name, seq, attr in reply["entries"]:
+                if self.behind.pending_ino(attr["ino"]):  # as in lookup
+                    await self.behind.settle_ino(attr["ino"])
+                    attr = await self.meta.getattr(attr["ino"])
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              _cookie(shard, seq)):
                     return False
@@ -751,6 +768,13 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         await self.meta.removexattr(inode, name)
+
+
+def _invalidate_attrs(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError as exc:  # ENOENT: the kernel no longer has the inode
+        log.debug("invalidate of inode %d: %s", ino, exc)
 
 
 def _groups(ctx) -> list[int]:

@@ -215,16 +215,17 @@ class RpcClient:
         self._ids = itertools.count(1)
         self._closed = False
 
-    async def call(self, op: str, args: dict | None = None, payload=b""):
-        result, _ = await self.call_payload(op, args, payload)
+    async def call(self, op: str, args: dict | None = None, payload=b"", sent=None):
+        result, _ = await self.call_payload(op, args, payload, sent)
         return result
 
-    async def call_payload(self, op: str, args: dict | None = None, payload=b""):
+    async def call_payload(self, op: str, args: dict | None = None, payload=b"", sent=None):
         """Send one request; returns ``(result, reply_payload)``.
 
         Raises the server's `LoomError`, or `TransportError` when the
         connection fails before a reply arrived (the request may or may not
-        have been applied).
+        have been applied).  `sent.set()` is called once the whole request is
+        written to the connection.
         """
         conn = await self._connected()
         req_id = next(self._ids)
@@ -233,6 +234,8 @@ class RpcClient:
         try:
             frame = wire.encode_frame(wire.KIND_REQUEST, [req_id, op, args or {}], payload)
             await self._send(conn, frame)
+            if sent is not None:
+                sent.set()
             await slot[0].wait()
         finally:
             conn.pending.pop(req_id, None)

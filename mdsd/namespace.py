@@ -17,6 +17,7 @@ from loomproto.layout import shard_of_dentry
 
 from . import schema
 from .attrs import build_attr, is_dir
+from .removals import PendingRemovals
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Namespace:
         self.inos = InoAllocator(store, mds_id, config.nshards)
         self.map_source = lambda: None  # the shard's current ClusterMap (set by Shard)
         self.tails = None  # mdsd.tails.Tails (set by Shard)
+        self.removals = PendingRemovals()  # unlinks received, not yet committed
 
     def ino_shard(self, ino: int) -> int:
         return ino % self.nshards

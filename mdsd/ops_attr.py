@@ -29,6 +29,7 @@ _FIELDS = {"mode": (0, check.U32_MAX), "uid": (0, check.U32_MAX), "gid": (0, che
 
 async def getattr(ns, args: dict) -> dict:
     ino = check.ino(args)
+    await ns.removals.settle_ino(ino)  # an unlink of it on its way (mdsd.removals)
     found = await ns.attrs.attrs([ino])
     if ino not in found:
         raise errors.NotFound(f"no inode {ino}")
@@ -63,6 +64,7 @@ async def lookup(ns, args: dict) -> dict:
     if name == b"..":
         return await _lookup_dotdot(ns, parent)
     name = check.name(args)
+    await ns.removals.settle_name(parent, name)  # mdsd.removals
     shard = ns.entry_shard(parent, name)
     share_raw, entry_raw = await ns.engine.fetch(
         shard, [schema.dirstat_key(parent), schema.dentry_key(parent, name)])
@@ -125,6 +127,7 @@ async def setattr(ns, args: dict) -> dict:
     fields = _fields(args)
     caller_uid, caller_gids = check.caller(args)
     rid = check.rid(args)
+    await ns.removals.settle_ino(ino)
     if "size" in fields:
         # An extension must not show what a failed writer left past the size.
         await ns.tails.settle(ino, ns.sessions.is_open(ino))
@@ -205,6 +208,7 @@ async def open_(ns, args: dict) -> dict:
     ino = check.ino(args)
     session = check.session(args)
     check.integer(args, "flags", 0, check.U32_MAX, default=0)
+    await ns.removals.settle_ino(ino)  # its unlink may drop it: then this open fails
     await ns.sessions.wait_drops(ino)  # a drop decided before this open commits first
     held_before = ns.sessions.is_open(ino)
     ns.sessions.open(ino, session)  # before the read: a reclaim must not slip between

@@ -39,6 +39,7 @@ async def _create(ns, args: dict, inode: dict):
     name = check.name(args)
     rid = check.rid(args)
     adder, wants_lease = check.lessee(args)
+    await ns.removals.settle_name(parent, name)  # an unlink of the name first
     ino = await ns.inos.alloc()  # a retried request wastes one number: harmless
 
     async def body(tx):
@@ -112,6 +113,8 @@ async def link(ns, args: dict) -> dict:
     name = check.name(args)
     rid = check.rid(args)
     adder, _ = check.lessee(args)
+    await ns.removals.settle_name(parent, name)
+    await ns.removals.settle_ino(ino)
 
     async def body(tx):
         tx.adder = adder

@@ -49,6 +49,7 @@ async def readdir(ns, args: dict) -> dict:
         after = check.integer(args, "after", 0, check.U63_MAX, default=0)
     limit = check.integer(args, "limit", 1, check.U32_MAX, default=1000)
     limit = min(limit, LIMIT_MAX)
+    await ns.removals.settle_dir(ino)  # unlinks received here first (mdsd.removals)
 
     share = schema.unpack_share(ns.store.get(schema.dirstat_key(ino)))
     if share["dead"]:

@@ -31,6 +31,7 @@ async def unlink(ns, args: dict) -> dict:
 
     async def body(tx):
         ino, type_bits = await _existing_entry(ns, tx, parent, name)
+        found(ino)
         if type_bits == stat.S_IFDIR:
             raise errors.IsDir(f"entry {name!r} in {parent} is a directory")
         now = now_ns()
@@ -44,7 +45,10 @@ async def unlink(ns, args: dict) -> dict:
         ns.drop_link(tx, ino, inode, now)
         return {"ino": ino, "nlink": inode["nlink"]}
 
-    result = await ns.engine.run(body, rid)
+    # From its arrival to its end, requests about the name or inode wait for it
+    # (mdsd.removals): its client may have answered it already (client.behind).
+    async with ns.removals.removing(parent, name) as found:
+        result = await ns.engine.run(body, rid)
     if result["nlink"] == 0:
         ns.sessions.orphan_added(result["ino"])
     return result

@@ -58,6 +58,8 @@ async def rename(ns, args: dict) -> dict:
     flags = _flags(args)
     rid = check.rid(args)
     adder, _ = check.lessee(args)
+    await ns.removals.settle_name(src_parent, src_name)  # unlinks received here first
+    await ns.removals.settle_name(dst_parent, dst_name)
 
     async def body(tx):
         tx.adder = adder  # its own lease does not hold this client's rename back

@@ -25,11 +25,15 @@ class _Requests:
         self.gates: dict[bytes, trio.Event] = {}
         self.outcome: dict[bytes, Exception] = {}
 
-    def make(self, name: bytes):
+    def make(self, name: bytes, unwritten: Exception | None = None):
+        """The request is written at once, or fails with `unwritten` before."""
         self.gates[name] = trio.Event()
 
-        async def remove():
+        async def remove(sent):
+            if unwritten is not None:
+                raise unwritten
             self.sent.append(name)
+            sent.set()
             await self.gates[name].wait()
             if name in self.outcome:
                 raise self.outcome[name]
@@ -46,7 +50,7 @@ async def _unlink(behind: UnlinksBehind, requests: _Requests, parent: int, name:
     behind.saw(parent, name, ino, FILE)
     assert behind.may_answer_early(parent, name, {}, _ONE_LINK) == ino
     await behind.reserve(parent, name)
-    behind.send(parent, name, ino, requests.make(name))
+    await behind.send(parent, name, ino, requests.make(name))
 
 
 class _OneLink(dict):
@@ -178,7 +182,7 @@ async def test_the_window_bounds_unlinks_in_flight(nursery):
     requests.finish(b"one")
     await trio.testing.wait_all_tasks_blocked()
     await behind.reserve(DIR, b"three")  # a place is free again
-    behind.send(DIR, b"three", 33, requests.make(b"three"))
+    await behind.send(DIR, b"three", 33, requests.make(b"three"))
     requests.finish(b"two")
     requests.finish(b"three")
     await behind.settle_all()
@@ -210,3 +214,18 @@ async def test_a_bug_in_the_request_costs_one_failure_not_the_mount(nursery):
     requests.finish(b"f", KeyError("a bug"))
     await behind.settle_all()
     assert isinstance(behind.take_failure(DIR), errors.IOFailure)
+
+
+async def test_a_request_that_cannot_be_written_fails_the_unlink_itself(nursery):
+    """Its shard unreachable past mds_timeout: the caller gets the error, as from an
+    unlink answered after its commit, and fsync of the directory has nothing to say."""
+    behind = UnlinksBehind(nursery, 4)
+    requests = _Requests()
+    behind.saw(DIR, b"f", 81, FILE)
+    await behind.reserve(DIR, b"f")
+    with pytest.raises(errors.TimedOut):
+        await behind.send(DIR, b"f", 81, requests.make(b"f", errors.TimedOut("no answer")))
+    assert not behind and behind.take_failure(DIR) is None and behind.failures == 0
+    await _unlink(behind, requests, DIR, b"g", 82)  # its place in the window is free
+    requests.finish(b"g")
+    await behind.settle_all()

@@ -125,7 +125,7 @@ class _XattrShard:
     def shard_of_dentry(self, parent, name):
         return 0
 
-    async def mds(self, shard, op, args):
+    async def mds(self, shard, op, args, sent=None):
         from loomproto import errors
 
         self.calls.append(op)
@@ -225,7 +225,7 @@ class _CloseShard:
     def shard_of_dentry(self, parent, name):
         return 0
 
-    async def mds(self, shard, op, args):
+    async def mds(self, shard, op, args, sent=None):
         self.calls.append((op, args.get("ino"), args.get("closes", {}).get("inos")))
         if "closes" in args:
             await self.let_through.wait()

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 
 import pytest
 import trio
@@ -179,6 +180,19 @@ async def test_a_commit_that_writes_nothing_says_so(mds):
     assert covered["unchanged"] and covered["gen"] == later["gen"]
 
 
+def _hold_commits(shard, monkeypatch) -> threading.Event:
+    """The shard's writer thread waits before each commit until the event is set."""
+    gate = threading.Event()
+    real = shard.store._run_batch
+
+    def held(batch):
+        gate.wait(20)
+        real(batch)
+
+    monkeypatch.setattr(shard.store, "_run_batch", held)
+    return gate
+
+
 async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, monkeypatch):
     """An unlink decides to drop an inode nobody has open, then commits; an open that
     came in between used to register and read the inode still there, and its client
@@ -193,14 +207,7 @@ async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, 
         while not shard.sessions.settled:
             await trio.sleep(0.01)  # polls the flag reclaim sets, under fail_after
 
-    gate = threading.Event()
-    real = shard.store._run_batch
-
-    def held(batch):
-        gate.wait(20)
-        real(batch)
-
-    monkeypatch.setattr(shard.store, "_run_batch", held)
+    gate = _hold_commits(shard, monkeypatch)
     outcome = {}
 
     async def unlink():
@@ -218,9 +225,12 @@ async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, 
             while ino not in shard.sessions._dropping:
                 await trio.sleep(0.01)  # until the drop is decided, under fail_after
         ended = shard.sessions._dropping[ino][1]
+        # The open waits for the unlink received (mdsd.removals), or for the drop.
+        removal = shard.ns.removals._inos.get(ino, ended)
         nursery.start_soon(open_)
         with trio.fail_after(10):
-            while "open" not in outcome and not ended.statistics().tasks_waiting:
+            while "open" not in outcome and not ended.statistics().tasks_waiting \
+                    and not removal.statistics().tasks_waiting:
                 await trio.sleep(0.01)  # until the open answers or waits, under fail_after
         assert "open" not in outcome, f"open answered before the unlink committed: {outcome}"
     finally:
@@ -230,6 +240,68 @@ async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, 
             await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
     assert isinstance(outcome["open"], errors.NotFound), outcome
     assert not shard.sessions.is_open(ino) and not shard.sessions._dropping
+
+
+async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path, nursery,
+                                                                       monkeypatch):
+    """A client may answer an unlink before its commit (client.behind) and its
+    application may tell another machine at once.  From its arrival until it
+    commits, the unlink holds back every other request about its name (lookup,
+    create, rename onto it), its inode (getattr, open) and its directory's listing
+    (mdsd.removals); before, they read the entry still there: the other mount's
+    create failed with EEXIST, or its open reached the old file, whose name the
+    commit then removed, and the bytes written to it were lost (a tester's report)."""
+    mds = MdsCluster(tmp_path, nursery, 1)
+    await mds.start_all()
+    shard = mds.handles[0].shard
+    old = (await mds.create(ROOT, b"ckpt"))["ino"]
+    await mds.create(ROOT, b"next")
+    gate = _hold_commits(shard, monkeypatch)
+    outcome = {}
+
+    async def record(key, fn, *args):
+        try:
+            outcome[key] = await fn(*args)
+        except errors.LoomError as exc:
+            outcome[key] = exc
+
+    others = {
+        "lookup": (mds.lookup, ROOT, b"ckpt"),
+        "create": (mds.create, ROOT, b"ckpt"),
+        "rename": (mds.rename, ROOT, b"next", ROOT, b"ckpt"),
+        "getattr": (mds.getattr, old),
+        "open": (partial(mds.call_ino, session=b"s", flags=0), "open", old),
+        "readdir": (mds.call_ino, "readdir", ROOT),
+    }
+    removals = shard.ns.removals
+    try:
+        nursery.start_soon(record, "unlink", mds.unlink, ROOT, b"ckpt")
+        with trio.fail_after(10):
+            while old not in removals._inos:
+                await trio.sleep(0.01)  # until the unlink read its entry, under fail_after
+        event = removals._inos[old]
+        for key, (fn, *args) in others.items():
+            nursery.start_soon(record, key, fn, *args)
+        with trio.fail_after(10):
+            while len(outcome) < len(others) + 1 \
+                    and event.statistics().tasks_waiting < len(others):
+                await trio.sleep(0.01)  # until all answer or wait, under fail_after
+        assert not outcome, f"answered before the unlink committed: {outcome}"
+    finally:
+        gate.set()
+    with trio.fail_after(20):
+        while len(outcome) < len(others) + 1:
+            await trio.sleep(0.01)  # all answer once the commit is let go, under fail_after
+    assert isinstance(outcome["getattr"], errors.NotFound), outcome
+    assert isinstance(outcome["open"], errors.NotFound), outcome
+    assert old not in {e[2]["ino"] for e in outcome["readdir"]["entries"]}, outcome
+    # The lookup, the create and the rename onto the name came after the unlink: the
+    # lookup finds nothing or what one of the others put there, never the old file.
+    assert not isinstance(outcome["create"], errors.LoomError) \
+        or not isinstance(outcome["rename"], errors.LoomError), outcome
+    assert isinstance(outcome["lookup"], errors.NotFound) \
+        or outcome["lookup"]["ino"] != old, outcome
+    assert not removals._names and not removals._inos and not removals._dirs
 
 
 async def test_a_shard_refuses_another_shards_store(tmp_path, nursery):

@@ -13,6 +13,7 @@ commit".  Those mounts keep the kernel's entries and attributes for 30 s, so
 that nothing else the kernel asks for during the test needs the stopped shard.
 """
 
+import contextlib
 import errno
 import os
 import signal
@@ -156,11 +157,23 @@ def test_unlinks_show_on_other_mounts_after_fsync_of_the_directory(cluster, work
         assert sorted(os.listdir(workdir)) == names[200:]  # the cluster's first mount
 
 
+@contextlib.contextmanager
+def _mds1_may_die(cluster):
+    """mds1 may be stopped or killed in the body; it runs again afterwards."""
+    cluster.allowed_dead.add("mds1")
+    try:
+        yield
+    finally:
+        if not cluster_script.is_running(cluster.nodes()["mds1"]):
+            cluster.run("start", "mds1")
+        cluster.allowed_dead.discard("mds1")
+
+
 @pytest.mark.deadline(300)
 def test_unmount_waits_for_unlinks_on_their_way(cluster, workdir, tmp_path):
-    """Unlinks answered while their shard is down are still sent once it is back,
-    though the mount is gone by then, and a SIGTERM came: the client stays to
-    finish them."""
+    """Unlinks answered, whose shard then died before it read them, are sent
+    again once it is back, though the mount is gone by then and a SIGTERM came:
+    the client stays to finish them."""
     mnt = tmp_path / "leaving"
     mnt.mkdir()
     client = cluster.run("mount", mnt, "--mount-opts", LONG_CACHE).stdout.split()[-1]
@@ -169,20 +182,102 @@ def test_unmount_waits_for_unlinks_on_their_way(cluster, workdir, tmp_path):
         directory = mnt / workdir.name
         names = _names_on_shard(os.stat(directory).st_ino, 1, 50, "u")
         _make_files(directory, names)
-        cluster.allowed_dead.add("mds1")
-        try:
-            cluster.run("stop", "mds1")
-            for name in names:
-                os.unlink(directory / name)  # answered at once
+        with _mds1_may_die(cluster):
+            with _ShardStopped(cluster, 1):
+                for name in names:
+                    os.unlink(directory / name)  # answered once written to mds1's socket
+                cluster.run("kill", "mds1")  # the requests die unread in its socket
             cluster_script.unmount(mnt)  # the kernel's mount is gone, the client stays
             # What scripts/cluster sends next: it must not cut the wait short (it
             # reached pyfuse3.terminate() on a closed session before).
             assert cluster_script.send_signal(node, signal.SIGTERM)
-        finally:
-            cluster.run("start", "mds1")
-            cluster.allowed_dead.discard("mds1")
         wait_until(lambda: not cluster_script.is_running(node), BOUND,
                    "the unmounted client to finish its unlinks and exit")
     finally:
         cluster.run("umount", client)
     assert os.listdir(workdir) == []
+
+
+def test_an_unlink_that_cannot_be_sent_fails_as_before(cluster, workdir):
+    """With the name's shard down, the unlink is not answered until its request
+    is written: past mds_timeout it fails, and the name stays."""
+    with extra_mount(cluster, LONG_CACHE + ",mds_timeout=2") as mnt:
+        directory = mnt / workdir.name
+        [name] = _names_on_shard(os.stat(directory).st_ino, 1, 1, "d")
+        _make_files(directory, [name])
+        with _mds1_may_die(cluster):
+            cluster.run("stop", "mds1")
+            with pytest.raises(OSError) as failed:
+                os.unlink(directory / name)
+        assert failed.value.errno in (errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN), failed.value
+        assert os.listdir(workdir) == [name]
+
+
+def test_another_mount_told_of_an_unlink_finds_it_done(cluster, workdir, second_client):
+    """A checkpoint rotation across machines: one mount removes a file, and once
+    unlink(2) returns, another makes the name again (O_EXCL) and writes it.  The
+    unlink's request was written before it returned, and the shard holds the
+    other's requests about the name until it commits (mdsd.removals).  Before, the
+    create failed with EEXIST in 142 of 150 tries (a tester's report), and an
+    O_TRUNC open instead reached the old file, whose name the commit then took:
+    its bytes were lost.  The shard serves its connections concurrently, so on a
+    machine loaded enough that both requests are read in one turn of its loop
+    their order is not promised: a few failures of 100 are allowed."""
+    names = [f"c{i:03d}" for i in range(100)]
+    _make_files(workdir, names)
+    other = second_client / workdir.name
+    failures = []
+    for name in names:
+        os.unlink(workdir / name)
+        try:
+            fd = os.open(other / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            failures.append(name)
+            continue
+        try:
+            os.write(fd, b"new")
+        finally:
+            os.close(fd)
+    assert len(failures) <= 3, f"O_EXCL creates after the unlink returned failed: {failures}"
+    kept = [n for n in names if n not in failures]
+    assert all((workdir / n).read_bytes() == b"new" for n in kept)
+
+
+def test_a_link_made_elsewhere_shows_the_right_count_after_the_unlink(
+        cluster, workdir, second_client):
+    """This mount counted one link; another mount added a second name; this mount's
+    unlink of the first goes early.  A stat of the second name here must then say
+    one link, not the two from before the commit (a tester saw 2 in 25 of 30)."""
+    other = second_client / workdir.name
+    for i in range(20):
+        first, second = f"a{i:02d}", f"b{i:02d}"
+        (workdir / first).write_bytes(b"x")
+        assert os.stat(workdir / first).st_nlink == 1
+        os.link(other / first, other / second)
+        os.unlink(workdir / first)
+        assert os.stat(workdir / second).st_nlink == 1, f"round {i}"
+
+
+def test_a_failed_early_unlink_leaves_no_wrong_directory_size(cluster, workdir):
+    """The name became a directory on another mount before this mount's unlink
+    (answered early) reached the shard: the unlink fails there, fsync of the
+    directory says EIO, and the directory's size that the kernel caches here is
+    its real entry count again (it stayed one short before: a tester's report)."""
+    with extra_mount(cluster, LONG_CACHE) as mnt:
+        directory = mnt / workdir.name
+        names = _names_on_shard(os.stat(directory).st_ino, 1, 4, "f")
+        _make_files(directory, names)  # this mount knows names[0] as a file, one link
+        os.unlink(workdir / names[0])
+        os.mkdir(workdir / names[0])
+        with _ShardStopped(cluster, 1):
+            os.unlink(directory / names[0])  # answered once written
+            assert os.stat(directory).st_size == 3  # the kernel keeps this for 30 s
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(OSError) as failed:
+                os.fsync(dir_fd)
+            assert failed.value.errno == errno.EIO
+        finally:
+            os.close(dir_fd)
+        assert os.path.isdir(directory / names[0])
+        assert os.stat(directory).st_size == len(os.listdir(directory)) == 4
