@@ -153,8 +153,7 @@ class UnlinksBehind:
 
     async def _send(self, item: _Pending, remove):
         try:
-            if not await self._request(item, remove) and item.written \
-                    and self.on_failure is not None:
+            if not await self._request(item, remove) and self.on_failure is not None:
                 try:  # (before `done`: an fsync of the directory waits for this too)
                     await self.on_failure(item.parent)
                 except Exception:

@@ -346,9 +346,10 @@ class Meta:
         check_name(name)
         try:
             with self.absent.changing(parent):
-                reply = await self._at_entry(parent, name, "unlink",
-                                             {"parent": parent, "name": name, "rid": _rid()},
-                                             sent)
+                args = {"parent": parent, "name": name, "rid": _rid()}
+                if answered_at is not None:
+                    args["early"] = True  # the shard holds requests about it (mdsd.removals)
+                reply = await self._at_entry(parent, name, "unlink", args, sent)
         except BaseException:
             if answered_at is not None:
                 self._dir_unknown(parent)

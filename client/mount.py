@@ -13,7 +13,7 @@ default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 metadata call retries an unreachable shard before EIO, and waits for a shard
 that holds its connection open without answering before ETIMEDOUT; default 60),
 ``io_timeout=S`` (the same for OSDs, default 60), ``unlink_window=N`` (unlinks
-of files answered before their commit, at most N in flight, default 128; 0
+of files answered before their commit, at most N in flight, default 64; 0
 answers each after its commit; see client.behind), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
@@ -69,7 +69,7 @@ def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
-           "debug_faults": False, "writeback_cache": False, "unlink_window": 128}
+           "debug_faults": False, "writeback_cache": False, "unlink_window": 64}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")

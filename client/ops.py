@@ -256,7 +256,7 @@ class LoomOperations(pyfuse3.Operations):
             # Another name of a file whose unlink is on its way (another mount
             # linked it since we counted its links): its count after the commit.
             await self.behind.settle_ino(attr["ino"])
-            attr = await self.meta.getattr(attr["ino"])
+            return await self.lookup(parent_inode, name, ctx)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
@@ -391,11 +391,9 @@ class LoomOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         check_name(name)
-        if self.behind.may_answer_early(parent_inode, name, self.files,
-                                        self.meta.attrs) is not None:
+        if self._early_unlink(parent_inode, name) is not None:
             await self.behind.reserve(parent_inode, name)
-            ino = self.behind.may_answer_early(parent_inode, name, self.files,
-                                               self.meta.attrs)
+            ino = self._early_unlink(parent_inode, name)
             if ino is not None:
                 # Answered once sent, committed in the background (client.behind).
                 when = self.meta.removing(parent_inode)
@@ -406,6 +404,17 @@ class LoomOperations(pyfuse3.Operations):
         self.behind.gone(parent_inode, name)
         await self.behind.settle_name(parent_inode, name)
         await self.meta.unlink(parent_inode, name)
+
+    def _early_unlink(self, parent_inode: int, name: bytes) -> int | None:
+        """The inode if this unlink may be answered before its commit: as
+        client.behind decides, and only when the inode lives on the name's shard,
+        whose hold on requests about it (mdsd.removals) then covers the inode too."""
+        ino = self.behind.may_answer_early(parent_inode, name, self.files, self.meta.attrs)
+        cluster = self.meta.cluster
+        if ino is None or cluster.shard_of_ino(ino) != cluster.shard_of_dentry(parent_inode,
+                                                                               name):
+            return None
+        return ino
 
     async def _unlink_failed(self, parent_inode: int) -> None:
         """An unlink answered before its commit failed: the kernel's attributes of
@@ -495,7 +504,11 @@ class LoomOperations(pyfuse3.Operations):
             for name, seq, attr in reply["entries"]:
                 if self.behind.pending_ino(attr["ino"]):  # as in lookup
                     await self.behind.settle_ino(attr["ino"])
-                    attr = await self.meta.getattr(attr["ino"])
+                    try:
+                        attr = await self.meta.getattr(attr["ino"])
+                    except errors.NotFound:  # its other name went too meanwhile
+                        after = seq
+                        continue
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              _cookie(shard, seq)):
                     return False

@@ -57,6 +57,10 @@ class RpcServer:
         # Optional: service.before_request(args) runs before every request's
         # handler; a LoomError from it is the request's answer.
         self.before = getattr(service, "before_request", None)
+        # Optional: service.request_received(op, args) runs as each request is
+        # read, in the order of its connection, before any handler can run; it
+        # may return a function, called once the request is over or dropped.
+        self.received = getattr(service, "request_received", None)
         self.cluster_id = cluster_id
         self.key = key
         self.name = name
@@ -104,12 +108,18 @@ class RpcServer:
                     if getattr(self.service, "rpc_" + op, None) is None:
                         # A peer speaking another dialect: answer clearly, then hang up.
                         await self._refuse(frames, req_id, op)
+                    over = self.received(op, args) if self.received is not None else None
                     try:
-                        limit.acquire_nowait()
-                    except trio.WouldBlock:
-                        await limit.acquire()
+                        try:
+                            limit.acquire_nowait()
+                        except trio.WouldBlock:
+                            await limit.acquire()
+                    except BaseException:
+                        if over is not None:
+                            over()
+                        raise
                     nursery.start_soon(self._answer, frames, limit, req_id, op, args, payload,
-                                       peer)
+                                       peer, over)
             except errors.LoomError as exc:
                 log.warning("%s: closing connection from %s: %s", self.name, peer, exc)
                 nursery.cancel_scope.cancel()
@@ -124,7 +134,7 @@ class RpcServer:
             wire.KIND_REPLY, [req_id, errors.BadRequest.code, message]))
         raise errors.BadRequest(message)
 
-    async def _answer(self, frames, limit, req_id, op, args, payload, peer):
+    async def _answer(self, frames, limit, req_id, op, args, payload, peer, over=None):
         # The in-flight slot is held until the reply is sent: a peer that does
         # not read its replies stops the reading of its requests, instead of
         # making this process hold every reply in memory.
@@ -142,6 +152,8 @@ class RpcServer:
             log.debug("%s: reply %d to %s lost: connection closed", self.name, req_id, peer)
         finally:
             limit.release()
+            if over is not None:
+                over()
 
     async def _dispatch(self, op, args, payload, peer):
         method = getattr(self.service, "rpc_" + op)

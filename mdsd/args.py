@@ -31,6 +31,13 @@ def integer(args: dict, key: str, lo: int = 0, hi: int = U63_MAX, default=_REQUI
     return value
 
 
+def boolean(args: dict, key: str, default: bool = False) -> bool:
+    value = args.get(key, default)
+    if not isinstance(value, bool):
+        raise errors.BadRequest(f"argument {key!r} must be a boolean")
+    return value
+
+
 def ino(args: dict, key: str = "ino") -> int:
     return integer(args, key, 1, U63_MAX)
 
@@ -89,9 +96,7 @@ def session(args: dict) -> bytes | str | int:
 def lessee(args: dict) -> tuple[bytes | None, bool]:
     """The optional ``lessee`` (the client's session, for mdsd.leases) and
     whether it asks for a lease (``lease``)."""
-    wants = args.get("lease", False)
-    if not isinstance(wants, bool):
-        raise errors.BadRequest("argument 'lease' must be a boolean")
+    wants = boolean(args, "lease")
     value = args.get("lessee")
     if value is None:
         return None, False

@@ -6,6 +6,7 @@ directory's share on every shard so that a racing create into it fails), the
 transaction spans shards.
 """
 
+import contextlib
 import logging
 import stat
 
@@ -13,6 +14,7 @@ from loomproto import errors
 
 from . import args as check
 from .namespace import now_ns
+from .removals import ARRIVAL
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ async def unlink(ns, args: dict) -> dict:
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
+    early = check.boolean(args, "early")
 
     async def body(tx):
         ino, type_bits = await _existing_entry(ns, tx, parent, name)
@@ -45,13 +48,19 @@ async def unlink(ns, args: dict) -> dict:
         ns.drop_link(tx, ino, inode, now)
         return {"ino": ino, "nlink": inode["nlink"]}
 
-    # From its arrival to its end, requests about the name or inode wait for it
-    # (mdsd.removals): its client may have answered it already (client.behind).
-    async with ns.removals.removing(parent, name) as found:
+    # From its arrival to its end, requests about the name or inode wait for an
+    # unlink its client answered already (client.behind; mdsd.removals).
+    hold = ns.removals.removing(parent, name, args.get(ARRIVAL)) if early else _unheld()
+    async with hold as found:
         result = await ns.engine.run(body, rid)
     if result["nlink"] == 0:
         ns.sessions.orphan_added(result["ino"])
     return result
+
+
+@contextlib.asynccontextmanager
+async def _unheld():
+    yield lambda ino: None
 
 
 async def rmdir(ns, args: dict) -> dict:

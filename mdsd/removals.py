@@ -12,14 +12,21 @@ shard for everyone, as long as its request arrives before the other's, which
 the other needs a message from the application's side and its own kernel and
 client to send, and the first sends at once.
 
-Only what this shard knows is covered: a name's entry and the inodes named
-here.  An inode whose name lives on another shard (after a rename across
-shards) is waited for by name only.  Everything here runs on the trio thread.
+Only unlinks that their client answered early (``early``) are held: the
+client sends those only for an inode that lives on the name's shard, so both
+are here.  A transaction coordinated by another shard (a rename whose source
+is here, a link to the inode) reaches this shard as a prepare, which
+`touched_by` turns into a Conflict that its coordinator retries, until the
+unlink is over.  Everything here runs on the trio thread.
 """
 
 import contextlib
 
 import trio
+
+from . import schema
+
+ARRIVAL = "\0arrival"  # the args key under which `announce` leaves its function
 
 
 class PendingRemovals:
@@ -27,18 +34,53 @@ class PendingRemovals:
         self._names: dict[tuple[int, bytes], trio.Event] = {}
         self._inos: dict[int, trio.Event] = {}
         self._dirs: dict[int, set[trio.Event]] = {}
+        self.refused = 0  # prepares turned away by `touched_by` (for tests and logs)
+        # Early unlinks read from their connections whose handlers have not yet
+        # registered them: every wait here waits for those first.  (Handlers start
+        # in any order within one turn of the loop; the connections are read in
+        # the order their data came.)
+        self._arriving = 0
+        self._registered = trio.Event()
+
+    def announce(self, args: dict):
+        """An early unlink was read (MdsService.request_received).  Returns the
+        function that uncounts it, which `removing` calls once it registered and
+        the RPC layer once the request is over (whichever comes first counts)."""
+        if not self._arriving:
+            self._registered = trio.Event()
+        self._arriving += 1
+        counted = [True]
+
+        def arrived() -> None:
+            if counted[0]:
+                counted[0] = False
+                self._arriving -= 1
+                if not self._arriving:
+                    self._registered.set()
+
+        args[ARRIVAL] = arrived
+        return arrived
+
+    async def _arrivals(self) -> None:
+        while self._arriving:
+            await self._registered.wait()
 
     @contextlib.asynccontextmanager
-    async def removing(self, parent: int, name: bytes):
-        """Around an unlink of `name` in `parent`; yields a function to call with
-        the inode once known.  An unlink of the same name already here goes first."""
+    async def removing(self, parent: int, name: bytes, arrived=None):
+        """Around an announced unlink of `name` in `parent` (`arrived` uncounts
+        it); yields a function to call with the inode once known.  One of the
+        same name already here goes first."""
         key = (parent, name)
-        while key in self._names:
-            await self._names[key].wait()
-        done = trio.Event()
-        inos: list[int] = []
-        self._names[key] = done
-        self._dirs.setdefault(parent, set()).add(done)
+        try:
+            while key in self._names:
+                await self._names[key].wait()
+            done = trio.Event()
+            inos: list[int] = []
+            self._names[key] = done
+            self._dirs.setdefault(parent, set()).add(done)
+        finally:
+            if arrived is not None:
+                arrived()
 
         def found(ino: int) -> None:
             if ino not in self._inos:
@@ -58,16 +100,40 @@ class PendingRemovals:
                     del self._inos[ino]
             done.set()
 
+    def touched_by(self, reads: list, mutations: list) -> bool:
+        """Whether a prepared transaction's reads (``[db, key, value]``) or
+        mutations (mdsd.apply) touch a name or inode with an unlink on its way."""
+        if not self._names:
+            return False
+        held = {schema.dentry_key(parent, name) for parent, name in self._names}
+        held.update(schema.inode_key(ino) for ino in self._inos)
+        keys = [(db, raw) for db, raw, _ in reads]
+        for mutation in mutations:
+            if mutation[0] in ("put", "del"):
+                keys.append((mutation[1], mutation[2]))
+            elif mutation[0] in ("dirent_add", "dirent_del"):
+                keys.append(schema.dentry_key(mutation[1], mutation[2]))
+        if any(key in held for key in keys):
+            self.refused += 1
+            return True
+        return False
+
     async def settle_name(self, parent: int, name: bytes) -> None:
+        if self._arriving:
+            await self._arrivals()
         event = self._names.get((parent, name))
         if event is not None:
             await event.wait()
 
     async def settle_ino(self, ino: int) -> None:
+        if self._arriving:
+            await self._arrivals()
         event = self._inos.get(ino)
         if event is not None:
             await event.wait()
 
     async def settle_dir(self, parent: int) -> None:
+        if self._arriving:
+            await self._arrivals()
         for event in list(self._dirs.get(parent, ())):
             await event.wait()

@@ -28,6 +28,14 @@ class MdsService:
         self.backup = BackupAgent(shard.store, shard.mds_id)
         self.missed = MissedWrites(shard.store, shard.mds_id, shard.config.nshards)
 
+    def request_received(self, op: str, args: dict):
+        """An unlink its client answered already is counted as it is read, so that
+        requests about its name or inode that handlers take up meanwhile wait for
+        it to register (mdsd.removals); mdsd.ops_remove.unlink uncounts it."""
+        if op == "unlink" and args.get("early") is True:
+            return self.ns.removals.announce(args)
+        return None
+
     def before_request(self, args):
         """A client's request may carry the closes it queued for this shard
         (``closes``: session and inos, see client.meta); they apply first."""
@@ -207,6 +215,9 @@ class MdsService:
         coord = check.integer(args, "coord", 0, self.ns.nshards - 1)
         reads = _wire_reads(args.get("reads"))
         mutations = _wire_mutations(args.get("mutations"))
+        if self.ns.removals.touched_by(reads, mutations):
+            # Its coordinator retries once the unlink here is over (mdsd.removals).
+            raise errors.Conflict("an unlink of a name or inode it touches is on its way")
         await self.shard.participant.prepare(txid, coord, reads, mutations)
         return {}
 

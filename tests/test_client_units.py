@@ -29,7 +29,7 @@ def test_parse_options_splits_own_from_fuse():
     own, fuse = parse_options("allow_other,default_permissions,attr_timeout=5,rw,"
                               "write_window=0,nofail,unlink_window=0")
     assert own["attr_timeout"] == 5.0 and own["write_window"] == 0
-    assert own["unlink_window"] == 0 and parse_options("")[0]["unlink_window"] == 128
+    assert own["unlink_window"] == 0 and parse_options("")[0]["unlink_window"] == 64
     assert fuse == {"allow_other", "default_permissions"}
     with pytest.raises(MountError, match="needs a number"):
         parse_options("attr_timeout=soon")

@@ -275,7 +275,8 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
     }
     removals = shard.ns.removals
     try:
-        nursery.start_soon(record, "unlink", mds.unlink, ROOT, b"ckpt")
+        nursery.start_soon(record, "unlink",
+                           partial(mds.call_entry, early=True), "unlink", ROOT, b"ckpt")
         with trio.fail_after(10):
             while old not in removals._inos:
                 await trio.sleep(0.01)  # until the unlink read its entry, under fail_after
@@ -302,6 +303,68 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
     assert isinstance(outcome["lookup"], errors.NotFound) \
         or outcome["lookup"]["ino"] != old, outcome
     assert not removals._names and not removals._inos and not removals._dirs
+
+
+async def test_a_rename_coordinated_elsewhere_waits_for_an_early_unlink(tmp_path, nursery,
+                                                                       monkeypatch):
+    """The rename's target names another shard, which coordinates it; its prepare on
+    the shard where the source is being unlinked (answered early) conflicts until
+    that commit, and the rename then finds no source (a reviewer's case: it could
+    win, and the file the first client was told is gone lived on)."""
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    src = next(n for n in (b"s%d" % i for i in range(100)) if mds.entry_shard(ROOT, n) == 0)
+    dst = next(n for n in (b"d%d" % i for i in range(100)) if mds.entry_shard(ROOT, n) == 1)
+    await mds.create(ROOT, src)
+    shard = mds.handles[0].shard
+    outcome = {}
+
+    async def record(key, fn, *args):
+        try:
+            outcome[key] = await fn(*args)
+        except errors.LoomError as exc:
+            outcome[key] = exc
+
+    gate = _hold_commits(shard, monkeypatch)
+    try:
+        nursery.start_soon(record, "unlink", partial(mds.call_entry, early=True), "unlink",
+                           ROOT, src)
+        with trio.fail_after(10):
+            while (ROOT, src) not in shard.ns.removals._names:
+                await trio.sleep(0.01)  # until the unlink arrived, under fail_after
+        nursery.start_soon(record, "rename", mds.rename, ROOT, src, ROOT, dst)
+        with trio.fail_after(10):
+            while "rename" not in outcome and not shard.ns.removals._names[(ROOT, src)] \
+                    .statistics().tasks_waiting and not _conflicted(mds):
+                await trio.sleep(0.01)  # until the rename answers or retries, under fail_after
+        assert "rename" not in outcome, outcome
+    finally:
+        gate.set()
+    with trio.fail_after(20):
+        while len(outcome) < 2:
+            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    assert isinstance(outcome["rename"], errors.NotFound), outcome
+    with pytest.raises(errors.NotFound):
+        await mds.lookup(ROOT, dst)
+
+
+async def test_a_malformed_early_unlink_holds_nothing_back(mds):
+    """An early unlink is counted as it is read, before its handler checks it; one
+    that fails its checks (or whose connection goes) must still be uncounted, or
+    every later lookup on the shard would wait for it forever."""
+    await mds.create(ROOT, b"kept")
+    for bad in ({"name": b"n" * 300}, {"parent": 0}, {"early": 1}):
+        args = {"parent": ROOT, "name": b"kept", "rid": os.urandom(16), "early": True, **bad}
+        with pytest.raises(errors.LoomError):
+            await mds.client(mds.entry_shard(ROOT, b"kept")).call("unlink", args)
+    with trio.fail_after(5):
+        assert (await mds.lookup(ROOT, b"kept"))["nlink"] == 1
+    assert all(not h.shard.ns.removals._arriving for h in mds.handles.values())
+
+
+def _conflicted(mds) -> bool:
+    """Whether shard 0 turned a prepare away (a Conflict its coordinator retries)."""
+    return mds.handles[0].shard.ns.removals.refused > 0
 
 
 async def test_a_shard_refuses_another_shards_store(tmp_path, nursery):
