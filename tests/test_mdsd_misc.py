@@ -180,6 +180,14 @@ async def test_a_commit_that_writes_nothing_says_so(mds):
     assert covered["unchanged"] and covered["gen"] == later["gen"]
 
 
+async def _record(outcome: dict, key: str, fn, *args):
+    """outcome[key] = what fn(*args) returns or raises (a LoomError)."""
+    try:
+        outcome[key] = await fn(*args)
+    except errors.LoomError as exc:
+        outcome[key] = exc
+
+
 def _hold_commits(shard, monkeypatch) -> threading.Event:
     """The shard's writer thread waits before each commit until the event is set."""
     gate = threading.Event()
@@ -259,12 +267,6 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
     gate = _hold_commits(shard, monkeypatch)
     outcome = {}
 
-    async def record(key, fn, *args):
-        try:
-            outcome[key] = await fn(*args)
-        except errors.LoomError as exc:
-            outcome[key] = exc
-
     others = {
         "lookup": (mds.lookup, ROOT, b"ckpt"),
         "create": (mds.create, ROOT, b"ckpt"),
@@ -275,14 +277,14 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
     }
     removals = shard.ns.removals
     try:
-        nursery.start_soon(record, "unlink",
+        nursery.start_soon(_record, outcome, "unlink",
                            partial(mds.call_entry, early=True), "unlink", ROOT, b"ckpt")
         with trio.fail_after(10):
             while old not in removals._inos:
                 await trio.sleep(0.01)  # until the unlink read its entry, under fail_after
         event = removals._inos[old]
         for key, (fn, *args) in others.items():
-            nursery.start_soon(record, key, fn, *args)
+            nursery.start_soon(_record, outcome, key, fn, *args)
         with trio.fail_after(10):
             while len(outcome) < len(others) + 1 \
                     and event.statistics().tasks_waiting < len(others):
@@ -319,20 +321,15 @@ async def test_a_rename_coordinated_elsewhere_waits_for_an_early_unlink(tmp_path
     shard = mds.handles[0].shard
     outcome = {}
 
-    async def record(key, fn, *args):
-        try:
-            outcome[key] = await fn(*args)
-        except errors.LoomError as exc:
-            outcome[key] = exc
-
     gate = _hold_commits(shard, monkeypatch)
     try:
-        nursery.start_soon(record, "unlink", partial(mds.call_entry, early=True), "unlink",
+        nursery.start_soon(_record, outcome, "unlink", partial(mds.call_entry, early=True),
+                           "unlink",
                            ROOT, src)
         with trio.fail_after(10):
             while (ROOT, src) not in shard.ns.removals._names:
                 await trio.sleep(0.01)  # until the unlink arrived, under fail_after
-        nursery.start_soon(record, "rename", mds.rename, ROOT, src, ROOT, dst)
+        nursery.start_soon(_record, outcome, "rename", mds.rename, ROOT, src, ROOT, dst)
         with trio.fail_after(10):
             while "rename" not in outcome and not shard.ns.removals._names[(ROOT, src)] \
                     .statistics().tasks_waiting and not _conflicted(mds):
