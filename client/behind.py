@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 NAMES_KEPT = 32_768  # (parent, name) -> (ino, mode) remembered from replies (~8 MiB)
 FAILED_KEPT = 1024  # directories with a failure not yet reported by their fsync
+ENDED_KEPT = 4096  # inodes whose early unlink ended, with when (see `ended_since`)
 
 
 class _Pending:
@@ -81,6 +82,8 @@ class UnlinksBehind:
         self._by_ino: dict[int, _Pending] = {}
         self._by_dir: dict[int, set[_Pending]] = {}
         self._failed: dict[int, errors.LoomError] = {}  # directory -> first failure
+        self.ends = 0  # early unlinks ended so far: a clock for `ended_since`
+        self._ended: OrderedDict[int, int] = OrderedDict()  # ino -> `ends` at its end
         self.failures = 0  # counted for tests and logs
         # (parent, name) -> (ino, mode), from this client's lookups, creates and
         # listings: what the kernel's dentry of the name holds, as far as we know.
@@ -201,6 +204,11 @@ class UnlinksBehind:
             in_dir.discard(item)
             if not in_dir:
                 del self._by_dir[item.parent]
+        self.ends += 1
+        self._ended[item.ino] = self.ends
+        self._ended.move_to_end(item.ino)
+        if len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
         item.done.set()
         self._slots.release()
 
@@ -213,6 +221,20 @@ class UnlinksBehind:
 
     def pending_ino(self, ino: int) -> bool:
         return ino in self._by_ino
+
+    def stale(self, ino: int, since: int) -> bool:
+        """Whether a reply about `ino` to a request sent when `ends` was `since`
+        may predate an unlink of it: one is on its way, or ended meanwhile (or so
+        long ago that it is no longer known: then, too, the answer is yes)."""
+        if ino in self._by_ino:
+            return True
+        if since == self.ends:
+            return False
+        ended = self._ended.get(ino)
+        if ended is not None:
+            return ended > since
+        return bool(self._ended) and next(iter(self._ended.values())) > since \
+            and len(self._ended) >= ENDED_KEPT
 
     async def settle_ino(self, ino: int) -> None:
         """Wait for a pending removal of `ino`, and of names in it if a directory."""

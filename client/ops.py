@@ -246,15 +246,17 @@ class LoomOperations(pyfuse3.Operations):
             # no negative entry of it, so the lease's end takes effect at once.
             self.dir_names.forget_at(parent_inode, name)
             return self._negative(0)
+        since = self.behind.ends
         try:
             attr = await self.meta.lookup(parent_inode, name)
         except errors.NotFound:
             self.dir_names.forget_at(parent_inode, name)
             self.behind.gone(parent_inode, name)
             return self._negative(self.entry_timeout)
-        if self.behind.pending_ino(attr["ino"]):
-            # Another name of a file whose unlink is on its way (another mount
-            # linked it since we counted its links): its count after the commit.
+        if self.behind.stale(attr["ino"], since):
+            # Another name of a file whose unlink is on its way or landed while
+            # this was read (another mount linked it since we counted its links):
+            # its count after the commit.
             await self.behind.settle_ino(attr["ino"])
             return await self.lookup(parent_inode, name, ctx)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
@@ -500,9 +502,10 @@ class LoomOperations(pyfuse3.Operations):
 
     async def _readdir_shard(self, token, ino, shard, after) -> bool:
         while True:
+            since = self.behind.ends
             reply = await self.meta.readdir(ino, shard, after, READDIR_BATCH)
             for name, seq, attr in reply["entries"]:
-                if self.behind.pending_ino(attr["ino"]):  # as in lookup
+                if self.behind.stale(attr["ino"], since):  # as in lookup
                     await self.behind.settle_ino(attr["ino"])
                     try:
                         attr = await self.meta.getattr(attr["ino"])

@@ -229,3 +229,18 @@ async def test_a_request_that_cannot_be_written_fails_the_unlink_itself(nursery)
     await _unlink(behind, requests, DIR, b"g", 82)  # its place in the window is free
     requests.finish(b"g")
     await behind.settle_all()
+
+
+async def test_a_reply_read_before_an_unlink_landed_is_known_stale(nursery):
+    """A lookup of another name of the file, read by the shard before the unlink's
+    commit and answered after it: its link count is the old one (CI caught a
+    stat saying 2 links after the unlink of one of two names)."""
+    behind = UnlinksBehind(nursery, 4)
+    requests = _Requests()
+    await _unlink(behind, requests, DIR, b"a", 91)
+    since = behind.ends  # the lookup goes out now
+    assert behind.stale(91, since) and not behind.stale(92, since)
+    requests.finish(b"a")
+    await behind.settle_all()
+    assert behind.stale(91, since)  # ended while the lookup was on its way
+    assert not behind.stale(92, since) and not behind.stale(91, behind.ends)
