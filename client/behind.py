@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 NAMES_KEPT = 32_768  # (parent, name) -> (ino, mode) remembered from replies (~8 MiB)
 FAILED_KEPT = 1024  # directories with a failure not yet reported by their fsync
-ENDED_KEPT = 4096  # inodes whose early unlink ended, with when (see `ended_since`)
+ENDED_KEPT = 4096  # inodes whose early unlink ended, with when (see `stale`)
 
 
 class _Pending:
@@ -82,7 +82,7 @@ class UnlinksBehind:
         self._by_ino: dict[int, _Pending] = {}
         self._by_dir: dict[int, set[_Pending]] = {}
         self._failed: dict[int, errors.LoomError] = {}  # directory -> first failure
-        self.ends = 0  # early unlinks ended so far: a clock for `ended_since`
+        self.ends = 0  # early unlinks ended so far: a clock for `stale`
         self._ended: OrderedDict[int, int] = OrderedDict()  # ino -> `ends` at its end
         self.failures = 0  # counted for tests and logs
         # (parent, name) -> (ino, mode), from this client's lookups, creates and

@@ -50,6 +50,7 @@ RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
 FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
+STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
 
 
 def _stamp(attr: dict) -> tuple:
@@ -246,19 +247,20 @@ class LoomOperations(pyfuse3.Operations):
             # no negative entry of it, so the lease's end takes effect at once.
             self.dir_names.forget_at(parent_inode, name)
             return self._negative(0)
-        since = self.behind.ends
-        try:
-            attr = await self.meta.lookup(parent_inode, name)
-        except errors.NotFound:
-            self.dir_names.forget_at(parent_inode, name)
-            self.behind.gone(parent_inode, name)
-            return self._negative(self.entry_timeout)
-        if self.behind.stale(attr["ino"], since):
+        for _ in range(STALE_RETRIES):
+            since = self.behind.ends
+            try:
+                attr = await self.meta.lookup(parent_inode, name)
+            except errors.NotFound:
+                self.dir_names.forget_at(parent_inode, name)
+                self.behind.gone(parent_inode, name)
+                return self._negative(self.entry_timeout)
+            if not self.behind.stale(attr["ino"], since):
+                break
             # Another name of a file whose unlink is on its way or landed while
             # this was read (another mount linked it since we counted its links):
-            # its count after the commit.
+            # ask again for its count after the commit.
             await self.behind.settle_ino(attr["ino"])
-            return await self.lookup(parent_inode, name, ctx)
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])

@@ -91,6 +91,10 @@ class RpcServer:
 
     async def _request_loop(self, frames, peer):
         limit = trio.Semaphore(MAX_IN_FLIGHT_PER_CONN)
+        # Requests that `received` counted have slots of their own: others may
+        # wait for them (mdsd.removals), so they must never wait for a slot that
+        # those others hold.
+        counted_limit = trio.Semaphore(MAX_IN_FLIGHT_PER_CONN)
         served = 0
         async with trio.open_nursery() as nursery:
             try:
@@ -109,16 +113,20 @@ class RpcServer:
                         # A peer speaking another dialect: answer clearly, then hang up.
                         await self._refuse(frames, req_id, op)
                     over = self.received(op, args) if self.received is not None else None
-                    try:
+                    slots = limit
+                    if over is not None:
+                        try:
+                            counted_limit.acquire_nowait()
+                            slots = counted_limit
+                        except trio.WouldBlock:  # a peer past any client's window
+                            over()
+                            over = None
+                    if slots is limit:
                         try:
                             limit.acquire_nowait()
                         except trio.WouldBlock:
                             await limit.acquire()
-                    except BaseException:
-                        if over is not None:
-                            over()
-                        raise
-                    nursery.start_soon(self._answer, frames, limit, req_id, op, args, payload,
+                    nursery.start_soon(self._answer, frames, slots, req_id, op, args, payload,
                                        peer, over)
             except errors.LoomError as exc:
                 log.warning("%s: closing connection from %s: %s", self.name, peer, exc)
@@ -140,6 +148,8 @@ class RpcServer:
         # making this process hold every reply in memory.
         try:
             code, result, data = await self._dispatch(op, args, payload, peer)
+            if over is not None:
+                over()  # (not only after the send, which a peer that reads nothing holds)
             try:
                 frame = wire.encode_frame(wire.KIND_REPLY, [req_id, code, result], data)
             except wire.FrameError as exc:

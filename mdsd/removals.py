@@ -31,7 +31,7 @@ ARRIVAL = "\0arrival"  # the args key under which `announce` leaves its function
 
 class PendingRemovals:
     def __init__(self):
-        self._names: dict[tuple[int, bytes], trio.Event] = {}
+        self._names: dict[tuple[int, bytes], list[trio.Event]] = {}  # in order of arrival
         self._inos: dict[int, trio.Event] = {}
         self._dirs: dict[int, set[trio.Event]] = {}
         self.refused = 0  # prepares turned away by `touched_by` (for tests and logs)
@@ -61,26 +61,27 @@ class PendingRemovals:
         args[ARRIVAL] = arrived
         return arrived
 
-    async def _arrivals(self) -> None:
+    async def arrivals(self) -> None:
+        """Until every early unlink read so far has registered (at once, in its
+        handler's first step)."""
         while self._arriving:
             await self._registered.wait()
 
     @contextlib.asynccontextmanager
     async def removing(self, parent: int, name: bytes, arrived=None):
         """Around an announced unlink of `name` in `parent` (`arrived` uncounts
-        it); yields a function to call with the inode once known.  One of the
-        same name already here goes first."""
+        it, at once: it is registered); yields a function to call with the inode
+        once known.  Unlinks of the same name queue in the order they came, and
+        the name stays held until the last of them ends."""
         key = (parent, name)
-        try:
-            while key in self._names:
-                await self._names[key].wait()
-            done = trio.Event()
-            inos: list[int] = []
-            self._names[key] = done
-            self._dirs.setdefault(parent, set()).add(done)
-        finally:
-            if arrived is not None:
-                arrived()
+        done = trio.Event()
+        queue = self._names.setdefault(key, [])
+        ahead = list(queue)
+        queue.append(done)
+        self._dirs.setdefault(parent, set()).add(done)
+        inos: list[int] = []
+        if arrived is not None:
+            arrived()
 
         def found(ino: int) -> None:
             if ino not in self._inos:
@@ -88,9 +89,13 @@ class PendingRemovals:
                 inos.append(ino)
 
         try:
+            for earlier in ahead:
+                await earlier.wait()
             yield found
         finally:
-            del self._names[key]
+            queue.remove(done)
+            if not queue:
+                del self._names[key]
             in_dir = self._dirs[parent]
             in_dir.discard(done)
             if not in_dir:
@@ -120,20 +125,19 @@ class PendingRemovals:
 
     async def settle_name(self, parent: int, name: bytes) -> None:
         if self._arriving:
-            await self._arrivals()
-        event = self._names.get((parent, name))
-        if event is not None:
+            await self.arrivals()
+        for event in list(self._names.get((parent, name), ())):
             await event.wait()
 
     async def settle_ino(self, ino: int) -> None:
         if self._arriving:
-            await self._arrivals()
+            await self.arrivals()
         event = self._inos.get(ino)
         if event is not None:
             await event.wait()
 
     async def settle_dir(self, parent: int) -> None:
         if self._arriving:
-            await self._arrivals()
+            await self.arrivals()
         for event in list(self._dirs.get(parent, ())):
             await event.wait()

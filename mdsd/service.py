@@ -215,6 +215,7 @@ class MdsService:
         coord = check.integer(args, "coord", 0, self.ns.nshards - 1)
         reads = _wire_reads(args.get("reads"))
         mutations = _wire_mutations(args.get("mutations"))
+        await self.ns.removals.arrivals()
         if self.ns.removals.touched_by(reads, mutations):
             # Its coordinator retries once the unlink here is over (mdsd.removals).
             raise errors.Conflict("an unlink of a name or inode it touches is on its way")

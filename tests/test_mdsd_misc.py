@@ -331,7 +331,7 @@ async def test_a_rename_coordinated_elsewhere_waits_for_an_early_unlink(tmp_path
                 await trio.sleep(0.01)  # until the unlink arrived, under fail_after
         nursery.start_soon(_record, outcome, "rename", mds.rename, ROOT, src, ROOT, dst)
         with trio.fail_after(10):
-            while "rename" not in outcome and not shard.ns.removals._names[(ROOT, src)] \
+            while "rename" not in outcome and not shard.ns.removals._names[(ROOT, src)][-1] \
                     .statistics().tasks_waiting and not _conflicted(mds):
                 await trio.sleep(0.01)  # until the rename answers or retries, under fail_after
         assert "rename" not in outcome, outcome
@@ -350,13 +350,90 @@ async def test_a_malformed_early_unlink_holds_nothing_back(mds):
     that fails its checks (or whose connection goes) must still be uncounted, or
     every later lookup on the shard would wait for it forever."""
     await mds.create(ROOT, b"kept")
-    for bad in ({"name": b"n" * 300}, {"parent": 0}, {"early": 1}):
+    for bad in ({"name": b"n" * 300}, {"parent": 0}, {"rid": b"short"}):
         args = {"parent": ROOT, "name": b"kept", "rid": os.urandom(16), "early": True, **bad}
         with pytest.raises(errors.LoomError):
             await mds.client(mds.entry_shard(ROOT, b"kept")).call("unlink", args)
     with trio.fail_after(5):
         assert (await mds.lookup(ROOT, b"kept"))["nlink"] == 1
     assert all(not h.shard.ns.removals._arriving for h in mds.handles.values())
+
+
+async def test_a_second_unlink_of_a_name_holds_only_that_name(tmp_path, nursery,
+                                                             monkeypatch):
+    """Two early unlinks of one name (two mounts, or a resend): the second queues
+    behind the first without holding every other request of the shard (a
+    reviewer saw an unrelated getattr wait for the first one's commit)."""
+    mds = MdsCluster(tmp_path, nursery, 1)
+    await mds.start_all()
+    shard = mds.handles[0].shard
+    other = (await mds.create(ROOT, b"other"))["ino"]
+    await mds.create(ROOT, b"twice")
+    outcome = {}
+    gate = _hold_commits(shard, monkeypatch)
+    try:
+        for key in ("first", "second"):
+            nursery.start_soon(_record, outcome, key, partial(mds.call_entry, early=True),
+                               "unlink", ROOT, b"twice")
+        with trio.fail_after(10):
+            while len(shard.ns.removals._names.get((ROOT, b"twice"), ())) < 2:
+                await trio.sleep(0.01)  # until both are queued, under fail_after
+        with trio.fail_after(5):
+            assert (await mds.getattr(other))["nlink"] == 1
+    finally:
+        gate.set()
+    with trio.fail_after(20):
+        while len(outcome) < 2:
+            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    assert sorted(type(v).__name__ for v in outcome.values()) == ["NotFound", "dict"], outcome
+
+
+async def test_an_early_unlink_never_waits_for_a_slot_that_its_waiters_hold(
+        tmp_path, nursery, monkeypatch):
+    """With a connection's request slots all held by requests that wait for early
+    unlinks, a further early unlink on it must still be read and registered, or
+    they wait for each other for ever, and with them the whole shard (a
+    reviewer's case; here with two slots per connection instead of 128)."""
+    monkeypatch.setattr(rpc, "MAX_IN_FLIGHT_PER_CONN", 2)
+    mds = MdsCluster(tmp_path, nursery, 1)
+    await mds.start_all()
+    shard = mds.handles[0].shard
+    for name in (b"x", b"d", b"y1", b"y2"):
+        await mds.create(ROOT, name)
+    other_mount = rpc.RpcClient(nursery, mds.config.mds[0], mds.config.cluster_id,
+                                mds.config.key, "other mount")
+    outcome = {}
+
+    async def unlink_x():  # another mount's early unlink, its commit held
+        args = {"parent": ROOT, "name": b"x", "rid": os.urandom(16), "early": True}
+        outcome["x"] = await other_mount.call("unlink", args)
+
+    gate = _hold_commits(shard, monkeypatch)
+    try:
+        nursery.start_soon(unlink_x)
+        with trio.fail_after(10):
+            while (ROOT, b"x") not in shard.ns.removals._names:
+                await trio.sleep(0.01)  # until it is registered, under fail_after
+        for target in (b"y1", b"y2"):  # both slots of this connection, waiting for x
+            nursery.start_soon(_record, outcome, target.decode(), mds.rename, ROOT, b"x", ROOT,
+                               target)
+        with trio.fail_after(10):
+            while shard.ns.removals._names[(ROOT, b"x")][-1].statistics().tasks_waiting < 2:
+                await trio.sleep(0.01)  # until both renames wait, under fail_after
+        nursery.start_soon(_record, outcome, "d", partial(mds.call_entry, early=True),
+                           "unlink", ROOT, b"d")
+        with trio.fail_after(10):
+            while shard.ns.removals._arriving:
+                await trio.sleep(0.01)  # until the unlink of d registered, under fail_after
+    finally:
+        gate.set()
+    with trio.fail_after(20):
+        while len(outcome) < 4:
+            await trio.sleep(0.01)  # everything answers, under fail_after
+    assert isinstance(outcome["y1"], errors.NotFound) and isinstance(outcome["y2"],
+                                                                     errors.NotFound)
+    with trio.fail_after(5):
+        assert (await mds.lookup(ROOT, b"y1"))["nlink"] == 1
 
 
 def _conflicted(mds) -> bool:

@@ -296,10 +296,12 @@ def test_a_file_renamed_to_another_shard_is_unlinked_after_its_commit(cluster, w
         parent = os.stat(directory).st_ino
         [made] = _names_on_shard(parent, 0, 1, "m")
         [moved] = _names_on_shard(parent, 1, 1, "r")
-        (directory / made).write_bytes(b"x")
+        [plain] = _names_on_shard(parent, 1, 1, "p")
+        _make_files(directory, [made, plain])
         os.rename(directory / made, directory / moved)
-        os.stat(directory / moved)
+        assert moved in os.listdir(directory)  # (the listing tells the client its type)
         with _ShardStopped(cluster, 1):
+            os.unlink(directory / plain)  # made on its name's shard: answered at once
             with pytest.raises(OSError) as failed:
                 os.unlink(directory / moved)
         assert failed.value.errno in (errno.ETIMEDOUT, errno.EIO), failed.value
