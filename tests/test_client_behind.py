@@ -63,6 +63,14 @@ class _OneLink(dict):
 _ONE_LINK = _OneLink()
 
 
+async def _pending(nursery, window: int, *unlinks) -> tuple[UnlinksBehind, _Requests]:
+    """An UnlinksBehind with the `(parent, name, ino)` unlinks on their way."""
+    behind, requests = UnlinksBehind(nursery, window), _Requests()
+    for parent, name, ino in unlinks:
+        await _unlink(behind, requests, parent, name, ino)
+    return behind, requests
+
+
 async def _finished(fn, *args) -> bool:
     """Whether `fn(*args)` returns once everything runnable has run (virtual time)."""
     done = trio.Event()
@@ -110,10 +118,7 @@ async def test_only_known_files_with_one_name_not_open_here_go_early(nursery):
 
 
 async def test_waits_cover_name_inode_directory_and_all(nursery):
-    behind = UnlinksBehind(nursery, 8)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"a", 21)
-    await _unlink(behind, requests, OTHER_DIR, b"b", 22)
+    behind, requests = await _pending(nursery, 8, (DIR, b"a", 21), (OTHER_DIR, b"b", 22))
     await trio.testing.wait_all_tasks_blocked()
     assert requests.sent == [b"a", b"b"] and behind
     assert not await _finished(behind.settle_name, DIR, b"a")
@@ -135,9 +140,7 @@ async def test_waits_cover_name_inode_directory_and_all(nursery):
 
 async def test_settle_all_waits_only_for_what_was_pending(nursery):
     """A rename or rmdir must not wait as long as another process keeps unlinking."""
-    behind = UnlinksBehind(nursery, 8)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"first", 61)
+    behind, requests = await _pending(nursery, 8, (DIR, b"first", 61))
     waiter = trio.Event()
 
     async def settle():
@@ -155,10 +158,8 @@ async def test_settle_all_waits_only_for_what_was_pending(nursery):
 
 
 async def test_an_rmdir_waits_for_the_directory_it_names(nursery):
-    behind = UnlinksBehind(nursery, 8)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"in-dir", 71)
-    await _unlink(behind, requests, OTHER_DIR, b"in-other", 72)
+    behind, requests = await _pending(nursery, 8, (DIR, b"in-dir", 71),
+                                      (OTHER_DIR, b"in-other", 72))
     places = {DIR: (100, b"dir"), OTHER_DIR: (100, b"other")}
     # rmdir of "other" waits for OTHER_DIR only.
     assert not await _finished(behind.settle_dir_at, 100, b"other", places.get)
@@ -173,10 +174,7 @@ async def test_an_rmdir_waits_for_the_directory_it_names(nursery):
 
 
 async def test_the_window_bounds_unlinks_in_flight(nursery):
-    behind = UnlinksBehind(nursery, 2)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"one", 31)
-    await _unlink(behind, requests, DIR, b"two", 32)
+    behind, requests = await _pending(nursery, 2, (DIR, b"one", 31), (DIR, b"two", 32))
     behind.saw(DIR, b"three", 33, FILE)
     assert not await _finished(behind.reserve, DIR, b"three")
     requests.finish(b"one")
@@ -194,9 +192,7 @@ async def test_the_window_bounds_unlinks_in_flight(nursery):
     (errors.NotFound("gone already"), False),  # the name is gone either way
 ])
 async def test_a_failure_is_reported_once_to_the_directory(nursery, error, reported):
-    behind = UnlinksBehind(nursery, 4)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"f", 41)
+    behind, requests = await _pending(nursery, 4, (DIR, b"f", 41))
     requests.finish(b"f", error)
     await behind.settle_dir(DIR)
     failure = behind.take_failure(DIR)
@@ -208,9 +204,7 @@ async def test_a_failure_is_reported_once_to_the_directory(nursery, error, repor
 
 
 async def test_a_bug_in_the_request_costs_one_failure_not_the_mount(nursery):
-    behind = UnlinksBehind(nursery, 4)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"f", 51)
+    behind, requests = await _pending(nursery, 4, (DIR, b"f", 51))
     requests.finish(b"f", KeyError("a bug"))
     await behind.settle_all()
     assert isinstance(behind.take_failure(DIR), errors.IOFailure)
@@ -235,9 +229,7 @@ async def test_a_reply_read_before_an_unlink_landed_is_known_stale(nursery):
     """A lookup of another name of the file, read by the shard before the unlink's
     commit and answered after it: its link count is the old one (CI caught a
     stat saying 2 links after the unlink of one of two names)."""
-    behind = UnlinksBehind(nursery, 4)
-    requests = _Requests()
-    await _unlink(behind, requests, DIR, b"a", 91)
+    behind, requests = await _pending(nursery, 4, (DIR, b"a", 91))
     since = behind.ends  # the lookup goes out now
     assert behind.stale(91, since) and not behind.stale(92, since)
     requests.finish(b"a")

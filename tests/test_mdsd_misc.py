@@ -180,6 +180,15 @@ async def test_a_commit_that_writes_nothing_says_so(mds):
     assert covered["unchanged"] and covered["gen"] == later["gen"]
 
 
+async def _until(predicate, what: str, seconds: float = 10):
+    """Poll `predicate` until it holds; fail, naming `what`, after `seconds`."""
+    deadline = trio.current_time() + seconds
+    while not predicate():
+        if trio.current_time() > deadline:
+            raise AssertionError(f"still waiting after {seconds:g}s for {what}")
+        await trio.sleep(0.01)  # polls the condition, up to the deadline above
+
+
 async def _record(outcome: dict, key: str, fn, *args):
     """outcome[key] = what fn(*args) returns or raises (a LoomError)."""
     try:
@@ -229,23 +238,17 @@ async def test_an_open_racing_an_unlink_waits_for_its_commit(tmp_path, nursery, 
 
     try:
         nursery.start_soon(unlink)
-        with trio.fail_after(10):
-            while ino not in shard.sessions._dropping:
-                await trio.sleep(0.01)  # until the drop is decided, under fail_after
+        await _until(lambda: ino in shard.sessions._dropping, "the drop to be decided")
         ended = shard.sessions._dropping[ino][1]
         # The open waits for the unlink received (mdsd.removals), or for the drop.
         removal = shard.ns.removals._inos.get(ino, ended)
         nursery.start_soon(open_)
-        with trio.fail_after(10):
-            while "open" not in outcome and not ended.statistics().tasks_waiting \
-                    and not removal.statistics().tasks_waiting:
-                await trio.sleep(0.01)  # until the open answers or waits, under fail_after
+        await _until(lambda: "open" in outcome or ended.statistics().tasks_waiting
+                     or removal.statistics().tasks_waiting, "the open to answer or wait")
         assert "open" not in outcome, f"open answered before the unlink committed: {outcome}"
     finally:
         gate.set()
-    with trio.fail_after(10):
-        while len(outcome) < 2:
-            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    await _until(lambda: len(outcome) == 2, "both to answer once the commit is let go")
     assert isinstance(outcome["open"], errors.NotFound), outcome
     assert not shard.sessions.is_open(ino) and not shard.sessions._dropping
 
@@ -279,22 +282,17 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
     try:
         nursery.start_soon(_record, outcome, "unlink",
                            partial(mds.call_entry, early=True), "unlink", ROOT, b"ckpt")
-        with trio.fail_after(10):
-            while old not in removals._inos:
-                await trio.sleep(0.01)  # until the unlink read its entry, under fail_after
+        await _until(lambda: old in removals._inos, "the unlink to read its entry")
         event = removals._inos[old]
         for key, (fn, *args) in others.items():
             nursery.start_soon(_record, outcome, key, fn, *args)
-        with trio.fail_after(10):
-            while len(outcome) < len(others) + 1 \
-                    and event.statistics().tasks_waiting < len(others):
-                await trio.sleep(0.01)  # until all answer or wait, under fail_after
+        await _until(lambda: len(outcome) == len(others) + 1
+                     or event.statistics().tasks_waiting >= len(others), "all to answer or wait")
         assert not outcome, f"answered before the unlink committed: {outcome}"
     finally:
         gate.set()
-    with trio.fail_after(20):
-        while len(outcome) < len(others) + 1:
-            await trio.sleep(0.01)  # all answer once the commit is let go, under fail_after
+    await _until(lambda: len(outcome) == len(others) + 1,
+                 "all to answer once the commit is let go", 20)
     assert isinstance(outcome["getattr"], errors.NotFound), outcome
     assert isinstance(outcome["open"], errors.NotFound), outcome
     assert old not in {e[2]["ino"] for e in outcome["readdir"]["entries"]}, outcome
@@ -326,20 +324,15 @@ async def test_a_rename_coordinated_elsewhere_waits_for_an_early_unlink(tmp_path
         nursery.start_soon(_record, outcome, "unlink", partial(mds.call_entry, early=True),
                            "unlink",
                            ROOT, src)
-        with trio.fail_after(10):
-            while (ROOT, src) not in shard.ns.removals._names:
-                await trio.sleep(0.01)  # until the unlink arrived, under fail_after
+        await _until(lambda: (ROOT, src) in shard.ns.removals._names, "the unlink to arrive")
         nursery.start_soon(_record, outcome, "rename", mds.rename, ROOT, src, ROOT, dst)
-        with trio.fail_after(10):
-            while "rename" not in outcome and not shard.ns.removals._names[(ROOT, src)][-1] \
-                    .statistics().tasks_waiting and not _conflicted(mds):
-                await trio.sleep(0.01)  # until the rename answers or retries, under fail_after
+        held = shard.ns.removals._names[(ROOT, src)][-1]
+        await _until(lambda: "rename" in outcome or held.statistics().tasks_waiting
+                     or _conflicted(mds), "the rename to answer or retry")
         assert "rename" not in outcome, outcome
     finally:
         gate.set()
-    with trio.fail_after(20):
-        while len(outcome) < 2:
-            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    await _until(lambda: len(outcome) == 2, "both to answer once the commit is let go", 20)
     assert isinstance(outcome["rename"], errors.NotFound), outcome
     with pytest.raises(errors.NotFound):
         await mds.lookup(ROOT, dst)
@@ -375,16 +368,13 @@ async def test_a_second_unlink_of_a_name_holds_only_that_name(tmp_path, nursery,
         for key in ("first", "second"):
             nursery.start_soon(_record, outcome, key, partial(mds.call_entry, early=True),
                                "unlink", ROOT, b"twice")
-        with trio.fail_after(10):
-            while len(shard.ns.removals._names.get((ROOT, b"twice"), ())) < 2:
-                await trio.sleep(0.01)  # until both are queued, under fail_after
+        await _until(lambda: len(shard.ns.removals._names.get((ROOT, b"twice"), ())) == 2,
+                     "both unlinks to queue")
         with trio.fail_after(5):
             assert (await mds.getattr(other))["nlink"] == 1
     finally:
         gate.set()
-    with trio.fail_after(20):
-        while len(outcome) < 2:
-            await trio.sleep(0.01)  # both answer once the commit is let go, under fail_after
+    await _until(lambda: len(outcome) == 2, "both to answer once the commit is let go", 20)
     assert sorted(type(v).__name__ for v in outcome.values()) == ["NotFound", "dict"], outcome
 
 
@@ -411,25 +401,18 @@ async def test_an_early_unlink_never_waits_for_a_slot_that_its_waiters_hold(
     gate = _hold_commits(shard, monkeypatch)
     try:
         nursery.start_soon(unlink_x)
-        with trio.fail_after(10):
-            while (ROOT, b"x") not in shard.ns.removals._names:
-                await trio.sleep(0.01)  # until it is registered, under fail_after
+        await _until(lambda: (ROOT, b"x") in shard.ns.removals._names, "x's unlink to register")
         for target in (b"y1", b"y2"):  # both slots of this connection, waiting for x
             nursery.start_soon(_record, outcome, target.decode(), mds.rename, ROOT, b"x", ROOT,
                                target)
-        with trio.fail_after(10):
-            while shard.ns.removals._names[(ROOT, b"x")][-1].statistics().tasks_waiting < 2:
-                await trio.sleep(0.01)  # until both renames wait, under fail_after
+        held = shard.ns.removals._names[(ROOT, b"x")][-1]
+        await _until(lambda: held.statistics().tasks_waiting >= 2, "both renames to wait")
         nursery.start_soon(_record, outcome, "d", partial(mds.call_entry, early=True),
                            "unlink", ROOT, b"d")
-        with trio.fail_after(10):
-            while shard.ns.removals._arriving:
-                await trio.sleep(0.01)  # until the unlink of d registered, under fail_after
+        await _until(lambda: not shard.ns.removals._arriving, "d's unlink to register")
     finally:
         gate.set()
-    with trio.fail_after(20):
-        while len(outcome) < 4:
-            await trio.sleep(0.01)  # everything answers, under fail_after
+    await _until(lambda: len(outcome) == 4, "everything to answer", 20)
     assert isinstance(outcome["y1"], errors.NotFound) and isinstance(outcome["y2"],
                                                                      errors.NotFound)
     with trio.fail_after(5):

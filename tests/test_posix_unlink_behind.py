@@ -62,18 +62,15 @@ class _InThread(threading.Thread):
         return not self.is_alive()
 
 
-class _ShardStopped:
-    """SIGSTOP metadata server `shard` for the body of a with block."""
-
-    def __init__(self, cluster, shard: int):
-        self.node = cluster.nodes()[f"mds{shard}"]
-
-    def __enter__(self):
-        assert cluster_script.send_signal(self.node, signal.SIGSTOP)
-        return self
-
-    def __exit__(self, *exc):
-        cluster_script.send_signal(self.node, signal.SIGCONT)
+@contextlib.contextmanager
+def _ShardStopped(cluster, shard: int):
+    """Metadata server `shard` SIGSTOPped for the body of a with block."""
+    node = cluster.nodes()[f"mds{shard}"]
+    assert cluster_script.send_signal(node, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        cluster_script.send_signal(node, signal.SIGCONT)
 
 
 def test_this_mount_sees_its_unlinks_at_once(cluster, workdir):
