@@ -421,20 +421,31 @@ class DataPath:
         unit = fd.layout.unit
         first, last = offset // unit, (end - 1) // unit
         if read_ahead:
-            last = min(last + max(fd.layout.count, 2), (fd.size - 1) // unit)
+            # The chunks past this request are fetched in the background: the
+            # request waits only for its own, so the fetches of the next stripe
+            # overlap the kernel's next requests instead of holding this one.
+            ahead_end = min(last + 2 * max(fd.layout.count, 2), (fd.size - 1) // unit)
+            for chunk_index in range(last + 1, ahead_end + 1):
+                if chunk_index not in fd.read_cache and chunk_index not in fd.fetching:
+                    # Claimed now, so that a request arriving before the task runs
+                    # waits for this fetch instead of starting a second one.
+                    claim = self._claim(fd, chunk_index)
+                    self.nursery.start_soon(self._read_ahead, fd, chunk_index, claim,
+                                            name=f"read-ahead ino {fd.ino}")
         failed: dict[int, errors.LoomError] = {}
 
         async def cache(chunk_index):
-            # A chunk that cannot be read fails only a read that reaches it, not
-            # one that merely read ahead past it.
             try:
                 await self._cache_chunk(fd, chunk_index)
             except errors.LoomError as exc:
                 failed[chunk_index] = exc
 
-        async with trio.open_nursery() as nursery:
-            for chunk_index in range(first, last + 1):
-                if chunk_index not in fd.read_cache:
+        missing = [ci for ci in range(first, last + 1) if ci not in fd.read_cache]
+        if len(missing) == 1:
+            await cache(missing[0])
+        elif missing:
+            async with trio.open_nursery() as nursery:
+                for chunk_index in missing:
                     nursery.start_soon(cache, chunk_index)
         pieces = list(fd.layout.chunks(offset, end - offset))
         if len(pieces) == 1 and pieces[0][0] in fd.read_cache:
@@ -450,6 +461,17 @@ class DataPath:
                 in_chunk = 0
             out += _pad(data[in_chunk:in_chunk + length], length)
         return bytes(out)
+
+    async def _read_ahead(self, fd: FileData, chunk_index: int, claim) -> None:
+        """Fetch one chunk past a sequential read into the read cache.  A chunk
+        that cannot be read fails only a read that reaches it (which tries it
+        again), not the one that merely read ahead past it."""
+        try:
+            await self._fill(fd, chunk_index, claim)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.debug("read-ahead of ino %d chunk %d: %s", fd.ino, chunk_index, exc)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("read-ahead of ino %d chunk %d failed", fd.ino, chunk_index)
 
     def prefetch(self, ino: int, file_layout: Layout, size: int, stamp=()) -> Prefetch:
         """Start fetching chunk 0 of `ino` for an open on its way (see the module
@@ -506,9 +528,18 @@ class DataPath:
             if failure is not None:
                 raise failure
             return
+        await self._fill(fd, chunk_index, self._claim(fd, chunk_index))
+
+    @staticmethod
+    def _claim(fd: FileData, chunk_index: int) -> tuple:
+        """Mark a fetch of the chunk as on its way (for `_fill`), so that
+        concurrent readers wait for it."""
         fd.failed_fetch.pop(chunk_index, None)  # a new attempt
         fd.fetching[chunk_index] = done = trio.Event()
-        generation = fd.generation
+        return done, fd.generation
+
+    async def _fill(self, fd: FileData, chunk_index: int, claim: tuple) -> None:
+        done, generation = claim
         try:
             data = await self._fetch(fd, chunk_index, 0, fd.layout.unit)
             # Not when a write or truncate raced the fetch, nor while this client

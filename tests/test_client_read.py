@@ -1,8 +1,11 @@
 """client.data's read path without a cluster: which reads fetch whole chunks, and the
 prefetch of a small file's chunk while its open is on its way."""
 
+import pytest
 import trio
 import trio.testing
+
+from loomproto import errors
 
 from client.data import DataPath, FileData
 from loomproto.layout import Layout
@@ -33,12 +36,63 @@ async def test_random_small_reads_near_the_last_one_fetch_just_their_range(nurse
 
     fetched.clear()
     await data.read(fd, 100 * UNIT + 304_096, 4096)  # right where the last one ended
-    assert sorted(fetched) == [(c, 0, UNIT) for c in range(100, 105)]  # chunk + read-ahead
+    await trio.testing.wait_all_tasks_blocked()  # the read-ahead runs in the background
+    # The chunk, and two stripes (4 chunks each) of read-ahead.
+    assert sorted(fetched) == [(c, 0, UNIT) for c in range(100, 109)]
 
     fetched.clear()
     for offset in (8 * UNIT + 131072, 8 * UNIT, 8 * UNIT + 393216, 8 * UNIT + 262144):
         await data.read(fd, offset, 131072)  # kernel read-ahead, out of order
     assert {length for _, _, length in fetched} == {UNIT}
+
+
+async def test_a_sequential_read_does_not_wait_for_its_read_ahead(nursery):
+    """The read-ahead past a request goes on in the background: a slow fetch of a
+    chunk ahead holds neither this read nor the next ones before that chunk."""
+    data, fetched, fd = recording_path(nursery)
+    plain_fetch = data._fetch
+    release = trio.Event()
+
+    async def slow_past_chunk_1(fd_, chunk_index, offset, length):
+        if chunk_index > 1:
+            await release.wait()
+        return await plain_fetch(fd_, chunk_index, offset, length)
+
+    data._fetch = slow_past_chunk_1
+    with trio.fail_after(5):
+        assert await data.read(fd, 0, UNIT) == b"\x00" * UNIT
+        assert await data.read(fd, UNIT, UNIT) == b"\x01" * UNIT
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(c for c, _, _ in fetched) == [0, 1]  # chunks 2..9 are still on their way
+    assert set(fd.fetching) == set(range(2, 10))
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not fd.fetching and set(range(2, 10)) <= set(fd.read_cache)
+    fetched.clear()
+    assert await data.read(fd, 2 * UNIT, UNIT) == b"\x02" * UNIT
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(c for c, _, _ in fetched) == [10]  # the read-ahead moved one chunk on
+
+
+async def test_a_failed_read_ahead_fails_only_a_read_that_reaches_it(nursery):
+    data, fetched, fd = recording_path(nursery)
+    plain_fetch = data._fetch
+    broken = {3}
+
+    async def fetch(fd_, chunk_index, offset, length):
+        if chunk_index in broken:
+            raise errors.IOFailure(f"chunk {chunk_index} unreadable")
+        return await plain_fetch(fd_, chunk_index, offset, length)
+
+    data._fetch = fetch
+    assert await data.read(fd, 0, UNIT) == b"\x00" * UNIT
+    await trio.testing.wait_all_tasks_blocked()
+    assert await data.read(fd, UNIT, UNIT) == b"\x01" * UNIT
+    assert await data.read(fd, 2 * UNIT, UNIT) == b"\x02" * UNIT
+    with pytest.raises(errors.IOFailure):
+        await data.read(fd, 3 * UNIT, UNIT)
+    broken.clear()
+    assert await data.read(fd, 3 * UNIT, UNIT) == b"\x03" * UNIT  # tried again
 
 
 async def test_a_range_read_over_two_chunks_fetches_both_pieces(nursery):
