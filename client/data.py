@@ -450,7 +450,10 @@ class DataPath:
         pieces = list(fd.layout.chunks(offset, end - offset))
         if len(pieces) == 1 and pieces[0][0] in fd.read_cache:
             chunk_index, in_chunk, length = pieces[0]
-            return _pad(fd.read_cache[chunk_index][in_chunk:in_chunk + length], length)
+            # A view, not a slice: a cached chunk is a bytearray, whose slices copy
+            # (a megabyte per request); cached chunks are replaced, never changed.
+            return _pad(memoryview(fd.read_cache[chunk_index])[in_chunk:in_chunk + length],
+                        length)
         out = bytearray()
         for chunk_index, in_chunk, length in pieces:
             data = fd.read_cache.get(chunk_index)
@@ -459,8 +462,8 @@ class DataPath:
             if data is None:  # evicted meanwhile by a concurrent reader
                 data = await self._fetch(fd, chunk_index, in_chunk, length)
                 in_chunk = 0
-            out += _pad(data[in_chunk:in_chunk + length], length)
-        return bytes(out)
+            out += _pad(memoryview(data)[in_chunk:in_chunk + length], length)
+        return out
 
     async def _read_ahead(self, fd: FileData, chunk_index: int, claim) -> None:
         """Fetch one chunk past a sequential read into the read cache.  A chunk
