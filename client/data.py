@@ -8,8 +8,10 @@ replicas.  A failed chunk write is remembered and reported by the next
 `flush`/`fsync` of the file (as NFS does), since `write` has returned already.
 
 Reads go to the chunk's primary (the next replica when it fails).  A reader
-that moves sequentially gets whole chunks and a read-ahead of the next stripe,
-fetched from several OSDs concurrently; random reads fetch just their range.
+that moves sequentially gets whole chunks and a read-ahead of the next two
+stripes, fetched from several OSDs concurrently in background tasks: a request
+waits only for its own chunks, and a chunk ahead is fetched once however many
+requests want it.  Random reads fetch just their range.
 A file of at most one chunk opened read-only, and open nowhere else on this
 mount, has that chunk fetched while its open goes to the shard (`prefetch`):
 the kernel sends the first read only after the open's reply, so a small file
