@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 SMALL_READ = 64 << 10  # reads below this that jump around fetch just their range
 READ_CACHE_STRIPES = 4
+# Chunks fetched ahead in the background, over all files: read-ahead is optional,
+# and past this a sequential read fetches only what it asks for.
+READ_AHEAD_MAX = 64
 READ_REORDER = 16  # requests of one size the kernel may have in flight out of order
 # A chunk that no replica served within io_timeout is tried for only
 # QUICK_RETRY seconds by the reads in the next GAVE_UP_FOR seconds, while the
@@ -147,6 +150,7 @@ class FileData:
         # A fetch of chunk 0 begun by the open (`DataPath.prefetch`) that failed:
         # the read that waited for it fails with this instead of waiting again.
         self.failed_fetch: dict[int, errors.LoomError] = {}
+        self.reading_ahead: set[trio.CancelScope] = set()  # see DataPath.closed
 
 
 class Prefetch:
@@ -171,6 +175,7 @@ class DataPath:
         self.write_window = write_window
         self.io_timeout = io_timeout
         self._slots = trio.Semaphore(max_in_flight)
+        self._reading_ahead = 0  # background read-ahead fetches, over all files
         self._orders: OrderedDict[tuple, list[int]] = OrderedDict()
         # (ino, chunk index) -> (map epoch, until) of reads that gave up
         self._gave_up: OrderedDict[tuple, tuple] = OrderedDict()
@@ -428,10 +433,13 @@ class DataPath:
             # overlap the kernel's next requests instead of holding this one.
             ahead_end = min(last + 2 * max(fd.layout.count, 2), (fd.size - 1) // unit)
             for chunk_index in range(last + 1, ahead_end + 1):
+                if self._reading_ahead >= READ_AHEAD_MAX:
+                    break
                 if chunk_index not in fd.read_cache and chunk_index not in fd.fetching:
                     # Claimed now, so that a request arriving before the task runs
                     # waits for this fetch instead of starting a second one.
                     claim = self._claim(fd, chunk_index)
+                    self._reading_ahead += 1
                     self.nursery.start_soon(self._read_ahead, fd, chunk_index, claim,
                                             name=f"read-ahead ino {fd.ino}")
         failed: dict[int, errors.LoomError] = {}
@@ -471,12 +479,26 @@ class DataPath:
         """Fetch one chunk past a sequential read into the read cache.  A chunk
         that cannot be read fails only a read that reaches it (which tries it
         again), not the one that merely read ahead past it."""
+        scope = trio.CancelScope()
+        fd.reading_ahead.add(scope)
         try:
-            await self._fill(fd, chunk_index, claim)
+            with scope:
+                await self._fill(fd, chunk_index, claim)
         except (errors.LoomError, trio.TooSlowError) as exc:
             log.debug("read-ahead of ino %d chunk %d: %s", fd.ino, chunk_index, exc)
         except Exception:  # a background task: a bug here must not end the mount
             log.exception("read-ahead of ino %d chunk %d failed", fd.ino, chunk_index)
+        finally:
+            fd.reading_ahead.discard(scope)
+            self._reading_ahead -= 1
+
+    @staticmethod
+    def closed(fd: FileData) -> None:
+        """The file's last handle here is released: its fetches ahead are given up
+        (a closed file's chunks would only be dropped, and with an OSD down each
+        would otherwise retry for io_timeout)."""
+        for scope in list(fd.reading_ahead):
+            scope.cancel()
 
     def prefetch(self, ino: int, file_layout: Layout, size: int, stamp=()) -> Prefetch:
         """Start fetching chunk 0 of `ino` for an open on its way (see the module
@@ -647,6 +669,14 @@ class DataPath:
         await self.drain(fd)
         fd.read_cache.clear()
         fd.generation += 1
+        try:
+            await self._cut(fd, size)
+        finally:
+            # A read while the OSDs cut may have fetched bytes from before the cut.
+            fd.read_cache.clear()
+            fd.generation += 1
+
+    async def _cut(self, fd: FileData, size: int) -> None:
         # A chunk none of whose replicas is up (one replica, say) is neither cut
         # nor recorded as missed by anyone: the old bytes would come back with
         # its OSD.  Such a file is flagged below.

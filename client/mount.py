@@ -14,7 +14,9 @@ metadata call retries an unreachable shard before EIO, and waits for a shard
 that holds its connection open without answering before ETIMEDOUT; default 60),
 ``io_timeout=S`` (the same for OSDs, default 60), ``unlink_window=N`` (unlinks
 of files answered before their commit, at most N in flight, default 64; 0
-answers each after its commit; see client.behind), ``writeback_cache`` (the
+answers each after its commit; see client.behind), ``statahead=0`` (lookups of
+many names of one directory are no longer answered from a listing fetched
+ahead; on by default, see client.statahead), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
 README "Kernel writeback cache" for the trade-off).  With LOOMFS_PROFILE=FILE in
@@ -52,7 +54,8 @@ UNMOUNT_UNLINKS_SECONDS = 15.0
 DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
-                "debug_faults": bool, "writeback_cache": bool, "unlink_window": int}
+                "debug_faults": bool, "writeback_cache": bool, "unlink_window": int,
+                "statahead": bool}
 # Below these a setting makes no sense: every call would time out at once, or
 # nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
 _LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
@@ -69,7 +72,8 @@ def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
-           "debug_faults": False, "writeback_cache": False, "unlink_window": 64}
+           "debug_faults": False, "writeback_cache": False, "unlink_window": 64,
+           "statahead": True}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
@@ -205,7 +209,8 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
                              on_init=lambda: nursery.start_soon(
                                  _tune_mount, mountpoint, own["readahead_kb"]),
                              debug_faults=own["debug_faults"],
-                             unlink_window=own["unlink_window"])
+                             unlink_window=own["unlink_window"],
+                             statahead=own["statahead"])
         # Read by pyfuse3 when the kernel's INIT arrives.  The kernel then owns
         # size and mtime while it holds dirty pages, turns O_APPEND into writes
         # at its own size, and may read partial pages through write-only handles.

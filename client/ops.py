@@ -39,6 +39,8 @@ from .behind import UnlinksBehind
 from .data import FileData
 from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
 from .meta import check_name
+from .statahead import MAX_ENTRIES as STATAHEAD_MAX_ENTRIES
+from .statahead import MIN_TIMEOUT, Listing, StatAhead
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +101,6 @@ def _guarded(handler):
     return wrapper
 
 
-@contextlib.contextmanager
-def _stale_if_gone():
-    """NotFound of the inode an open names becomes ESTALE.  The kernel reached it
-    through a name cached for `entry_timeout`, which another mount has since
-    removed or pointed elsewhere; on ESTALE from open it looks the name up afresh
-    (LOOKUP_REVAL) and tries again, where ENOENT would end the call on a name that
-    may well exist.  (Not for getattr: an fstat of a removed directory held open,
-    or a stat of a removed working directory, would then fail with ESTALE where a
-    local filesystem answers, a tester found.)"""
-    try:
-        yield
-    except errors.NotFound:
-        raise pyfuse3.FUSEError(errno.ESTALE) from None
-
-
 def _brief(args: tuple) -> tuple:
     """Handler arguments for a log line: no request contexts, no large buffers."""
     return tuple(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
@@ -159,7 +146,8 @@ class LoomOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 on_init=None, debug_faults: bool = False, unlink_window: int = 0):
+                 on_init=None, debug_faults: bool = False, unlink_window: int = 0,
+                 statahead: bool = True):
         super().__init__()
         self.on_init = on_init
         self.debug_faults = debug_faults
@@ -180,6 +168,9 @@ class LoomOperations(pyfuse3.Operations):
         nursery = getattr(meta.cluster, "nursery", None)
         self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0,
                                     on_failure=self._unlink_failed)
+        # Listings fetched when a directory's names are looked up one by one
+        # (client.statahead); none without a nursery to fetch them in.
+        self.statahead = StatAhead(entry_timeout if statahead and nursery is not None else 0.0)
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -247,6 +238,9 @@ class LoomOperations(pyfuse3.Operations):
             # no negative entry of it, so the lease's end takes effect at once.
             self.dir_names.forget_at(parent_inode, name)
             return self._negative(0)
+        entry = self._statahead_hit(parent_inode, name)
+        if entry is not None:
+            return entry
         for _ in range(STALE_RETRIES):
             since = self.behind.ends
             try:
@@ -263,8 +257,96 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(attr["ino"])
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
+        elif name not in (b".", b".."):
+            self._statahead_missed(parent_inode)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
         return self._entry(attr)
+
+    def _statahead_hit(self, parent_inode: int, name: bytes):
+        """The entry of `name` from a listing of `parent_inode` fetched ahead
+        (client.statahead), with what is left of the entry and attribute
+        timeouts; None when the shard must be asked."""
+        now = time.monotonic()
+        found = self.statahead.find(parent_inode, name, now)
+        if found is None:
+            return None
+        ino, listing = found
+        attr = self.meta.attrs.get(ino)
+        fetched = self.meta.fetched.get(ino)
+        if attr is None or fetched is None:
+            listing.gone += 1  # forgotten since: enough of those fetch it again
+            return None
+        if attr["nlink"] != 1 or not (stat.S_ISREG(attr["mode"]) or stat.S_ISLNK(attr["mode"])):
+            return None
+        attr_left = self.attr_timeout - (now - fetched)
+        entry_left = self.statahead.entry_left(listing, now)
+        if min(attr_left, entry_left) < MIN_TIMEOUT or self.behind.stale(ino, listing.since):
+            return None
+        listing.hits += 1
+        entry = self._named(parent_inode, name, attr)
+        entry.attr_timeout = attr_left
+        entry.entry_timeout = entry_left
+        return entry
+
+    def _statahead_missed(self, parent_inode: int) -> None:
+        """A lookup in `parent_inode` went to a shard: maybe fetch its listing."""
+        dir_attr = self.meta.attrs.get(parent_inode)
+        entries = (dir_attr["size"] if dir_attr is not None and stat.S_ISDIR(dir_attr["mode"])
+                   else None)
+        if self.statahead.missed(parent_inode, entries, time.monotonic()):
+            generation = self.statahead.fetch_started(parent_inode)
+            self.meta.cluster.nursery.start_soon(self._fetch_listing, parent_inode, generation,
+                                                 name=f"stat-ahead of {parent_inode}")
+
+    async def _fetch_listing(self, parent_inode: int, generation: int) -> None:
+        listing = None
+        try:
+            await self.behind.settle_dir(parent_inode)  # a listing shows our unlinks
+            since = self.behind.ends
+            started = time.monotonic()
+            names: dict[bytes, int] = {}
+            for shard in range(self.meta.cluster.nshards):
+                after = 0
+                while True:
+                    reply = await self.meta.readdir(parent_inode, shard, after, READDIR_BATCH)
+                    for name, seq, attr in reply["entries"]:
+                        names[name] = attr["ino"]
+                        after = seq
+                    if len(names) > STATAHEAD_MAX_ENTRIES:  # it grew since its size was read
+                        return
+                    if not reply["more"]:
+                        break
+            listing = Listing(names, started, since)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.debug("stat-ahead of directory %d: %s", parent_inode, exc)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("stat-ahead of directory %d failed", parent_inode)
+        finally:
+            self.statahead.fetch_ended(parent_inode, generation, listing)
+
+    def _stale(self) -> pyfuse3.FUSEError:
+        """ESTALE, for an open or stat of an inode that the kernel reached through a
+        name another mount has since removed or pointed elsewhere (`mv tmp cfg`): on
+        ESTALE the kernel looks the name up afresh (LOOKUP_REVAL) and tries again,
+        where ENOENT would end the call on a name that may well exist.  That lookup
+        must reach a shard, so the listings fetched ahead are dropped: one of them
+        may be what gave the kernel the name.  (Only where a name was used: an fstat
+        of a removed directory held open, or a stat of a removed working directory,
+        answer as a local filesystem does, a tester found.)"""
+        self.statahead.distrust()
+        return pyfuse3.FUSEError(errno.ESTALE)
+
+    @contextlib.contextmanager
+    def _changing_names(self, *parents: int):
+        """Around a namespace change of ours in `parents`: their listings fetched
+        ahead, and fetches that overlap the change, are dropped (client.statahead)."""
+        for parent in parents:
+            self.statahead.changed(parent)
+        try:
+            yield
+        finally:
+            for parent in parents:
+                self.statahead.changed(parent)
 
     @staticmethod
     def _negative(timeout: float) -> pyfuse3.EntryAttributes:
@@ -285,12 +367,12 @@ class LoomOperations(pyfuse3.Operations):
                 attr = await self.meta.getattr(inode)
             except errors.NotFound:
                 if self._reached_by_name(inode):
-                    raise pyfuse3.FUSEError(errno.ESTALE) from None
+                    raise self._stale() from None
                 raise
             if attr["nlink"] == 0 and self._reached_by_name(inode):
                 # Unlinked and not open here: still there only while another
                 # client holds it, reached through a name that is now another file's.
-                raise pyfuse3.FUSEError(errno.ESTALE)
+                raise self._stale()
         return self._entry(attr)
 
     def _reached_by_name(self, ino: int) -> bool:
@@ -361,19 +443,22 @@ class LoomOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         await self.behind.settle_name(parent_inode, name)
-        attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        with self._changing_names(parent_inode):
+            attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
         return self._named(parent_inode, name, attr)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self.behind.settle_name(parent_inode, name)
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        with self._changing_names(parent_inode):
+            attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
         self.dir_names.record(attr["ino"], parent_inode, name)
         return self._named(parent_inode, name, attr)
 
     async def symlink(self, parent_inode, name, target, ctx):
         await self.behind.settle_name(parent_inode, name)
-        attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        with self._changing_names(parent_inode):
+            attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         return self._named(parent_inode, name, attr)
 
     async def readlink(self, inode, ctx):
@@ -385,7 +470,8 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
-        attr = await self.meta.link(inode, new_parent_inode, new_name)
+        with self._changing_names(new_parent_inode):
+            attr = await self.meta.link(inode, new_parent_inode, new_name)
         return self._named(new_parent_inode, new_name, attr)
 
     def _named(self, parent_inode: int, name: bytes, attr: dict) -> pyfuse3.EntryAttributes:
@@ -395,6 +481,10 @@ class LoomOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         check_name(name)
+        with self._changing_names(parent_inode):
+            await self._unlink(parent_inode, name)
+
+    async def _unlink(self, parent_inode, name):
         if self._early_unlink(parent_inode, name) is not None:
             await self.behind.reserve(parent_inode, name)
             ino = self._early_unlink(parent_inode, name)
@@ -432,7 +522,8 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_dir_at(parent_inode, name, self.dir_names.place_of)
         self.behind.gone(parent_inode, name)
-        await self.meta.rmdir(parent_inode, name)
+        with self._changing_names(parent_inode):
+            await self.meta.rmdir(parent_inode, name)
         self.dir_names.forget_at(parent_inode, name)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -442,7 +533,9 @@ class LoomOperations(pyfuse3.Operations):
                                             self.dir_names.place_of)
         self.behind.gone(parent_inode_old, name_old)
         self.behind.gone(parent_inode_new, name_new)
-        await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        with self._changing_names(parent_inode_old, parent_inode_new):
+            await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                                   flags)
         self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
                                exchange=bool(flags & RENAME_EXCHANGE))
 
@@ -553,8 +646,10 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_name(parent_inode, name)
         try:
-            attr = await self.meta.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
-                                         0, ctx.uid, ctx.gid, open_it=True)
+            with self._changing_names(parent_inode):
+                attr = await self.meta.mknod(parent_inode, name,
+                                             stat.S_IFREG | stat.S_IMODE(mode), 0, ctx.uid,
+                                             ctx.gid, open_it=True)
         except errors.Exists:
             if flags & os.O_EXCL:
                 raise
@@ -575,14 +670,16 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
-        with _stale_if_gone():
+        try:
             attr = await self.meta.open(inode, flags)
+        except errors.NotFound:
+            raise self._stale() from None
         if attr["nlink"] == 0 and inode not in self.files and not stat.S_ISDIR(attr["mode"]):
             # Unlinked, and not open here: the kernel came by a name it cached before
             # another mount removed or replaced the file (as `mv tmp cfg` does).
             # ESTALE makes it look the name up again and open what it is now.
             await self.meta.close(inode)
-            raise pyfuse3.FUSEError(errno.ESTALE)
+            raise self._stale()
         if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
@@ -751,6 +848,7 @@ class LoomOperations(pyfuse3.Operations):
             # The kernel does not wait for release: a new open of the same
             # file may have taken this FileData while we flushed.
             if fd.handles == 0:
+                self.data.closed(fd)
                 del self.files[fd.ino]
                 del open_inos[fd.ino]
                 await self.meta.close(fd.ino)

@@ -296,7 +296,8 @@ def _verified_range(header: ChunkHeader, data, span_start: int, offset: int, len
         block = (span_start + rel) // BLOCK_SIZE
         _check_block(header, block, view[rel:rel + BLOCK_SIZE], where)
     end = min(offset + length, header.length)
-    if isinstance(data, bytes) and offset == span_start and end - span_start == len(data):
+    if (isinstance(data, (bytes, bytearray)) and offset == span_start
+            and end - span_start == len(data)):
         return data  # whole blocks asked for (a chunk read): no second copy
     return bytes(view[offset - span_start:end - span_start])
 

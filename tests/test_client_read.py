@@ -1,13 +1,15 @@
 """client.data's read path without a cluster: which reads fetch whole chunks, and the
 prefetch of a small file's chunk while its open is on its way."""
 
+import types
+
 import pytest
 import trio
 import trio.testing
 
 from loomproto import errors
 
-from client.data import DataPath, FileData
+from client.data import READ_AHEAD_MAX, DataPath, FileData
 from loomproto.layout import Layout
 
 UNIT = 1 << 20
@@ -162,3 +164,55 @@ async def test_prefetch_is_dropped_when_the_file_changed_meanwhile(nursery):
     data._fetch = data.plain_fetch
     await data.read(small, 0, 100)
     assert fetched == [(0, 0, UNIT), (0, 0, UNIT)]
+
+
+async def test_read_ahead_is_bounded_and_given_up_when_the_file_closes(nursery):
+    """Fetches ahead with an OSD that never answers: they are capped over all
+    files, and the last release of a file cancels its own at once (with an OSD
+    down each would otherwise retry for io_timeout, holding the closed file)."""
+    data, fetched, _ = recording_path(nursery)
+    plain_fetch = data._fetch
+
+    async def hung_past_chunk_0(fd_, chunk_index, offset, length):
+        if chunk_index > 0:
+            await trio.sleep_forever()
+        return await plain_fetch(fd_, chunk_index, offset, length)
+
+    data._fetch = hung_past_chunk_0
+    files = [FileData(100 + i, Layout(UNIT, 4, 1), 64 * UNIT) for i in range(20)]
+    with trio.fail_after(5):
+        for fd in files:
+            assert await data.read(fd, 0, 128 << 10) == b"\x00" * (128 << 10)
+    await trio.testing.wait_all_tasks_blocked()
+    running = sum(len(fd.reading_ahead) for fd in files)
+    assert running == data._reading_ahead == READ_AHEAD_MAX  # 8 per file wanted
+    for fd in files:
+        data.closed(fd)
+    await trio.testing.wait_all_tasks_blocked()
+    assert data._reading_ahead == 0
+    assert not any(fd.reading_ahead or fd.fetching for fd in files)
+
+
+async def test_a_truncate_drops_what_a_read_fetched_while_the_osds_cut(nursery):
+    """A read racing a truncate fetches bytes from before the cut; they must not
+    stay cached past it (a later sparse write would expose them)."""
+    data, fetched, fd = recording_path(nursery)
+    cutting = trio.Event()
+    cut_done = trio.Event()
+
+    async def slow_cut(args):
+        cutting.set()
+        await cut_done.wait()
+        return []
+
+    data._truncate_round = slow_cut
+    data.cluster = types.SimpleNamespace(in_osds=lambda: [0, 1, 2, 3], map=None)
+    data._cut_unreachable = lambda fd_, size: []
+    async with trio.open_nursery() as inner:
+        inner.start_soon(data.truncate, fd, UNIT // 2)
+        await cutting.wait()
+        await data.read(fd, 0, UNIT)  # sequential: chunk 0 and more, from before the cut
+        await trio.testing.wait_all_tasks_blocked()
+        assert fd.read_cache
+        cut_done.set()
+    assert not fd.read_cache

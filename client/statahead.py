@@ -1,0 +1,156 @@
+"""Stat-ahead: a directory's listing fetched in bulk when its names are looked up
+one by one, so the lookups that follow need no round trip each.
+
+A program that stats or opens many files of one directory by name, without
+listing it first (a data loader walking a file list, `stat` of every path in an
+index, a cold cache after ``drop_caches``), costs one shard round trip per
+name: about 0.2-0.3 ms of Python on each end here.  A listing costs a few
+microseconds per entry.  So when TRIGGER_MISSES lookups of one directory reached
+a shard within TRIGGER_WINDOW seconds, its whole listing is fetched in the
+background (every shard's share, with attributes, as a readdir gets them), and
+lookups of names in it are answered here.  Lustre's statahead does the same
+for ``ls -l``; here the kernel's readdirplus already covers listings, and this
+covers lookups by name.
+
+What a lookup answered here promises is what the kernel's own caches promise:
+- The name -> inode mapping is at most `entry_timeout` old and the attributes
+  at most `attr_timeout` old (`client.meta` keeps when the shard gave them),
+  counted from when the shard answered, and the kernel gets what is left of
+  those timeouts, not fresh ones.  So another mount's change shows after at
+  most the mount's timeouts, as through the kernel's cache.
+- This mount's own changes show at once: every namespace change of ours in a
+  directory (create, unlink, rename, link, mkdir, rmdir, symlink, mknod)
+  drops its listing before and after the change, and a listing whose fetch
+  overlapped one is thrown away (`generation`).  Attributes come from the
+  client's attribute cache, which our own setattr, size commits and links
+  update, and whose entries our xattr changes and the kernel's forgets drop.
+- Only regular files and symlinks with one link are answered here; everything
+  else (directories, whose place the client tracks, hard-linked files) goes to
+  the shard as before.  A name missing from the listing goes to the shard too:
+  a listing never answers "no such name".
+
+The cost is bounded: only directories of at most MAX_ENTRIES entries are
+fetched, at most MAX_LISTINGS listings are kept, and a listing that served
+fewer than a MIN_PAYOFF share of its entries (random lookups in a big
+directory) keeps its directory from being fetched again for BACKOFF seconds.
+"""
+
+import math
+from collections import OrderedDict
+
+TRIGGER_MISSES = 16
+TRIGGER_WINDOW = 1.0
+MAX_ENTRIES = 32_768
+MAX_LISTINGS = 8
+MIN_PAYOFF = 1 / 8
+BACKOFF = 30.0
+MIN_TIMEOUT = 0.05  # a hit with less of its timeout left goes to the shard
+
+
+class Listing:
+    __slots__ = ("names", "fetched", "since", "hits", "gone")
+
+    def __init__(self, names: dict[bytes, int], fetched: float, since):
+        self.names = names  # name -> ino
+        self.fetched = fetched  # when the fetch began (monotonic): the names are this old
+        self.since = since  # client.behind's `ends` when the fetch began
+        self.hits = 0
+        self.gone = 0  # names found whose attributes the client no longer holds
+
+
+class StatAhead:
+    """Per-directory lookup counters and listings; the fetching itself is
+    `client.ops`'s (it owns the shard calls).  Times are monotonic seconds."""
+
+    def __init__(self, entry_timeout: float):
+        self.entry_timeout = entry_timeout  # 0: off (no kernel entry cache, or statahead=0)
+        self.enabled = entry_timeout > MIN_TIMEOUT
+        self.listings: OrderedDict[int, Listing] = OrderedDict()
+        self.generation: dict[int, int] = {}  # dir -> our namespace changes in it
+        self.fetching: set[int] = set()
+        self._misses: dict[int, tuple[int, float]] = {}  # dir -> (count, window start)
+        self._backoff: dict[int, float] = {}  # dir -> until when not to fetch it
+
+    def find(self, parent: int, name: bytes, now: float):
+        """``(ino, listing)`` if a fresh listing of `parent` holds `name`, else None."""
+        listing = self.listings.get(parent)
+        if listing is None:
+            return None
+        if now - listing.fetched > self.entry_timeout - MIN_TIMEOUT:
+            self._retire(parent)
+            return None
+        ino = listing.names.get(name)
+        if ino is None:
+            return None
+        return ino, listing
+
+    def entry_left(self, listing: Listing, now: float) -> float:
+        return self.entry_timeout - (now - listing.fetched)
+
+    def missed(self, parent: int, dir_entries: int | None, now: float) -> bool:
+        """A lookup in `parent` went to a shard; True when its listing should be
+        fetched now (the caller then calls `fetch_started`).  A listing in use is
+        fetched again only once the client dropped the attributes of many of its
+        names (the kernel forgets inodes under memory pressure or drop_caches,
+        and the client's cache follows it)."""
+        if not self.enabled or parent in self.fetching:
+            return False
+        listing = self.listings.get(parent)
+        if listing is not None and listing.gone < TRIGGER_MISSES:
+            return False
+        if self._backoff.get(parent, -math.inf) > now:
+            return False
+        count, start = self._misses.get(parent, (0, now))
+        if now - start > TRIGGER_WINDOW:
+            count, start = 0, now
+        count += 1
+        if count < TRIGGER_MISSES:
+            self._misses[parent] = (count, start)
+            if len(self._misses) > 4 * MAX_ENTRIES:
+                self._misses.clear()
+            return False
+        self._misses.pop(parent, None)
+        if dir_entries is None or dir_entries > MAX_ENTRIES:
+            self._backoff[parent] = now + BACKOFF
+            return False
+        return True
+
+    def fetch_started(self, parent: int) -> int:
+        """Returns the generation the fetch must still see at its end."""
+        self.fetching.add(parent)
+        return self.generation.get(parent, 0)
+
+    def fetch_ended(self, parent: int, generation: int, listing: Listing | None) -> bool:
+        """Keep `listing` (None: the fetch failed) unless a change of ours in the
+        directory overlapped the fetch; True when it was kept."""
+        self.fetching.discard(parent)
+        if listing is None or self.generation.get(parent, 0) != generation:
+            return False
+        self.listings[parent] = listing
+        self.listings.move_to_end(parent)
+        while len(self.listings) > MAX_LISTINGS:
+            self._retire(next(iter(self.listings)))
+        return True
+
+    def changed(self, parent: int) -> None:
+        """A namespace change of ours in `parent` is about to happen or happened."""
+        self.generation[parent] = self.generation.get(parent, 0) + 1
+        if len(self.generation) > 4 * MAX_ENTRIES:
+            # Dropping counters could let an overlapping fetch look current:
+            # drop the fetches' chance to land instead.
+            self.generation = {d: g for d, g in self.generation.items() if d in self.fetching}
+            self.generation.update({d: self.generation.get(d, 0) + 1 for d in self.fetching})
+        self.listings.pop(parent, None)
+
+    def distrust(self) -> None:
+        """A name the kernel got led to an inode that is gone or unlinked: drop
+        every listing, so that the kernel's next lookup reaches a shard."""
+        for parent in {*self.listings, *self.fetching}:
+            self.changed(parent)
+
+    def _retire(self, parent: int) -> None:
+        listing = self.listings.pop(parent)
+        if listing.hits < max(TRIGGER_MISSES, MIN_PAYOFF * len(listing.names)):
+            self._backoff[parent] = listing.fetched + BACKOFF
+            if len(self._backoff) > 4 * MAX_ENTRIES:
+                self._backoff.clear()

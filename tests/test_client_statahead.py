@@ -1,0 +1,117 @@
+"""client.statahead's bookkeeping without a cluster: when a listing is fetched,
+how long it answers, and what throws it away (the mount tests are in
+test_posix_statahead.py)."""
+
+from client import statahead
+from client.statahead import BACKOFF, MAX_ENTRIES, TRIGGER_MISSES, Listing, StatAhead
+
+DIR = 7
+
+
+def triggered(ahead: StatAhead, now: float, entries: int = 100) -> int:
+    """Misses until `ahead` asks for a fetch of DIR; returns how many it took."""
+    for count in range(1, 10 * TRIGGER_MISSES):
+        if ahead.missed(DIR, entries, now):
+            return count
+    raise AssertionError("no fetch asked for")
+
+
+def listed(ahead: StatAhead, now: float, names=None) -> Listing:
+    generation = ahead.fetch_started(DIR)
+    listing = Listing(names if names is not None else {b"a": 10, b"b": 11}, now, 0)
+    assert ahead.fetch_ended(DIR, generation, listing)
+    return listing
+
+
+def test_a_fetch_is_asked_for_after_enough_misses_within_the_window():
+    ahead = StatAhead(entry_timeout=1.0)
+    for _ in range(TRIGGER_MISSES - 1):
+        assert not ahead.missed(DIR, 100, 5.0)
+    assert not ahead.missed(DIR, 100, 6.5)  # past the window: counting starts again
+    assert triggered(ahead, 6.6) == TRIGGER_MISSES - 1
+    ahead.fetch_started(DIR)
+    assert not ahead.missed(DIR, 100, 6.7)  # one fetch at a time
+
+
+def test_big_or_unknown_directories_are_not_fetched():
+    ahead = StatAhead(entry_timeout=1.0)
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, MAX_ENTRIES + 1, 1.0)
+        assert not ahead.missed(DIR + 1, None, 1.0)
+    assert not ahead.missed(DIR, 10, 1.0 + BACKOFF - 1)  # backed off meanwhile
+    assert triggered(ahead, 1.0 + BACKOFF + 1, entries=10) == TRIGGER_MISSES
+
+
+def test_a_listing_answers_until_its_entry_timeout_and_never_says_absent():
+    ahead = StatAhead(entry_timeout=1.0)
+    listing = listed(ahead, 10.0)
+    assert ahead.find(DIR, b"a", 10.5) == (10, listing)
+    assert ahead.entry_left(listing, 10.5) == 0.5
+    assert ahead.find(DIR, b"zz", 10.5) is None  # not listed: the shard decides
+    assert ahead.find(DIR + 1, b"a", 10.5) is None
+    assert ahead.find(DIR, b"a", 10.0 + 1.0 - statahead.MIN_TIMEOUT / 2) is None
+    assert DIR not in ahead.listings
+
+
+def test_our_change_drops_the_listing_and_any_fetch_it_overlapped():
+    ahead = StatAhead(entry_timeout=1.0)
+    listed(ahead, 1.0)
+    ahead.changed(DIR)
+    assert ahead.find(DIR, b"a", 1.1) is None
+    # A fetch that began before our change (or during it) must not land.
+    generation = ahead.fetch_started(DIR)
+    ahead.changed(DIR)
+    assert not ahead.fetch_ended(DIR, generation, Listing({b"a": 10}, 1.2, 0))
+    assert ahead.find(DIR, b"a", 1.3) is None
+    assert not ahead.fetching
+    generation = ahead.fetch_started(DIR)  # one after the change lands
+    assert ahead.fetch_ended(DIR, generation, Listing({b"a": 12}, 1.4, 0))
+    assert ahead.find(DIR, b"a", 1.5)[0] == 12
+
+
+def test_a_failed_fetch_keeps_nothing_and_can_be_tried_again():
+    ahead = StatAhead(entry_timeout=1.0)
+    triggered(ahead, 1.0)
+    generation = ahead.fetch_started(DIR)
+    assert not ahead.fetch_ended(DIR, generation, None)
+    assert not ahead.listings and not ahead.fetching
+    assert triggered(ahead, 1.1) == TRIGGER_MISSES
+
+
+def test_a_listing_in_use_is_fetched_again_only_when_its_attributes_are_gone():
+    ahead = StatAhead(entry_timeout=1.0)
+    listing = listed(ahead, 1.0)
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, 100, 1.1)
+    listing.gone = TRIGGER_MISSES  # the kernel forgot them, and so did the client
+    assert triggered(ahead, 1.2) == TRIGGER_MISSES
+
+
+def test_a_listing_that_served_little_backs_its_directory_off():
+    ahead = StatAhead(entry_timeout=1.0)
+    names = {f"n{i}".encode(): i for i in range(1000)}
+    listing = listed(ahead, 1.0, names)
+    listing.hits = 20  # under 1/8 of 1,000: random lookups in a big directory
+    assert ahead.find(DIR, b"n1", 2.5) is None  # expired: retired
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, 1000, 3.0)
+    assert triggered(ahead, 1.0 + BACKOFF + 0.1, entries=1000) == TRIGGER_MISSES
+    listing = listed(ahead, 40.0, names)
+    listing.hits = 500  # paid off: no back-off after this one
+    assert ahead.find(DIR, b"n1", 41.5) is None
+    assert triggered(ahead, 41.6, entries=1000) == TRIGGER_MISSES
+
+
+def test_distrust_drops_every_listing_and_fetch():
+    ahead = StatAhead(entry_timeout=1.0)
+    listed(ahead, 1.0)
+    generation = ahead.fetch_started(DIR + 1)
+    ahead.distrust()
+    assert ahead.find(DIR, b"a", 1.1) is None
+    assert not ahead.fetch_ended(DIR + 1, generation, Listing({b"a": 1}, 1.0, 0))
+
+
+def test_off_without_a_kernel_entry_cache():
+    ahead = StatAhead(entry_timeout=0.0)
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, 10, 1.0)
