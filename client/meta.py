@@ -94,8 +94,11 @@ class Meta:
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
-        if ino in self.attrs and (ino in self.ahead or (
-                sent_at is not None and self.changed.get(ino, -1) > sent_at)):
+        if sent_at is not None and self.changed.get(ino, -1) > sent_at:
+            # Older than our own change: not kept, also when nothing is cached
+            # (a listing fetched ahead would answer from it; client.statahead).
+            return self.attrs.get(ino, attr)
+        if ino in self.attrs and ino in self.ahead:
             return self.attrs[ino]
         self.attrs[ino] = attr
         self.attrs.move_to_end(ino)
@@ -333,7 +336,9 @@ class Meta:
                 "lessee": self.cluster.session}
         try:
             with self.absent.changing(parent):
-                attr = self.remember(await self._at_entry(parent, name, "link", args))
+                # Our change of its link count: replies to requests sent before
+                # (a listing fetched ahead, say) must not bring back the old one.
+                attr = self._changed(await self._at_entry(parent, name, "link", args))
         finally:
             self.absent.forget(parent)  # its reply has no entry_seq
         self._dir_changed(parent, attr["ctime"], 1)
@@ -432,6 +437,7 @@ class Meta:
             await self._at_ino(ino, "setxattr", args)
         finally:  # after the call: a "none" answered meanwhile is stale too
             self.no_caps.pop(ino, None)
+            self._mark_changed(ino)  # older replies must not bring back the old ctime
             self._dir_unknown(ino)  # the shard set its ctime
 
     async def listxattr(self, ino) -> list:
@@ -442,4 +448,5 @@ class Meta:
             await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})
         finally:
             self.no_caps.pop(ino, None)
+            self._mark_changed(ino)
             self._dir_unknown(ino)

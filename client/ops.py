@@ -170,7 +170,8 @@ class LoomOperations(pyfuse3.Operations):
                                     on_failure=self._unlink_failed)
         # Listings fetched when a directory's names are looked up one by one
         # (client.statahead); none without a nursery to fetch them in.
-        self.statahead = StatAhead(entry_timeout if statahead and nursery is not None else 0.0)
+        on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
+        self.statahead = StatAhead(entry_timeout if on else 0.0)
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -280,7 +281,10 @@ class LoomOperations(pyfuse3.Operations):
             return None
         attr_left = self.attr_timeout - (now - fetched)
         entry_left = self.statahead.entry_left(listing, now)
-        if min(attr_left, entry_left) < MIN_TIMEOUT or self.behind.stale(ino, listing.since):
+        if attr_left < MIN_TIMEOUT:
+            listing.gone += 1  # aged here since: enough of those fetch it again
+            return None
+        if entry_left < MIN_TIMEOUT or self.behind.stale(ino, listing.since):
             return None
         listing.hits += 1
         entry = self._named(parent_inode, name, attr)
@@ -313,6 +317,7 @@ class LoomOperations(pyfuse3.Operations):
                         names[name] = attr["ino"]
                         after = seq
                     if len(names) > STATAHEAD_MAX_ENTRIES:  # it grew since its size was read
+                        self.statahead.too_big(parent_inode, time.monotonic())
                         return
                     if not reply["more"]:
                         break

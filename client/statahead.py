@@ -30,7 +30,8 @@ What a lookup answered here promises is what the kernel's own caches promise:
   a listing never answers "no such name".
 
 The cost is bounded: only directories of at most MAX_ENTRIES entries are
-fetched, at most MAX_LISTINGS listings are kept, and a listing that served
+fetched (one found bigger while fetched is dropped and backed off), at most
+MAX_FETCHING at once, at most MAX_LISTINGS listings are kept, and a listing that served
 fewer than a MIN_PAYOFF share of its entries (random lookups in a big
 directory) keeps its directory from being fetched again for BACKOFF seconds.
 """
@@ -42,6 +43,7 @@ TRIGGER_MISSES = 16
 TRIGGER_WINDOW = 1.0
 MAX_ENTRIES = 32_768
 MAX_LISTINGS = 8
+MAX_FETCHING = 4  # listings being fetched at once
 MIN_PAYOFF = 1 / 8
 BACKOFF = 30.0
 MIN_TIMEOUT = 0.05  # a hit with less of its timeout left goes to the shard
@@ -93,7 +95,7 @@ class StatAhead:
         fetched again only once the client dropped the attributes of many of its
         names (the kernel forgets inodes under memory pressure or drop_caches,
         and the client's cache follows it)."""
-        if not self.enabled or parent in self.fetching:
+        if not self.enabled or parent in self.fetching or len(self.fetching) >= MAX_FETCHING:
             return False
         listing = self.listings.get(parent)
         if listing is not None and listing.gone < TRIGGER_MISSES:
@@ -131,6 +133,11 @@ class StatAhead:
         while len(self.listings) > MAX_LISTINGS:
             self._retire(next(iter(self.listings)))
         return True
+
+    def too_big(self, parent: int, now: float) -> None:
+        """The fetch found more than MAX_ENTRIES names (the directory grew since
+        its size was read): not again for BACKOFF seconds."""
+        self._backoff[parent] = now + BACKOFF
 
     def changed(self, parent: int) -> None:
         """A namespace change of ours in `parent` is about to happen or happened."""

@@ -1,0 +1,155 @@
+"""client.statahead's wiring in client.ops over a fake cluster (statahead_fake):
+races between a listing fetched ahead and this client's own changes, and the
+bounds on fetching.  Each test failed before its fix (a reviewer's findings at
+ea3c76c); the chmod test is the control that held already."""
+
+import trio
+import trio.testing
+from statahead_fake import Ctx, make_ops, names_on_shard
+
+import client.ops as ops_module
+from client import statahead
+from client.statahead import TRIGGER_MISSES
+
+A, B = 2, 3
+
+
+def meta_entries(cluster) -> int:
+    """Entries the fake shards returned to readdir calls so far."""
+    return cluster.entries_returned
+
+
+async def _fetch_held(nursery):
+    """A client whose fetch of A's listing was triggered and whose readdir reply is
+    held at `gate` (the shard answered already: its state is from before); returns
+    (cluster, meta, ops, a listed name, its inode, gate)."""
+    cluster, meta, ops = make_ops(nursery)
+    cluster.make_dir(A)
+    await meta.getattr(A)
+    names = names_on_shard(A, 0, 40)
+    for i, name in enumerate(names):
+        cluster.make_file(A, name, 1000 + 2 * i)  # inodes on shard 0, as the names
+    meta.attrs[A] = dict(meta.attrs[A], size=len(names))
+    gate = cluster.gates["readdir"] = trio.Event()
+    await _miss(ops, A, names[:TRIGGER_MISSES])  # triggers the fetch of A
+    await trio.testing.wait_all_tasks_blocked()
+    return cluster, meta, ops, names[-1], 1000 + 2 * (len(names) - 1), gate
+
+
+async def _miss(ops, parent, names):
+    for name in names:
+        await ops.lookup(parent, name, Ctx())
+
+
+async def test_a_directory_that_outgrew_its_cached_size_is_backed_off(nursery, monkeypatch):
+    """A directory whose cached size is small but that has grown past MAX_ENTRIES
+    (another mount added files; the parent's attributes are refreshed only every
+    attr_timeout) is found too big by the fetch, which gives up: it must then be
+    backed off, not fetched whole again after every TRIGGER_MISSES lookups (as it
+    was before `StatAhead.too_big`)."""
+    limit = 64
+    monkeypatch.setattr(statahead, "MAX_ENTRIES", limit)
+    monkeypatch.setattr(ops_module, "STATAHEAD_MAX_ENTRIES", limit)
+    cluster, meta, ops = make_ops(nursery)
+    cluster.make_dir(A)
+    await meta.getattr(A)  # cached: size 0, as before the other mount's creates
+    names = [b"f%05d" % i for i in range(10 * limit)]
+    for i, name in enumerate(names):
+        cluster.make_file(A, name, 1000 + i)
+    assert meta.attrs[A]["size"] == 0
+
+    fetches, entries = [], []
+    for round_ in range(4):
+        before = cluster.count("readdir")
+        read_before = meta_entries(cluster)
+        await _miss(ops, A, names[round_ * TRIGGER_MISSES:(round_ + 1) * TRIGGER_MISSES])
+        await trio.testing.wait_all_tasks_blocked()
+        fetches.append(cluster.count("readdir") - before)
+        entries.append(meta_entries(cluster) - read_before)
+    # Expected: one aborted fetch, then a back-off (no readdir for BACKOFF seconds).
+    assert fetches[1:] == [0, 0, 0], (
+        f"directory past MAX_ENTRIES fetched again after each {TRIGGER_MISSES} "
+        f"lookups: readdir calls per round {fetches}")
+
+
+async def test_own_link_is_not_undone_by_an_older_listing_reply(nursery):
+    """A readdir reply to a request sent before our link, arriving after the
+    link's reply, must not replace nlink 2 with nlink 1 (Meta.link marks the inode
+    changed).  The listing of the old name's directory lands (the link changes
+    only the new parent); before the fix it answered the old name with nlink 1
+    after our own `ln` returned, and client.behind's early-unlink check (nlink
+    from Meta.attrs) took the file for one with a single name."""
+    cluster, meta, ops, target, x_ino, gate = await _fetch_held(nursery)
+    cluster.make_dir(B)
+    assert A in ops.statahead.fetching and cluster.count("readdir") == 1
+    # Our own `ln A/target B/y` while shard 0's readdir reply is on its way.
+    entry = await ops.link(x_ino, B, b"y", Ctx())
+    assert entry.st_nlink == 2 and meta.attrs[x_ino]["nlink"] == 2
+    del cluster.gates["readdir"]
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert A in ops.statahead.listings, "the listing of A landed"
+    got = await ops.lookup(A, target, Ctx())
+    early = ops._early_unlink(A, target)
+    assert got.st_nlink == 2 and early is None, (
+        f"lookup of {target!r} after our own link answered nlink {got.st_nlink} "
+        f"(from a listing; attr_timeout {got.attr_timeout:.2f}s); an unlink of it "
+        f"now would be answered early: {early is not None}")
+
+
+async def test_own_setxattr_is_not_undone_by_an_older_listing_reply(nursery):
+    """The same with setxattr, which moves ctime: a readdir reply sent before it
+    and arriving after must not be kept (not even for an inode with nothing
+    cached, `Meta.remember`), so the listing does not answer the old ctime."""
+    cluster, meta, ops, target, x_ino, gate = await _fetch_held(nursery)
+    await ops.setxattr(x_ino, b"user.k", b"v", Ctx())
+    new_ctime = cluster.inodes[x_ino]["ctime"]
+    del cluster.gates["readdir"]
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    got = await ops.lookup(A, target, Ctx())
+    assert got.st_ctime_ns == new_ctime, (
+        f"ctime {got.st_ctime_ns} answered after our own setxattr set it to {new_ctime}")
+
+
+async def test_own_chmod_racing_the_listing_shows_at_once(nursery):
+    """setattr marks the inode changed, so the older readdir reply does not
+    replace its attributes (this held before the fixes too)."""
+    cluster, meta, ops, target, x_ino, gate = await _fetch_held(nursery)
+
+    class Attr:
+        st_mode = 0o100600
+
+    class Fields:
+        update_mode = True
+        update_uid = update_gid = update_atime = update_mtime = update_ctime = False
+        update_size = False
+
+    await ops.setattr(x_ino, Attr(), Fields(), None, Ctx())
+    del cluster.gates["readdir"]
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert A in ops.statahead.listings
+    got = await ops.lookup(A, target, Ctx())
+    assert got.st_mode == 0o100600
+
+
+async def test_fetches_in_flight_are_bounded(nursery):
+    """Not only landed listings are bounded (MAX_LISTINGS): fetches in flight are
+    too (MAX_FETCHING), since each may hold up to MAX_ENTRIES names and fill
+    Meta.attrs."""
+    cluster, meta, ops = make_ops(nursery)
+    gate = cluster.gates["readdir"] = trio.Event()
+    dirs = range(10, 10 + 4 * statahead.MAX_LISTINGS)
+    for d in dirs:
+        cluster.make_dir(d)
+        names = [b"f%03d" % i for i in range(TRIGGER_MISSES)]
+        for i, name in enumerate(names):
+            cluster.make_file(d, name, 100_000 + d * 100 + i)
+        await meta.getattr(d)
+        await _miss(ops, d, names)
+    await trio.testing.wait_all_tasks_blocked()
+    in_flight = len(ops.statahead.fetching)
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert in_flight == statahead.MAX_FETCHING, f"{in_flight} fetches at once"
