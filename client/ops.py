@@ -256,6 +256,7 @@ class LoomOperations(pyfuse3.Operations):
             # this was read (another mount linked it since we counted its links):
             # ask again for its count after the commit.
             await self.behind.settle_ino(attr["ino"])
+        self.statahead.confirmed(attr["ino"])
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         elif name not in (b".", b".."):
@@ -287,6 +288,7 @@ class LoomOperations(pyfuse3.Operations):
         if entry_left < MIN_TIMEOUT or self.behind.stale(ino, listing.since):
             return None
         listing.hits += 1
+        self.statahead.served(ino, parent_inode, name)
         entry = self._named(parent_inode, name, attr)
         entry.attr_timeout = attr_left
         entry.entry_timeout = entry_left
@@ -329,17 +331,45 @@ class LoomOperations(pyfuse3.Operations):
         finally:
             self.statahead.fetch_ended(parent_inode, generation, listing)
 
-    def _stale(self) -> pyfuse3.FUSEError:
-        """ESTALE, for an open or stat of an inode that the kernel reached through a
-        name another mount has since removed or pointed elsewhere (`mv tmp cfg`): on
-        ESTALE the kernel looks the name up afresh (LOOKUP_REVAL) and tries again,
-        where ENOENT would end the call on a name that may well exist.  That lookup
-        must reach a shard, so the listings fetched ahead are dropped: one of them
-        may be what gave the kernel the name.  (Only where a name was used: an fstat
-        of a removed directory held open, or a stat of a removed working directory,
-        answer as a local filesystem does, a tester found.)"""
-        self.statahead.distrust()
+    def _stale(self, ino: int) -> pyfuse3.FUSEError:
+        """ESTALE, for an operation on an inode that the kernel reached through a
+        name another mount has since removed or pointed elsewhere (`mv tmp cfg`):
+        on ESTALE the kernel looks the name up afresh (LOOKUP_REVAL) and tries
+        again, where ENOENT would end the call on a name that may well exist.  That
+        lookup must reach a shard, so no listing fetched ahead answers the name
+        again.  (Only where a name was used: an fstat of a removed directory held
+        open, or a stat of a removed working directory, answer as a local
+        filesystem does, a tester found.)"""
+        self.statahead.stale_ino(ino, time.monotonic())
         return pyfuse3.FUSEError(errno.ESTALE)
+
+    async def _verify_listed(self, ino: int) -> None:
+        """Before an operation on `ino` by a name that a listing fetched ahead gave
+        the kernel (chmod, truncate, utime, readlink, xattrs, link; open checks by
+        itself): that the name still leads there.  Another mount may have replaced
+        it since the listing was read, and the old inode may even live on, held
+        open elsewhere: the change would land on it and be lost.  ESTALE makes the
+        kernel look the name up again.  Once per listed name; a file open here is
+        past this (its open checked)."""
+        if ino in self.files:
+            self.statahead.take_served(ino)
+            return
+        if ino in self.statahead.wrong:
+            # Found wrong before: the kernel may go on with its syscall after an
+            # ESTALE from a getxattr it asks for itself (truncate's check of
+            # security.capability), and its setattr must not land either.
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        place = self.statahead.take_served(ino)
+        if place is None:
+            return
+        parent, name = place
+        try:
+            now = await self.meta.lookup(parent, name)
+        except errors.NotFound:
+            now = None
+        if now is None or now["ino"] != ino:
+            self.statahead.found_wrong(ino, time.monotonic())
+            raise pyfuse3.FUSEError(errno.ESTALE)
 
     @contextlib.contextmanager
     def _changing_names(self, *parents: int):
@@ -372,12 +402,12 @@ class LoomOperations(pyfuse3.Operations):
                 attr = await self.meta.getattr(inode)
             except errors.NotFound:
                 if self._reached_by_name(inode):
-                    raise self._stale() from None
+                    raise self._stale(inode) from None
                 raise
             if attr["nlink"] == 0 and self._reached_by_name(inode):
                 # Unlinked and not open here: still there only while another
                 # client holds it, reached through a name that is now another file's.
-                raise self._stale()
+                raise self._stale(inode)
         return self._entry(attr)
 
     def _reached_by_name(self, ino: int) -> bool:
@@ -401,6 +431,8 @@ class LoomOperations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        if fh is None:
+            await self._verify_listed(inode)
         changes = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
@@ -469,12 +501,14 @@ class LoomOperations(pyfuse3.Operations):
     async def readlink(self, inode, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        await self._verify_listed(inode)
         return await self.meta.readlink(inode)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
+        await self._verify_listed(inode)
         with self._changing_names(new_parent_inode):
             attr = await self.meta.link(inode, new_parent_inode, new_name)
         return self._named(new_parent_inode, new_name, attr)
@@ -615,6 +649,7 @@ class LoomOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              _cookie(shard, seq)):
                     return False
+                self.statahead.confirmed(attr["ino"])
                 if stat.S_ISDIR(attr["mode"]):
                     self._listed_dir(attr["ino"], ino, name)
                 self.behind.saw(ino, name, attr["ino"], attr["mode"])
@@ -675,16 +710,17 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
+        self.statahead.take_served(inode)  # the open itself finds a gone inode out
         try:
             attr = await self.meta.open(inode, flags)
         except errors.NotFound:
-            raise self._stale() from None
+            raise self._stale(inode) from None
         if attr["nlink"] == 0 and inode not in self.files and not stat.S_ISDIR(attr["mode"]):
             # Unlinked, and not open here: the kernel came by a name it cached before
             # another mount removed or replaced the file (as `mv tmp cfg` does).
             # ESTALE makes it look the name up again and open what it is now.
             await self.meta.close(inode)
-            raise self._stale()
+            raise self._stale(inode)
         if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
@@ -863,6 +899,7 @@ class LoomOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        await self._verify_listed(inode)
         self._fault_hook(inode, name)
         if name.startswith(ACL_XATTR_PREFIX):
             # ACLs are not enforced, so they are not stored either: cp -a, tar
@@ -873,6 +910,7 @@ class LoomOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        await self._verify_listed(inode)
         self._fault_hook(inode, name)
         return await self.meta.getxattr(inode, name)
 
@@ -883,11 +921,13 @@ class LoomOperations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        await self._verify_listed(inode)
         return await self.meta.listxattr(inode)
 
     async def removexattr(self, inode, name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
+        await self._verify_listed(inode)
         await self.meta.removexattr(inode, name)
 
 

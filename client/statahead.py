@@ -47,6 +47,8 @@ MAX_FETCHING = 4  # listings being fetched at once
 MIN_PAYOFF = 1 / 8
 BACKOFF = 30.0
 MIN_TIMEOUT = 0.05  # a hit with less of its timeout left goes to the shard
+MAX_SERVED = 65_536  # inodes whose name a listing gave and nothing verified since
+MAX_STALE = 4_096  # inodes found stale lately, kept out of fetches that land
 
 
 class Listing:
@@ -72,6 +74,12 @@ class StatAhead:
         self.fetching: set[int] = set()
         self._misses: dict[int, tuple[int, float]] = {}  # dir -> (count, window start)
         self._backoff: dict[int, float] = {}  # dir -> until when not to fetch it
+        # ino -> (dir, name) a listing answered for it; see `served`
+        self._served: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._stale: OrderedDict[int, float] = OrderedDict()  # ino -> when found stale
+        # Inodes a listed name no longer leads to, found by `_verify_listed`:
+        # every operation on them answers ESTALE until a shard's lookup gives one.
+        self.wrong: OrderedDict[int, None] = OrderedDict()
 
     def find(self, parent: int, name: bytes, now: float):
         """``(ino, listing)`` if a fresh listing of `parent` holds `name`, else None."""
@@ -124,10 +132,15 @@ class StatAhead:
 
     def fetch_ended(self, parent: int, generation: int, listing: Listing | None) -> bool:
         """Keep `listing` (None: the fetch failed) unless a change of ours in the
-        directory overlapped the fetch; True when it was kept."""
+        directory overlapped the fetch; True when it was kept.  Names of inodes
+        found stale since the fetch began are left out of it."""
         self.fetching.discard(parent)
         if listing is None or self.generation.get(parent, 0) != generation:
             return False
+        stale = {ino for ino, when in self._stale.items() if when >= listing.fetched}
+        if stale:
+            for name in [n for n, ino in listing.names.items() if ino in stale]:
+                del listing.names[name]
         self.listings[parent] = listing
         self.listings.move_to_end(parent)
         while len(self.listings) > MAX_LISTINGS:
@@ -149,11 +162,43 @@ class StatAhead:
             self.generation.update({d: self.generation.get(d, 0) + 1 for d in self.fetching})
         self.listings.pop(parent, None)
 
-    def distrust(self) -> None:
-        """A name the kernel got led to an inode that is gone or unlinked: drop
-        every listing, so that the kernel's next lookup reaches a shard."""
-        for parent in {*self.listings, *self.fetching}:
-            self.changed(parent)
+    def served(self, ino: int, parent: int, name: bytes) -> None:
+        """A listing answered `name` in `parent` with `ino`: until something
+        verifies it (`take_served`), an operation on `ino` first checks that the
+        name still leads there (client.ops `_verify_listed`)."""
+        self._served[ino] = (parent, name)
+        self._served.move_to_end(ino)
+        if len(self._served) > MAX_SERVED:
+            self._served.popitem(last=False)
+
+    def take_served(self, ino: int) -> tuple[int, bytes] | None:
+        return self._served.pop(ino, None)
+
+    def found_wrong(self, ino: int, now: float) -> None:
+        self.stale_ino(ino, now)
+        self.wrong[ino] = None
+        self.wrong.move_to_end(ino)
+        if len(self.wrong) > MAX_STALE:
+            self.wrong.popitem(last=False)
+
+    def confirmed(self, ino: int) -> None:
+        """A shard's lookup gave `ino` for some name: it is right there."""
+        if self.wrong:
+            self.wrong.pop(ino, None)
+
+    def stale_ino(self, ino: int, now: float) -> None:
+        """The kernel reached `ino` by a name that no longer leads there (another
+        mount removed or replaced it): no listing answers that name again, also
+        one being fetched now, so the kernel's next lookup of it reaches a shard.
+        The rest of each listing stays."""
+        self._served.pop(ino, None)
+        self._stale[ino] = now
+        self._stale.move_to_end(ino)
+        if len(self._stale) > MAX_STALE:
+            self._stale.popitem(last=False)
+        for listing in self.listings.values():
+            for name in [n for n, i in listing.names.items() if i == ino]:
+                del listing.names[name]
 
     def _retire(self, parent: int) -> None:
         listing = self.listings.pop(parent)

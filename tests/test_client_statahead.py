@@ -102,13 +102,45 @@ def test_a_listing_that_served_little_backs_its_directory_off():
     assert triggered(ahead, 41.6, entries=1000) == TRIGGER_MISSES
 
 
-def test_distrust_drops_every_listing_and_fetch():
+def test_a_stale_inode_leaves_the_listings_and_any_listing_that_lands():
+    """An inode the kernel reached by a name that no longer leads there: no
+    listing answers that name again, the rest of each stays, and a fetch on its
+    way when it was found leaves it out too."""
     ahead = StatAhead(entry_timeout=1.0)
-    listed(ahead, 1.0)
+    listed(ahead, 1.0, {b"a": 10, b"b": 11, b"link-to-a": 10})
+    ahead.served(10, DIR, b"a")
     generation = ahead.fetch_started(DIR + 1)
-    ahead.distrust()
-    assert ahead.find(DIR, b"a", 1.1) is None
-    assert not ahead.fetch_ended(DIR + 1, generation, Listing({b"a": 1}, 1.0, 0))
+    ahead.stale_ino(10, 1.2)
+    assert ahead.find(DIR, b"a", 1.3) is None and ahead.find(DIR, b"link-to-a", 1.3) is None
+    assert ahead.find(DIR, b"b", 1.3)[0] == 11
+    assert ahead.take_served(10) is None
+    assert ahead.fetch_ended(DIR + 1, generation, Listing({b"x": 10, b"y": 12}, 1.1, 0))
+    assert ahead.find(DIR + 1, b"x", 1.3) is None and ahead.find(DIR + 1, b"y", 1.3)[0] == 12
+    # A listing fetched after the inode was found stale has it afresh.
+    generation = ahead.fetch_started(DIR + 2)
+    assert ahead.fetch_ended(DIR + 2, generation, Listing({b"x": 10}, 1.5, 0))
+    assert ahead.find(DIR + 2, b"x", 1.6)[0] == 10
+
+
+def test_an_inode_found_wrong_stays_so_until_a_shard_gives_it():
+    ahead = StatAhead(entry_timeout=1.0)
+    listed(ahead, 1.0, {b"a": 10})
+    ahead.found_wrong(10, 1.1)
+    assert 10 in ahead.wrong and ahead.find(DIR, b"a", 1.2) is None
+    ahead.confirmed(11)
+    assert 10 in ahead.wrong
+    ahead.confirmed(10)
+    assert not ahead.wrong
+
+
+def test_served_names_are_remembered_once_and_bounded():
+    ahead = StatAhead(entry_timeout=1.0)
+    ahead.served(10, DIR, b"a")
+    assert ahead.take_served(10) == (DIR, b"a")
+    assert ahead.take_served(10) is None  # verified once
+    for ino in range(statahead.MAX_SERVED + 10):
+        ahead.served(ino, DIR, b"n")
+    assert ahead.take_served(0) is None and ahead.take_served(statahead.MAX_SERVED + 9)
 
 
 def test_off_without_a_kernel_entry_cache():

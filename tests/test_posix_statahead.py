@@ -119,6 +119,37 @@ def test_a_name_another_mount_replaced_opens_the_new_file(cluster, listed_elsewh
         assert (here / name).read_bytes() == b"replacement " + name.encode()
 
 
+def test_a_change_by_a_name_another_mount_replaced_lands_on_the_new_file(
+        cluster, listed_elsewhere, long_mount):
+    """chmod, truncate, setxattr and readlink by a name another mount replaced
+    after this mount's listing was read: the old inode may live on, held open
+    there, and a change landing on it would be lost.  Each is checked against the
+    shard first, and ESTALE makes the kernel look the name up again."""
+    _, theirs = listed_elsewhere
+    here = long_mount / theirs.name
+    os.symlink("old-target", theirs / "link")
+    names = _warm_listing(cluster, here, [f"f{i:03d}" for i in range(FILES)])
+    chmodded, truncated, tagged = names[:3]
+    held = []
+    try:
+        for name in (chmodded, truncated, tagged):
+            held.append(open(theirs / name, "rb"))  # the old inode lives on
+            (theirs / "tmp").write_bytes(b"replacement")
+            os.rename(theirs / "tmp", theirs / name)
+        os.symlink("new-target", theirs / "tmp")
+        os.rename(theirs / "tmp", theirs / "link")
+        os.chmod(here / chmodded, 0o600)
+        os.truncate(here / truncated, 3)
+        os.setxattr(here / tagged, "user.k", b"v")
+        assert os.readlink(here / "link") == "new-target"
+    finally:
+        for fp in held:
+            fp.close()
+    assert os.stat(theirs / chmodded).st_mode & 0o777 == 0o600
+    assert (theirs / truncated).read_bytes() == b"rep"
+    assert os.getxattr(theirs / tagged, "user.k") == b"v"
+
+
 def test_another_mounts_changes_show_within_the_timeouts(cluster, listed_elsewhere):
     here, theirs = listed_elsewhere
     names = _warm_listing(cluster, here, [f"f{i:03d}" for i in range(100)])
