@@ -28,12 +28,19 @@ What a lookup answered here promises is what the kernel's own caches promise:
   else (directories, whose place the client tracks, hard-linked files) goes to
   the shard as before.  A name missing from the listing goes to the shard too:
   a listing never answers "no such name".
+- A name another mount replaced since the listing was read leads the kernel to
+  the old inode.  Its open finds that out (ESTALE); any other operation on an
+  inode a listing gave first checks the name on its shard (`served`, client.ops
+  `_verify_listed`) and answers ESTALE when it leads elsewhere, for every
+  operation on that inode until a shard gives it again (`wrong`).  The kernel
+  then looks the name up again, and no listing answers it (`stale_ino`).
 
 The cost is bounded: only directories of at most MAX_ENTRIES entries are
 fetched (one found bigger while fetched is dropped and backed off), at most
-MAX_FETCHING at once, at most MAX_LISTINGS listings are kept, and a listing that served
-fewer than a MIN_PAYOFF share of its entries (random lookups in a big
-directory) keeps its directory from being fetched again for BACKOFF seconds.
+MAX_FETCHING at once, at most MAX_LISTINGS listings are kept, and a listing
+that served fewer than a MIN_PAYOFF share of its entries (random lookups in a
+big directory) keeps its directory from being fetched again for BACKOFF
+seconds.  The per-inode records are capped at MAX_SERVED and MAX_STALE.
 """
 
 import math
