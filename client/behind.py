@@ -109,6 +109,11 @@ class UnlinksBehind:
     def gone(self, parent: int, name: bytes) -> None:
         self._names.pop((parent, name), None)
 
+    def ino_at(self, parent: int, name: bytes) -> int | None:
+        """The inode the kernel got from us for `name` in `parent`, if known."""
+        known = self._names.get((parent, name))
+        return None if known is None else known[0]
+
     def may_answer_early(self, parent: int, name: bytes, open_here, attrs) -> int | None:
         """The inode whose unlink may be answered before its commit, or None: a
         regular file or symlink the kernel got from us, with no other name (as

@@ -172,6 +172,7 @@ class LoomOperations(pyfuse3.Operations):
         # (client.statahead); none without a nursery to fetch them in.
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
+        self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_listed` check
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -273,6 +274,8 @@ class LoomOperations(pyfuse3.Operations):
         if found is None:
             return None
         ino, listing = found
+        if ino in self.statahead.wrong:
+            return None  # a shard's lookup decides (and clears it if right)
         attr = self.meta.attrs.get(ino)
         fetched = self.meta.fetched.get(ino)
         if attr is None or fetched is None:
@@ -344,16 +347,22 @@ class LoomOperations(pyfuse3.Operations):
         return pyfuse3.FUSEError(errno.ESTALE)
 
     async def _verify_listed(self, ino: int) -> None:
-        """Before an operation on `ino` by a name that a listing fetched ahead gave
-        the kernel (chmod, truncate, utime, readlink, xattrs, link; open checks by
-        itself): that the name still leads there.  Another mount may have replaced
-        it since the listing was read, and the old inode may even live on, held
-        open elsewhere: the change would land on it and be lost.  ESTALE makes the
-        kernel look the name up again.  Once per listed name; a file open here is
-        past this (its open checked)."""
+        """Before a change of `ino` by a name that a listing fetched ahead gave the
+        kernel (chmod, chown, truncate, utime, setxattr, removexattr, link, an open
+        for writing): that the name still leads there.  Another mount may have
+        replaced it or moved it aside since the listing was read, and the old
+        inode may live on: the change would land on it and be lost.  ESTALE makes
+        the kernel look the name up again.  Once per listed name, and concurrent
+        calls wait for the one check; a file open here is past this.  Reads
+        (readlink, getxattr, a read-only open) are not checked first: they answer
+        ESTALE if the inode is gone, and may read a moved-aside file, as through
+        the kernel's own dentry cache."""
         if ino in self.files:
             self.statahead.take_served(ino)
             return
+        checking = self._verifying.get(ino)
+        if checking is not None:  # another call's check of it: take its verdict
+            await checking.wait()
         if ino in self.statahead.wrong:
             # Found wrong before: the kernel may go on with its syscall after an
             # ESTALE from a getxattr it asks for itself (truncate's check of
@@ -363,13 +372,21 @@ class LoomOperations(pyfuse3.Operations):
         if place is None:
             return
         parent, name = place
+        self._verifying[ino] = done = trio.Event()
         try:
-            now = await self.meta.lookup(parent, name)
-        except errors.NotFound:
-            now = None
-        if now is None or now["ino"] != ino:
-            self.statahead.found_wrong(ino, time.monotonic())
-            raise pyfuse3.FUSEError(errno.ESTALE)
+            try:
+                now = await self.meta.lookup(parent, name)
+            except errors.NotFound:
+                now = None
+            except BaseException:
+                self.statahead.served(ino, parent, name)  # not checked: the next call does
+                raise
+            if now is None or now["ino"] != ino:
+                self.statahead.found_wrong(ino, time.monotonic())
+                raise pyfuse3.FUSEError(errno.ESTALE)
+        finally:
+            del self._verifying[ino]
+            done.set()
 
     @contextlib.contextmanager
     def _changing_names(self, *parents: int):
@@ -501,8 +518,12 @@ class LoomOperations(pyfuse3.Operations):
     async def readlink(self, inode, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_listed(inode)
-        return await self.meta.readlink(inode)
+        try:
+            return await self.meta.readlink(inode)
+        except errors.NotFound:
+            if self._reached_by_name(inode):  # replaced elsewhere: look the name up again
+                raise self._stale(inode) from None
+            raise
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         if self.behind:
@@ -570,17 +591,23 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_name(parent_inode_old, name_old)
             await self.behind.settle_dir_at(parent_inode_new, name_new,  # it may be replaced
                                             self.dir_names.place_of)
+        moved = [self.behind.ino_at(parent_inode_old, name_old),
+                 self.behind.ino_at(parent_inode_new, name_new)]
         self.behind.gone(parent_inode_old, name_old)
         self.behind.gone(parent_inode_new, name_new)
         with self._changing_names(parent_inode_old, parent_inode_new):
             await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new,
                                    flags)
+        for ino in moved:  # the kernel moves its own entries: nothing to check by name
+            if ino is not None:
+                self.statahead.take_served(ino)
         self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
                                exchange=bool(flags & RENAME_EXCHANGE))
 
     async def forget(self, inode_list):
         for ino, _ in inode_list:
             self.dir_names.forget(ino)
+            self.statahead.forgotten(ino)
             if ino not in self.files:
                 self.meta.forget(ino)
 
@@ -710,7 +737,10 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
-        self.statahead.take_served(inode)  # the open itself finds a gone inode out
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            await self._verify_listed(inode)  # a write must not land on a moved-aside file
+        else:
+            self.statahead.take_served(inode)  # the open itself finds a gone inode out
         try:
             attr = await self.meta.open(inode, flags)
         except errors.NotFound:
@@ -910,9 +940,15 @@ class LoomOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_listed(inode)
+        if inode in self.statahead.wrong and inode not in self.files:
+            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_listed
         self._fault_hook(inode, name)
-        return await self.meta.getxattr(inode, name)
+        try:
+            return await self.meta.getxattr(inode, name)
+        except errors.NotFound:
+            if self._reached_by_name(inode):  # see readlink
+                raise self._stale(inode) from None
+            raise
 
     def _fault_hook(self, ino: int, name: bytes):
         if self.debug_faults and name == FAULT_XATTR:
@@ -921,7 +957,8 @@ class LoomOperations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_listed(inode)
+        if inode in self.statahead.wrong and inode not in self.files:
+            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_listed
         return await self.meta.listxattr(inode)
 
     async def removexattr(self, inode, name, ctx):

@@ -59,10 +59,18 @@ MAX_STALE = 4_096  # inodes found stale lately, kept out of fetches that land
 
 
 class Listing:
-    __slots__ = ("names", "fetched", "since", "hits", "gone")
+    __slots__ = ("names", "by_ino", "more_names", "fetched", "since", "hits", "gone")
 
     def __init__(self, names: dict[bytes, int], fetched: float, since):
         self.names = names  # name -> ino
+        # ino -> name, and for the few with more than one name (hard links) all of
+        # them: what `stale_ino` drops, without a scan of every name
+        self.by_ino: dict[int, bytes] = {}
+        self.more_names: dict[int, list[bytes]] = {}
+        for name, ino in names.items():
+            first = self.by_ino.setdefault(ino, name)
+            if first != name:
+                self.more_names.setdefault(ino, [first]).append(name)
         self.fetched = fetched  # when the fetch began (monotonic): the names are this old
         self.since = since  # client.behind's `ends` when the fetch began
         self.hits = 0
@@ -144,10 +152,9 @@ class StatAhead:
         self.fetching.discard(parent)
         if listing is None or self.generation.get(parent, 0) != generation:
             return False
-        stale = {ino for ino, when in self._stale.items() if when >= listing.fetched}
-        if stale:
-            for name in [n for n, ino in listing.names.items() if ino in stale]:
-                del listing.names[name]
+        for ino, when in self._stale.items():
+            if when >= listing.fetched:
+                _drop_ino(listing, ino)
         self.listings[parent] = listing
         self.listings.move_to_end(parent)
         while len(self.listings) > MAX_LISTINGS:
@@ -204,8 +211,13 @@ class StatAhead:
         if len(self._stale) > MAX_STALE:
             self._stale.popitem(last=False)
         for listing in self.listings.values():
-            for name in [n for n, i in listing.names.items() if i == ino]:
-                del listing.names[name]
+            _drop_ino(listing, ino)
+
+    def forgotten(self, ino: int) -> None:
+        """The kernel forgot `ino`: whatever it learns of it later is new."""
+        self._served.pop(ino, None)
+        if self.wrong:
+            self.wrong.pop(ino, None)
 
     def _retire(self, parent: int) -> None:
         listing = self.listings.pop(parent)
@@ -213,3 +225,11 @@ class StatAhead:
             self._backoff[parent] = listing.fetched + BACKOFF
             if len(self._backoff) > 4 * MAX_ENTRIES:
                 self._backoff.clear()
+
+
+def _drop_ino(listing: Listing, ino: int) -> None:
+    """No name of `listing` leads to `ino` any more."""
+    name = listing.by_ino.pop(ino, None)
+    for name in listing.more_names.pop(ino, [name] if name is not None else []):
+        if listing.names.get(name) == ino:
+            del listing.names[name]
