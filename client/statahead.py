@@ -33,7 +33,9 @@ What a lookup answered here promises is what the kernel's own caches promise:
   inode a listing gave first checks the name on its shard (`served`, client.ops
   `_verify_listed`) and answers ESTALE when it leads elsewhere, for every
   operation on that inode until a shard gives it again (`wrong`).  The kernel
-  then looks the name up again, and no listing answers it (`stale_ino`).
+  then looks the name up again, and no listing answers it (`stale_ino`), nor
+  any name for PAUSE_AFTER_STALE seconds: the kernel's old entry may have come
+  from a shard while a listing holds the name for another replaced inode.
 
 The cost is bounded: only directories of at most MAX_ENTRIES entries are
 fetched (one found bigger while fetched is dropped and backed off), at most
@@ -56,6 +58,10 @@ BACKOFF = 30.0
 MIN_TIMEOUT = 0.05  # a hit with less of its timeout left goes to the shard
 MAX_SERVED = 65_536  # inodes whose name a listing gave and nothing verified since
 MAX_STALE = 4_096  # inodes found stale lately, kept out of fetches that land
+# After an ESTALE, no listing answers for this long: the kernel's retry looks the
+# name up at once, and its old entry may have come from a shard while a listing
+# holds the name for another inode that was replaced since, too.
+PAUSE_AFTER_STALE = 0.5
 
 
 class Listing:
@@ -95,11 +101,12 @@ class StatAhead:
         # Inodes a listed name no longer leads to, found by `_verify_listed`:
         # every operation on them answers ESTALE until a shard's lookup gives one.
         self.wrong: OrderedDict[int, None] = OrderedDict()
+        self.paused_until = -math.inf
 
     def find(self, parent: int, name: bytes, now: float):
         """``(ino, listing)`` if a fresh listing of `parent` holds `name`, else None."""
         listing = self.listings.get(parent)
-        if listing is None:
+        if listing is None or now < self.paused_until:
             return None
         if now - listing.fetched > self.entry_timeout - MIN_TIMEOUT:
             self._retire(parent)
@@ -206,6 +213,7 @@ class StatAhead:
         one being fetched now, so the kernel's next lookup of it reaches a shard.
         The rest of each listing stays."""
         self._served.pop(ino, None)
+        self.paused_until = now + PAUSE_AFTER_STALE
         self._stale[ino] = now
         self._stale.move_to_end(ino)
         if len(self._stale) > MAX_STALE:

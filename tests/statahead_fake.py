@@ -21,6 +21,18 @@ class Ctx:
     uid = gid = pid = 0
 
 
+class Attr:
+    """What a chmod to 0600 passes to setattr."""
+    st_mode = 0o100600
+
+
+class ModeOnly:
+    """The fields of a chmod."""
+    update_mode = True
+    update_uid = update_gid = update_atime = update_mtime = update_ctime = False
+    update_size = False
+
+
 class FakeCluster:
     def __init__(self, nursery):
         self.nursery = nursery

@@ -5,7 +5,7 @@ ea3c76c); the chmod test is the control that held already."""
 
 import trio
 import trio.testing
-from statahead_fake import Ctx, make_ops, names_on_shard
+from statahead_fake import Attr, Ctx, ModeOnly, make_ops, names_on_shard
 
 import client.ops as ops_module
 from client import statahead
@@ -116,16 +116,7 @@ async def test_own_chmod_racing_the_listing_shows_at_once(nursery):
     """setattr marks the inode changed, so the older readdir reply does not
     replace its attributes (this held before the fixes too)."""
     cluster, meta, ops, target, x_ino, gate = await _fetch_held(nursery)
-
-    class Attr:
-        st_mode = 0o100600
-
-    class Fields:
-        update_mode = True
-        update_uid = update_gid = update_atime = update_mtime = update_ctime = False
-        update_size = False
-
-    await ops.setattr(x_ino, Attr(), Fields(), None, Ctx())
+    await ops.setattr(x_ino, Attr(), ModeOnly(), None, Ctx())
     del cluster.gates["readdir"]
     gate.set()
     await trio.testing.wait_all_tasks_blocked()

@@ -12,7 +12,7 @@ import stat
 import pyfuse3
 import trio
 import trio.testing
-from statahead_fake import Ctx, FakeCluster, names_on_shard
+from statahead_fake import Attr, Ctx, FakeCluster, ModeOnly, names_on_shard
 
 from client.meta import Meta
 from client.ops import LoomOperations
@@ -96,16 +96,6 @@ class Cluster(FakeCluster):
         old = self.dirs[parent].pop(name)
         self._add(aside_parent, aside, old)
         self.make_file(parent, name, new_ino)
-
-
-class Attr:
-    st_mode = 0o100600
-
-
-class ModeOnly:
-    update_mode = True
-    update_uid = update_gid = update_atime = update_mtime = update_ctime = False
-    update_size = False
 
 
 def make(nursery):
