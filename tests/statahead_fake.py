@@ -93,7 +93,7 @@ class FakeCluster:
         if gate is not None:
             await gate.wait()
         else:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         return copy.deepcopy(reply)
 
     def count(self, op: str) -> int:
