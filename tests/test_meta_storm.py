@@ -121,8 +121,10 @@ def fsck_until_settled(live, deadline: float):
     while True:
         done = subprocess.run([LOOMFS, "fsck", "-q", "--cluster", str(live.config)],
                               capture_output=True, text=True, timeout=300)
-        if "PENDING transaction" not in done.stdout or time.monotonic() > deadline:
+        if "PENDING transaction" not in done.stdout:
             return done
+        assert time.monotonic() < deadline, \
+            f"transactions still pending when the deadline passed:\n{done.stdout}"
         time.sleep(0.5)  # polling the cluster's own recovery, with a deadline
 
 
