@@ -179,6 +179,9 @@ class DataPath:
         self._orders: OrderedDict[tuple, list[int]] = OrderedDict()
         # (ino, chunk index) -> (map epoch, until) of reads that gave up
         self._gave_up: OrderedDict[tuple, tuple] = OrderedDict()
+        # osd id -> cancel scopes of the calls to it in flight (see _call_osd)
+        self._calls_to: dict[int, set[trio.CancelScope]] = {}
+        self._watching_map = False
 
     # -- placement --------------------------------------------------------
 
@@ -304,33 +307,36 @@ class DataPath:
         `deadline`, and `TransportError` as soon as a newer map marks the OSD down
         while the call waits (an OSD already down when asked is asked anyway: the
         map may be behind)."""
-        outcome, failure = [], []
+        timeout = max(0.1, deadline - trio.current_time())
+        if not self.cluster.map.is_up(osd_id):
+            with trio.fail_after(timeout):
+                return await self.cluster.osd(osd_id).call_payload(op, args, payload)
+        # One cancel scope per call, which `_cancel_calls_to_down` cancels when a
+        # map marks the OSD down: no task or nursery per call (a call is a few
+        # hundred microseconds of this process's CPU, and two tasks were a tenth).
+        if not self._watching_map:
+            self._watching_map = True
+            self.nursery.start_soon(self._cancel_calls_to_down, name="calls to down OSDs")
+        given_up = trio.CancelScope()
+        calls = self._calls_to.setdefault(osd_id, set())
+        calls.add(given_up)
+        try:
+            with given_up, trio.fail_after(timeout):
+                return await self.cluster.osd(osd_id).call_payload(op, args, payload)
+        finally:
+            calls.discard(given_up)
+        log.warning("%s of ino %s on osd %d given up: the map marks it down", op,
+                    args.get("ino"), osd_id)
+        raise errors.TransportError(f"osd {osd_id} was marked down during {op}")
 
-        async def call():
-            try:
-                with trio.fail_after(max(0.1, deadline - trio.current_time())):
-                    outcome.append(await self.cluster.osd(osd_id).call_payload(
-                        op, args, payload))
-            except (errors.LoomError, trio.TooSlowError) as exc:
-                failure.append(exc)
-            nursery.cancel_scope.cancel()
-
-        async def watch():
-            while self.cluster.map.is_up(osd_id):
-                await self.cluster.map_changed.wait()
-            nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            if self.cluster.map.is_up(osd_id):
-                nursery.start_soon(watch)
-        if failure:
-            raise failure[0]
-        if not outcome:
-            log.warning("%s of ino %s on osd %d given up: the map marks it down", op,
-                        args.get("ino"), osd_id)
-            raise errors.TransportError(f"osd {osd_id} was marked down during {op}")
-        return outcome[0]
+    async def _cancel_calls_to_down(self) -> None:
+        """For every new map: give up the calls in flight to the OSDs it marks down."""
+        while True:
+            await self.cluster.map_changed.wait()
+            for osd_id, calls in self._calls_to.items():
+                if calls and not self.cluster.map.is_up(osd_id):
+                    for given_up in calls:
+                        given_up.cancel()
 
     async def _wait_for_map(self, seconds: float):
         with trio.move_on_after(seconds):
