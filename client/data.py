@@ -330,13 +330,16 @@ class DataPath:
         raise errors.TransportError(f"osd {osd_id} was marked down during {op}")
 
     async def _cancel_calls_to_down(self) -> None:
-        """For every new map: give up the calls in flight to the OSDs it marks down."""
+        """For every new map: give up the calls in flight to the OSDs it marks down.
+        It looks before its first wait too: a map that came between the first call
+        and this task's start would otherwise go unseen (a call registers only
+        while its OSD is up, so one now down was marked down since)."""
         while True:
-            await self.cluster.map_changed.wait()
             for osd_id, calls in self._calls_to.items():
                 if calls and not self.cluster.map.is_up(osd_id):
                     for given_up in calls:
                         given_up.cancel()
+            await self.cluster.map_changed.wait()
 
     async def _wait_for_map(self, seconds: float):
         with trio.move_on_after(seconds):
