@@ -283,8 +283,12 @@ class Meta:
 
     # -- changes ----------------------------------------------------------
 
-    async def setattr(self, ino: int, fields: dict, caller: dict) -> dict:
+    async def setattr(self, ino: int, fields: dict, caller: dict, linked=False) -> dict:
+        """`linked`: the kernel came by a name; a file with none left answers
+        NotFound (mdsd.ops_attr `refuse_unlinked`).  So do setxattr and removexattr."""
         args = {"ino": ino, "fields": fields, "caller": caller, "rid": _rid()}
+        if linked:
+            args["linked"] = True
         return self._changed(await self._at_ino(ino, "setattr", args))
 
     async def mark_tail(self, ino: int) -> None:
@@ -431,8 +435,10 @@ class Meta:
         if len(self.no_caps) > CACHE_ENTRIES:
             self.no_caps.popitem(last=False)
 
-    async def setxattr(self, ino, name, value, flags=0) -> None:
+    async def setxattr(self, ino, name, value, flags=0, linked=False) -> None:
         args = {"ino": ino, "name": name, "value": value, "flags": flags}
+        if linked:
+            args["linked"] = True
         try:
             await self._at_ino(ino, "setxattr", args)
         finally:  # after the call: a "none" answered meanwhile is stale too
@@ -443,9 +449,12 @@ class Meta:
     async def listxattr(self, ino) -> list:
         return await self._at_ino(ino, "listxattr", {"ino": ino})
 
-    async def removexattr(self, ino, name) -> None:
+    async def removexattr(self, ino, name, linked=False) -> None:
+        args = {"ino": ino, "name": name}
+        if linked:
+            args["linked"] = True
         try:
-            await self._at_ino(ino, "removexattr", {"ino": ino, "name": name})
+            await self._at_ino(ino, "removexattr", args)
         finally:
             self.no_caps.pop(ino, None)
             self._mark_changed(ino)

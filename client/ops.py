@@ -450,6 +450,20 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
         if fh is None:
             await self._verify_listed(inode)
+        # By a name the kernel caches (chmod, utime, truncate of a path): another
+        # mount may have replaced the file since, and the old one be gone or live
+        # on only while held open there.  ESTALE then makes the kernel look the
+        # name up again and the change lands on the file there now, where it
+        # failed with ENOENT or changed the old file (a tester's report).
+        linked = fh is None and self._reached_by_name(inode)
+        try:
+            return await self._setattr(inode, attr, fields, ctx, linked)
+        except errors.NotFound:
+            if linked or self._reached_by_name(inode):
+                raise self._stale(inode) from None
+            raise
+
+    async def _setattr(self, inode, attr, fields, ctx, linked: bool):
         changes = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
@@ -472,22 +486,25 @@ class LoomOperations(pyfuse3.Operations):
                 fd.mtime_ns = 0
         caller = {"uid": ctx.uid, "gid": ctx.gid, "groups": _groups(ctx)}
         if not fields.update_size:
-            new_attr = await self.meta.setattr(inode, changes, caller)
+            new_attr = await self.meta.setattr(inode, changes, caller, linked)
             self._own_change(new_attr)
             return self._entry(new_attr)
         changes["size"] = attr.st_size
         with self._changing_size(inode):
-            await self._truncate(inode, attr.st_size)
-            new_attr = await self.meta.setattr(inode, changes, caller)
+            await self._truncate(inode, attr.st_size, linked)
+            new_attr = await self.meta.setattr(inode, changes, caller, linked)
         self._own_change(new_attr)
         return self._entry(new_attr)
 
-    async def _truncate(self, ino: int, size: int):
+    async def _truncate(self, ino: int, size: int, linked: bool = False):
         fd = self.files.get(ino)
         if fd is None:
             attr = await self.meta.getattr(ino)
             if not stat.S_ISREG(attr["mode"]):
                 raise errors.Invalid(f"truncate of non-file ino {ino}")
+            if linked and attr["nlink"] == 0:
+                # Checked before any chunk is cut: see setattr.
+                raise errors.NotFound(f"inode {ino} has no name left")
             fd = FileData(ino, Layout.from_wire(attr["layout"]), attr["size"])
         await self.data.truncate(fd, size)
         fd.size_dirty = False
@@ -530,8 +547,13 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
         await self._verify_listed(inode)
-        with self._changing_names(new_parent_inode):
-            attr = await self.meta.link(inode, new_parent_inode, new_name)
+        try:
+            with self._changing_names(new_parent_inode):
+                attr = await self.meta.link(inode, new_parent_inode, new_name)
+        except errors.NotFound:
+            if self._reached_by_name(inode):  # see setattr
+                raise self._stale(inode) from None
+            raise
         return self._named(new_parent_inode, new_name, attr)
 
     def _named(self, parent_inode: int, name: bytes, attr: dict) -> pyfuse3.EntryAttributes:
@@ -935,7 +957,13 @@ class LoomOperations(pyfuse3.Operations):
             # ACLs are not enforced, so they are not stored either: cp -a, tar
             # and rsync then fall back to chmod, as on a filesystem without ACLs.
             raise errors.NotSupported(f"POSIX ACLs are not supported ({name!r})")
-        await self.meta.setxattr(inode, name, value)
+        linked = self._reached_by_name(inode)  # see setattr
+        try:
+            await self.meta.setxattr(inode, name, value, linked=linked)
+        except errors.NotFound:
+            if linked or self._reached_by_name(inode):
+                raise self._stale(inode) from None
+            raise
 
     async def getxattr(self, inode, name, ctx):
         if self.behind:
@@ -965,7 +993,13 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         await self._verify_listed(inode)
-        await self.meta.removexattr(inode, name)
+        linked = self._reached_by_name(inode)  # see setattr
+        try:
+            await self.meta.removexattr(inode, name, linked=linked)
+        except errors.NotFound:
+            if linked or self._reached_by_name(inode):
+                raise self._stale(inode) from None
+            raise
 
 
 def _invalidate_attrs(ino: int) -> None:

@@ -127,6 +127,7 @@ async def setattr(ns, args: dict) -> dict:
     fields = _fields(args)
     caller_uid, caller_gids = check.caller(args)
     rid = check.rid(args)
+    linked = check.boolean(args, "linked")
     await ns.removals.settle_ino(ino)
     if "size" in fields:
         # An extension must not show what a failed writer left past the size.
@@ -134,6 +135,8 @@ async def setattr(ns, args: dict) -> dict:
 
     async def body(tx):
         inode = await ns.read_inode(tx, ino)
+        if linked:
+            refuse_unlinked(ino, inode)
         if "size" in fields and is_dir(inode):
             raise errors.IsDir(f"inode {ino} is a directory: no size change")
         apply_setattr(inode, fields, caller_uid, caller_gids, now_ns())
@@ -141,6 +144,16 @@ async def setattr(ns, args: dict) -> dict:
         return await ns.attr_of(ino, inode)
 
     return await ns.engine.run(body, rid)
+
+
+def refuse_unlinked(ino: int, inode: dict) -> None:
+    """For a change that its client made by a name (``linked`` in the request):
+    a file with no name left lives on only because someone holds it open, and
+    the name the client's kernel went by now leads elsewhere (another client
+    replaced it).  NotFound, which the client turns into ESTALE, so that its
+    kernel looks the name up again and the change lands on the file there now."""
+    if inode["nlink"] == 0 and not is_dir(inode):
+        raise errors.NotFound(f"inode {ino} has no name left")
 
 
 def _trim_chunks(inode: dict):

@@ -14,6 +14,7 @@ from loomproto import errors
 from . import args as check
 from . import schema
 from .namespace import now_ns
+from .ops_attr import refuse_unlinked
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ async def setxattr(ns, args: dict) -> dict:
     if flags & ~(XATTR_CREATE | XATTR_REPLACE) or flags == XATTR_CREATE | XATTR_REPLACE:
         raise errors.Invalid(f"setxattr flags {flags:#x} not supported")
     rid = _optional_rid(args)
+    linked = check.boolean(args, "linked")
 
     async def body(tx):
-        present = await _load(ns, tx, ino, name)
+        present = await _load(ns, tx, ino, name, linked)
         if flags & XATTR_CREATE and present:
             raise errors.Exists(f"xattr {name!r} exists on {ino}")
         if flags & XATTR_REPLACE and not present:
@@ -103,9 +105,10 @@ async def removexattr(ns, args: dict) -> dict:
     ino = check.ino(args)
     name = _xattr_name(args)
     rid = _optional_rid(args)
+    linked = check.boolean(args, "linked")
 
     async def body(tx):
-        if not await _load(ns, tx, ino, name):
+        if not await _load(ns, tx, ino, name, linked):
             raise errors.NoData(f"no xattr {name!r} on {ino}")
         tx.delete(ns.ino_shard(ino), schema.xattr_key(ino, name))
         return {}
@@ -113,9 +116,12 @@ async def removexattr(ns, args: dict) -> dict:
     return await ns.engine.run(body, rid)
 
 
-async def _load(ns, tx, ino: int, name: bytes) -> bool:
-    """Read the inode and the attribute; touches the inode's ctime."""
+async def _load(ns, tx, ino: int, name: bytes, linked: bool) -> bool:
+    """Read the inode and the attribute; touches the inode's ctime.  `linked`:
+    see mdsd.ops_attr `refuse_unlinked`."""
     inode = await ns.read_inode(tx, ino)
+    if linked:
+        refuse_unlinked(ino, inode)
     present = await tx.read(ns.ino_shard(ino), schema.xattr_key(ino, name)) is not None
     inode["ctime"] = now_ns()
     ns.write_inode(tx, ino, inode)

@@ -1,0 +1,97 @@
+"""Changes by a name that another mount replaced (`write tmp; mv tmp name`) after
+this mount's kernel cached it: chmod, utime, truncate, setxattr, removexattr and
+link land on the file the name leads to now.
+
+The kernel goes by its cached entry to the old inode.  Gone, that failed with
+ENOENT; held open on the other mount (so alive, with no name left), the change
+landed on it and was lost.  The client now answers ESTALE for both (the shard
+refuses a change by name of a file with no name left, `linked`), and the kernel
+looks the name up again and repeats the call (a tester's churn run, with and
+without stat-ahead).  The old file held open keeps what it had."""
+
+import os
+
+import pytest
+
+from posix_util import extra_mount
+
+pytestmark = pytest.mark.mount
+
+WRITER = "allow_other,default_permissions,attr_timeout=0,entry_timeout=0"
+# Long timeouts: the reader's kernel keeps the old entries for the whole test.
+READER = "allow_other,default_permissions,entry_timeout=30,attr_timeout=30"
+CHANGES = ("chmod", "utime", "truncate", "setxattr", "removexattr", "link")
+MTIME = 1_500_000_000 * 10**9
+
+
+def _change(kind: str, path, links):
+    if kind == "chmod":
+        os.chmod(path, 0o600)
+    elif kind == "utime":
+        os.utime(path, ns=(MTIME, MTIME))
+    elif kind == "truncate":
+        os.truncate(path, 3)
+    elif kind == "setxattr":
+        os.setxattr(path, "user.k", b"v")
+    elif kind == "removexattr":
+        os.removexattr(path, "user.old")
+    else:
+        os.link(path, links / path.name)
+
+
+def _check(kind: str, path, links):
+    st = os.stat(path)
+    if kind == "chmod":
+        assert st.st_mode & 0o777 == 0o600
+    elif kind == "utime":
+        assert st.st_mtime_ns == MTIME
+    elif kind == "truncate":
+        assert path.read_bytes() == b"new"
+    elif kind == "setxattr":
+        assert os.getxattr(path, "user.k") == b"v"
+    elif kind == "removexattr":
+        assert "user.old" not in os.listxattr(path)
+    else:
+        assert os.stat(links / path.name).st_ino == st.st_ino
+        assert st.st_nlink == 2
+
+
+@pytest.mark.parametrize("statahead", ["statahead=0", "statahead=1"])
+@pytest.mark.parametrize("held", [False, True], ids=["old-gone", "old-held-open"])
+def test_a_change_by_a_replaced_name_lands_on_the_new_file(cluster, request, statahead,
+                                                             held):
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER + "," + statahead) as reader_root:
+        top = f"replaced-{request.node.name}".replace("[", "-").replace("]", "")
+        os.mkdir(writer_root / top)
+        os.mkdir(writer_root / top / "links")
+        writer, reader = writer_root / top, reader_root / top
+        for kind in CHANGES:
+            (writer / kind).write_bytes(b"old contents")
+            os.chmod(writer / kind, 0o644)
+            os.setxattr(writer / kind, "user.old", b"1")
+            os.stat(reader / kind)  # the reader's kernel caches the name
+        kept = {}
+        try:
+            for kind in CHANGES:
+                if held:
+                    kept[kind] = open(writer / kind, "rb")  # the old file lives on
+                (writer / "tmp").write_bytes(b"new contents")
+                os.chmod(writer / "tmp", 0o644)
+                os.setxattr(writer / "tmp", "user.old", b"2")
+                os.rename(writer / "tmp", writer / kind)
+            for kind in CHANGES:
+                _change(kind, reader / kind, reader / "links")
+            for kind in CHANGES:
+                _check(kind, writer / kind, writer / "links")
+            for kind, fp in kept.items():
+                old = os.fstat(fp.fileno())
+                assert old.st_nlink == 0
+                assert old.st_mode & 0o777 == 0o644, kind
+                assert old.st_size == len(b"old contents"), kind
+                assert fp.read() == b"old contents", kind
+                assert os.listxattr(fp.fileno()) == ["user.old"], kind
+                assert os.getxattr(fp.fileno(), "user.old") == b"1", kind
+        finally:
+            for fp in kept.values():
+                fp.close()
