@@ -316,3 +316,18 @@ def test_an_added_osd_comes_back_with_the_next_up(harness):
     assert nodes["osd1"]["data"] == added["data"]
     assert nodes["osd1"]["argv"][-2:] == ["--host", "other"]
     harness.run("down")
+
+
+def test_free_ports_leave_out_ports_given_to_daemons_not_yet_listening(monkeypatch):
+    """The OSDs' ports were chosen while the metadata servers were not listening yet,
+    so one could be a metadata server's (a CI run: osd2 exited at start-up, its
+    port taken).  A range of two free ports, one of them given out: only the other
+    comes back, every time."""
+    low = cluster_script.free_ports("127.0.0.1", 1)[0] & ~1
+    monkeypatch.setattr(cluster_script, "PORT_RANGE", (low, low + 2))
+    given = [f"127.0.0.1:{low}"]
+    assert {port for _ in range(20)
+            for port in cluster_script.free_ports("127.0.0.1", 1, taken=given)} == {low + 1}
+    monkeypatch.setattr(cluster_script, "PORT_RANGE", (low, low + 1))
+    with pytest.raises(cluster_script.HarnessError):
+        cluster_script.free_ports("127.0.0.1", 1, taken=given)
