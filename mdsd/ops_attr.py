@@ -58,6 +58,9 @@ async def readlink(ns, args: dict) -> bytes:
     return inode["target"]
 
 
+LOOKUP_TRIES = 4  # a name replaced again and again while it is looked up
+
+
 async def lookup(ns, args: dict) -> dict:
     parent = check.ino(args, "parent")
     name = args.get("name")
@@ -66,12 +69,22 @@ async def lookup(ns, args: dict) -> dict:
     name = check.name(args)
     await ns.removals.settle_name(parent, name)  # mdsd.removals
     shard = ns.entry_shard(parent, name)
-    share_raw, entry_raw = await ns.engine.fetch(
-        shard, [schema.dirstat_key(parent), schema.dentry_key(parent, name)])
-    if entry_raw is None or schema.unpack_share(share_raw)["dead"]:
-        raise errors.NotFound(f"no entry {name!r} in {parent}")
-    ino, _, _ = schema.unpack_dentry(entry_raw)
-    return await getattr(ns, {"ino": ino})
+    dentry = schema.dentry_key(parent, name)
+    seen = None
+    for attempt in range(LOOKUP_TRIES):
+        share_raw, entry_raw = await ns.engine.fetch_settled(
+            shard, [schema.dirstat_key(parent), dentry], dentry)
+        if entry_raw is None or schema.unpack_share(share_raw)["dead"]:
+            raise errors.NotFound(f"no entry {name!r} in {parent}")
+        ino, _, _ = schema.unpack_dentry(entry_raw)
+        try:
+            return await getattr(ns, {"ino": ino})
+        except errors.NotFound:
+            # A rename that replaced the name may have committed between the two
+            # reads (the inode on another shard): the name leads elsewhere now.
+            if ino == seen or attempt == LOOKUP_TRIES - 1:
+                raise
+            seen = ino
 
 
 async def _lookup_dotdot(ns, parent: int) -> dict:

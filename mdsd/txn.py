@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 15.0
 PREPARE_TIMEOUT = 5.0
 COMMIT_TIMEOUT = 5.0
+SETTLE_SECONDS = 1.0  # how long a read waits for a prepared transaction (fetch_settled)
 
 
 CRASH_POINTS = ("coord_after_prepare", "coord_after_decide", "coord_after_commit",
@@ -125,6 +126,32 @@ class TxnEngine:
         wire_keys = [[db, raw] for db, raw in keys]
         values = await self.peers.call(shard, "peer_read", {"keys": wire_keys})
         return list(values)
+
+    async def fetch_settled(self, shard: int, keys: list[schema.Key],
+                            watched: schema.Key) -> list[bytes | None]:
+        """`fetch`, once no prepared transaction holds `watched` here: what a
+        two-phase commit in flight is about to change is read as it will be.
+
+        A participant applies its part when the commit reaches it, and the
+        coordinator's part is applied before that.  A lookup of a name that a
+        rename is replacing could read the name's old inode here while the
+        coordinator had already unlinked that inode: the open that followed
+        answered ESTALE twice, and the application saw it (a tester's churn
+        run, about once a minute).  The wait is bounded by SETTLE_SECONDS (a
+        coordinator that died decides only once it is back), and a `watched`
+        key of another shard is read without waiting (lookups reach the name's
+        own shard)."""
+        if shard != self.mds_id:
+            return await self.fetch(shard, keys)
+        lock = schema.lock_key(watched)
+        deadline = trio.current_time() + SETTLE_SECONDS
+        delay = 0.0005
+        while True:
+            values = self.store.read(partial(_get_many, self.store.dbs, keys + [lock]))
+            if values[-1] is None or trio.current_time() >= deadline:
+                return values[:-1]
+            await trio.sleep(delay)  # the commit or abort comes from the coordinator
+            delay = min(2 * delay, 0.02)
 
     # -- running operations ---------------------------------------------------
 

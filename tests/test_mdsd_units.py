@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from loomproto import errors
-from mdsd import apply, recovery, schema
+from mdsd import apply, recovery, schema, txn
 from mdsd.store import Store, StoreError
 from test_mdsd_harness import ROOT, MdsCluster, name_on_shard, no_log_warnings  # noqa: F401
 
@@ -225,3 +225,88 @@ def test_statfs_space_counts_a_shared_filesystem_once():
     other = dict(fs="m:2", fs_size=500, fs_free=500)
     assert space_of([Osd(1000, 0, **disk), Osd(500, 0, **other), Osd(80, 30)]) == \
         (1580, 850)
+
+
+async def test_a_lookup_reads_a_name_a_prepared_transaction_changes_as_committed(
+        tmp_path, nursery, monkeypatch):
+    """A rename's two-phase commit holds the replaced name on a participant while the
+    coordinator has already unlinked the old inode: a lookup there gave the old inode,
+    whose open then answered ESTALE (twice, so applications saw it: a tester's churn
+    run).  Lookups of a name a prepared transaction holds wait for its outcome."""
+    monkeypatch.setattr(txn, "SETTLE_SECONDS", 30.0)  # the commit comes when it comes
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    name = name_on_shard(mds, ROOT, 1)
+    old = await mds.create(ROOT, name)
+    new = await mds.create(ROOT, name_on_shard(mds, ROOT, 1, "tmp"))
+    key = schema.dentry_key(ROOT, name)
+    _, type_bits, seq = schema.unpack_dentry(mds.handles[1].shard.store.get(key))
+    txid = os.urandom(16)
+    await mds.client(1).call("txn_prepare", {
+        "txid": txid, "coord": 0, "reads": [],
+        "mutations": [["put", key[0], key[1], schema.pack_dentry(new["ino"], type_bits, seq)]]})
+    held = trio.Event()
+    real_get_many = txn._get_many
+
+    def get_many(dbs, keys, lmdb_txn):
+        values = real_get_many(dbs, keys, lmdb_txn)
+        if keys[-1] == schema.lock_key(key) and values[-1] is not None:
+            held.set()  # the lookup found the name held
+        return values
+
+    monkeypatch.setattr(txn, "_get_many", get_many)
+    found = []
+
+    async def look():
+        found.append(await mds.call_entry("lookup", ROOT, name))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(look)
+        with trio.fail_after(10):
+            await held.wait()
+        assert not found
+        await mds.client(1).call("txn_commit", {"txid": txid})
+    assert found[0]["ino"] == new["ino"] != old["ino"]
+
+
+async def test_a_lookup_waits_a_bounded_time_for_a_prepared_transaction(
+        tmp_path, nursery, monkeypatch):
+    """A coordinator that died decides only once it is back: until then a lookup of
+    the name gives what is committed, after SETTLE_SECONDS."""
+    monkeypatch.setattr(txn, "SETTLE_SECONDS", 0.2)
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    name = name_on_shard(mds, ROOT, 1)
+    old = await mds.create(ROOT, name)
+    key = schema.dentry_key(ROOT, name)
+    await mds.client(1).call("txn_prepare", {
+        "txid": os.urandom(16), "coord": 0, "reads": [],
+        "mutations": [["del", key[0], key[1]]]})
+    started = trio.current_time()
+    assert (await mds.call_entry("lookup", ROOT, name))["ino"] == old["ino"]
+    assert 0.2 <= trio.current_time() - started < 5
+
+
+async def test_a_lookup_follows_a_name_replaced_between_its_two_reads(
+        tmp_path, nursery, monkeypatch):
+    """The name read, then a rename over it commits before the inode is read (on
+    another shard, a round trip later): the old inode is gone, and the lookup reads
+    the name again instead of answering ENOENT for a name that exists."""
+    from mdsd import ops_attr
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    name = name_on_shard(mds, ROOT, 0)
+    old = await mds.create(ROOT, name)
+    new = await mds.create(ROOT, name_on_shard(mds, ROOT, 1, "tmp"))
+    real_getattr = ops_attr.getattr
+    replaced = []
+
+    async def getattr_after_a_rename(ns, args):
+        if args["ino"] == old["ino"] and not replaced:
+            replaced.append(True)
+            await mds.rename(ROOT, name_on_shard(mds, ROOT, 1, "tmp"), ROOT, name)
+        return await real_getattr(ns, args)
+
+    monkeypatch.setattr(ops_attr, "getattr", getattr_after_a_rename)
+    assert (await mds.lookup(ROOT, name))["ino"] == new["ino"]
+    assert replaced
