@@ -38,13 +38,14 @@ class StandInOsd:
 
 
 class StandInCluster:
-    """What DataPath asks of client.cluster.Cluster, with one OSD that is down."""
+    """What DataPath asks of client.cluster.Cluster, with one OSD (down, unless
+    `up`), `osd` (a StandInOsd unless given)."""
 
-    def __init__(self):
-        self.map = ClusterMap(5, {0: OsdInfo(0, "127.0.0.1:1", up=False)})
+    def __init__(self, osd=None, up=False):
+        self.map = ClusterMap(5, {0: OsdInfo(0, "127.0.0.1:1", up=up)})
         self.map_changed = trio.Event()
         self.placement_changes = 0
-        self.osd0 = StandInOsd()
+        self.osd0 = StandInOsd() if osd is None else osd
 
     def in_osds(self):
         return self.map.in_osds()

@@ -16,6 +16,7 @@ from client.data import DataPath, FileData
 from loomproto import errors
 from loomproto.clustermap import ClusterMap, OsdInfo
 from loomproto.layout import Layout
+from test_client_gave_up import StandInCluster as GaveUpStandIn
 
 IO_TIMEOUT = 60.0
 TRIES = 40
@@ -33,20 +34,11 @@ class HungOsd:
         await trio.sleep_forever()
 
 
-class StandInCluster:
-    """What DataPath asks of client.cluster.Cluster, with one OSD, up at first."""
+class StandInCluster(GaveUpStandIn):
+    """tests/test_client_gave_up.py's, with a hung OSD, up at first."""
 
     def __init__(self):
-        self.map = ClusterMap(5, {0: OsdInfo(0, "127.0.0.1:1", up=True)})
-        self.map_changed = trio.Event()
-        self.placement_changes = 0
-        self.osd0 = HungOsd()
-
-    def in_osds(self):
-        return self.map.in_osds()
-
-    def osd(self, osd_id):
-        return self.osd0
+        super().__init__(HungOsd(), up=True)
 
     def set_up(self, up: bool):
         """What Cluster._set_map does with a map that changes the OSD's state."""
