@@ -77,14 +77,22 @@ async def lookup(ns, args: dict) -> dict:
         if entry_raw is None or schema.unpack_share(share_raw)["dead"]:
             raise errors.NotFound(f"no entry {name!r} in {parent}")
         ino, _, _ = schema.unpack_dentry(entry_raw)
+        # A rename or unlink of the name may commit between the two reads (the
+        # inode's read yields, and may be another shard's): the inode is then gone,
+        # or left with no name while someone holds it open, and the name leads
+        # elsewhere or nowhere.  Its open answered ESTALE, and again after the
+        # kernel's retry when the retry met the same race; an lstat of a symlink
+        # answered ENOENT (a tester's churn run).  So the name is read again.
         try:
-            return await getattr(ns, {"ino": ino})
+            attr = await getattr(ns, {"ino": ino})
         except errors.NotFound:
-            # A rename that replaced the name may have committed between the two
-            # reads (the inode on another shard): the name leads elsewhere now.
             if ino == seen or attempt == LOOKUP_TRIES - 1:
                 raise
             seen = ino
+            continue
+        if attr["nlink"] or is_dir(attr) or ino == seen or attempt == LOOKUP_TRIES - 1:
+            return attr
+        seen = ino
 
 
 async def _lookup_dotdot(ns, parent: int) -> dict:

@@ -229,10 +229,11 @@ def test_statfs_space_counts_a_shared_filesystem_once():
 
 async def test_a_lookup_reads_a_name_a_prepared_transaction_changes_as_committed(
         tmp_path, nursery, monkeypatch):
-    """A rename's two-phase commit holds the replaced name on a participant while the
-    coordinator has already unlinked the old inode: a lookup there gave the old inode,
-    whose open then answered ESTALE (twice, so applications saw it: a tester's churn
-    run).  Lookups of a name a prepared transaction holds wait for its outcome."""
+    """A prepared transaction holds a name on a participant (the source name of a
+    cross-shard rename, both names of a RENAME_EXCHANGE) until the commit reaches it,
+    after the coordinator applied its part: a lookup there waits for the outcome
+    instead of reading the name as it was.  (A prepare made by hand here, changing
+    the name to another inode.)"""
     monkeypatch.setattr(txn, "SETTLE_SECONDS", 30.0)  # the commit comes when it comes
     mds = MdsCluster(tmp_path, nursery, 2)
     await mds.start_all()
@@ -287,16 +288,21 @@ async def test_a_lookup_waits_a_bounded_time_for_a_prepared_transaction(
     assert 0.2 <= trio.current_time() - started < 5
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["old-gone", "old-held-open"])
 async def test_a_lookup_follows_a_name_replaced_between_its_two_reads(
-        tmp_path, nursery, monkeypatch):
+        tmp_path, nursery, monkeypatch, held):
     """The name read, then a rename over it commits before the inode is read (on
     another shard, a round trip later): the old inode is gone, and the lookup reads
-    the name again instead of answering ENOENT for a name that exists."""
+    the name again instead of answering ENOENT for a name that exists.  Held open
+    (`held`), the old inode lives on with no name, and the lookup gave it: its open
+    then answered ESTALE, again after the kernel's retry (a tester's churn run)."""
     from mdsd import ops_attr
     mds = MdsCluster(tmp_path, nursery, 2)
     await mds.start_all()
     name = name_on_shard(mds, ROOT, 0)
     old = await mds.create(ROOT, name)
+    if held:
+        await mds.call_ino("open", old["ino"], session=7, flags=0)
     new = await mds.create(ROOT, name_on_shard(mds, ROOT, 1, "tmp"))
     real_getattr = ops_attr.getattr
     replaced = []

@@ -95,3 +95,39 @@ def test_a_change_by_a_replaced_name_lands_on_the_new_file(cluster, request, sta
         finally:
             for fp in kept.values():
                 fp.close()
+
+
+@pytest.mark.parametrize("how", ["replaced-elsewhere", "unlinked-here"])
+def test_a_change_through_an_o_path_descriptor_lands_on_its_file(cluster, request, how):
+    """chmod, utime and setxattr through /proc/self/fd/N of an O_PATH descriptor
+    whose file has no name left (held open by another mount): the kernel walks the
+    descriptor, not a name, and its repeat after ESTALE reaches the same inode, so
+    the change is done on that file, as a local filesystem does (a reviewer found
+    ESTALE reaching the application; systemd-tmpfiles changes files this way)."""
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER) as reader_root:
+        top = f"opath-{how}"
+        os.mkdir(writer_root / top)
+        writer, reader = writer_root / top, reader_root / top
+        (writer / "f").write_bytes(b"old contents")
+        os.chmod(writer / "f", 0o644)
+        with open(writer / "f", "rb") as held:
+            fd = os.open(reader / "f", os.O_PATH)
+            try:
+                if how == "replaced-elsewhere":
+                    (writer / "tmp").write_bytes(b"new contents")
+                    os.rename(writer / "tmp", writer / "f")
+                else:
+                    os.unlink(reader / "f")
+                proc = f"/proc/self/fd/{fd}"
+                os.chmod(proc, 0o600)
+                os.utime(proc, ns=(MTIME, MTIME))
+                os.setxattr(proc, "user.k", b"v")
+            finally:
+                os.close(fd)
+            old = os.fstat(held.fileno())
+            assert old.st_mode & 0o777 == 0o600
+            assert old.st_mtime_ns == MTIME
+            assert os.getxattr(held.fileno(), "user.k") == b"v"
+        if how == "replaced-elsewhere":
+            assert os.stat(writer / "f").st_mode & 0o777 == 0o644
