@@ -52,6 +52,7 @@ RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
 FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
+TOLD_MAX = 65536  # inodes whose attributes as last given to the kernel are kept (_told)
 REFUSED_MAX = 4096  # inodes whose change by name answered ESTALE, for the kernel's repeat
 STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
 
@@ -175,6 +176,8 @@ class LoomOperations(pyfuse3.Operations):
         self.statahead = StatAhead(entry_timeout if on else 0.0)
         self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_listed` check
         self._refused: collections.OrderedDict[int, None] = collections.OrderedDict()  # _by_name
+        # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
+        self._told: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -205,7 +208,36 @@ class LoomOperations(pyfuse3.Operations):
         entry.st_blocks = (entry.st_size + 511) // 512
         entry.attr_timeout = self.attr_timeout
         entry.entry_timeout = self.entry_timeout
+        ino = attr["ino"]
+        self._told[ino] = (entry.st_size, entry.st_mtime_ns, entry.st_ctime_ns)
+        self._told.move_to_end(ino)
+        if len(self._told) > TOLD_MAX:
+            self._told.popitem(last=False)
         return entry
+
+    def _kernel_stamp(self, attr: dict) -> tuple:
+        """(size, mtime, ctime) as `_entry` would give them to the kernel now."""
+        size, mtime = attr["size"], attr["mtime"]
+        fd = self.files.get(attr["ino"])
+        if fd is not None:
+            size = self._open_size(fd, attr)
+            if fd.size_dirty:
+                mtime = max(mtime, fd.mtime_ns)
+        return size, mtime, attr["ctime"]
+
+    async def _opened_fresh(self, attr: dict) -> None:
+        """Close-to-open for the size: an open answers with no attributes, so the
+        kernel went on with the size it last had from us, for up to attr_timeout,
+        and read a file another mount had grown only up to that size (empty, for
+        one made empty and stat'ed here first: a tester's report).  When the
+        open's fresh attributes differ from what the kernel last got (`_told`),
+        its copy is dropped, and it asks again before reading past that size."""
+        ino = attr["ino"]
+        if self._told.get(ino) == self._kernel_stamp(attr):
+            return
+        self._told.pop(ino, None)
+        with trio.move_on_after(INVALIDATE_WAIT):
+            await trio.to_thread.run_sync(_invalidate_attrs, ino, abandon_on_cancel=True)
 
     def _open_size(self, fd: FileData, attr: dict) -> int:
         """The size of a file open here, kept in `fd.size` for reads: the shard's
@@ -659,6 +691,7 @@ class LoomOperations(pyfuse3.Operations):
         for ino, _ in inode_list:
             self.dir_names.forget(ino)
             self.statahead.forgotten(ino)
+            self._told.pop(ino, None)
             if ino not in self.files:
                 self.meta.forget(ino)
 
@@ -807,6 +840,11 @@ class LoomOperations(pyfuse3.Operations):
             prefetch = None
         fi = self._new_handle(attr, flags, prefetch)
         keep = self._pages_opened(attr)
+        try:
+            await self._opened_fresh(attr)
+        except BaseException:
+            await self.release(fi.fh)
+            raise
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
             try:
