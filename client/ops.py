@@ -53,6 +53,8 @@ FAULT_XATTR = b"user.loomfs.debug.fault"
 SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
 TOLD_MAX = 65536  # inodes whose attributes as last given to the kernel are kept (_told)
+MIXED = "mixed"  # _told: replies with different attributes since the last drop
+REFUSED_FOR = 1.0  # seconds a refused change's repeat by the same thread is awaited
 REFUSED_MAX = 4096  # inodes whose change by name answered ESTALE, for the kernel's repeat
 STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
 
@@ -175,7 +177,8 @@ class LoomOperations(pyfuse3.Operations):
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
         self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_listed` check
-        self._refused: collections.OrderedDict[int, None] = collections.OrderedDict()  # _by_name
+        # (ino, pid) -> when a change by name was refused (_by_name)
+        self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
         self._told: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
@@ -187,7 +190,7 @@ class LoomOperations(pyfuse3.Operations):
 
     # -- attributes -------------------------------------------------------
 
-    def _entry(self, attr: dict) -> pyfuse3.EntryAttributes:
+    def _entry(self, attr: dict, record: bool = True) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attr["ino"]
         entry.st_mode = attr["mode"]
@@ -208,12 +211,22 @@ class LoomOperations(pyfuse3.Operations):
         entry.st_blocks = (entry.st_size + 511) // 512
         entry.attr_timeout = self.attr_timeout
         entry.entry_timeout = self.entry_timeout
-        ino = attr["ino"]
-        self._told[ino] = (entry.st_size, entry.st_mtime_ns, entry.st_ctime_ns)
+        if record:
+            self._record_told(entry)
+        return entry
+
+    def _record_told(self, entry: pyfuse3.EntryAttributes) -> None:
+        """What a reply gives the kernel (see `_opened_fresh`).  Two replies with
+        different attributes since the last drop leave it unknown (MIXED): the
+        kernel may keep either, as it throws away a reply to a request sent before
+        another reply changed the inode (a reviewer's finding)."""
+        ino = entry.st_ino
+        stamp = (entry.st_size, entry.st_mtime_ns, entry.st_ctime_ns)
+        known = self._told.get(ino, stamp)
+        self._told[ino] = stamp if known == stamp else MIXED
         self._told.move_to_end(ino)
         if len(self._told) > TOLD_MAX:
             self._told.popitem(last=False)
-        return entry
 
     def _kernel_stamp(self, attr: dict) -> tuple:
         """(size, mtime, ctime) as `_entry` would give them to the kernel now."""
@@ -267,6 +280,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode, name, ctx=None):
         check_name(name)  # ENAMETOOLONG before any answer, as the shard gives it
+        self._looked_up_by(ctx)
         if self.behind:
             await self.behind.settle_name(parent_inode, name)
         if self.meta.absent.absent(parent_inode, name, trio.current_time()):
@@ -484,15 +498,15 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
         if fh is None:
             await self._verify_listed(inode)
-        linked = fh is None and self._by_name(inode)
+        linked = fh is None and self._by_name(inode, ctx)
         try:
             return await self._setattr(inode, attr, fields, ctx, linked)
         except errors.NotFound:
             if linked:
-                raise self._refuse_by_name(inode) from None
+                raise self._refuse_by_name(inode, ctx) from None
             raise
 
-    def _by_name(self, inode: int) -> bool:
+    def _by_name(self, inode: int, ctx) -> bool:
         """Whether a change of `inode` (chmod, chown, utime, truncate, setxattr,
         removexattr, link) must check that the file still has a name, because the
         kernel may have come by one it caches: another mount may have replaced the
@@ -501,25 +515,31 @@ class LoomOperations(pyfuse3.Operations):
         repeat the call, which lands on the file the name leads to now; the change
         failed with ENOENT or landed on the old file (a tester's churn run).
 
-        A repeat that reaches the same inode did not come by a name (a
-        /proc/self/fd/N path of an O_PATH descriptor, AT_EMPTY_PATH: the kernel's
-        second walk ends on the same inode) and is done as asked, as a local
-        filesystem does (a reviewer's finding).  Files open here and other types
-        are not checked (`_reached_by_name`); nor is an old file that still has
-        another name (a hard link) or is open here: the change lands on it."""
+        The kernel's repeat of a refused call reaching the same inode, from the same
+        thread within REFUSED_FOR and with no lookup from it between, did not come by
+        a name (a /proc/self/fd/N path of an O_PATH descriptor, AT_EMPTY_PATH: the
+        second walk ends on the same inode, and asks nothing) and is done as asked,
+        as a local filesystem does (a reviewer's finding).  A repeat by a name
+        always looks the name up first.  Files open here and other types are not
+        checked (`_reached_by_name`); nor is an old file that still has another name
+        (a hard link) or is open here: the change lands on it."""
         if not self._reached_by_name(inode):
             return False
-        if inode in self._refused:  # the kernel's repeat of a call refused just now
-            del self._refused[inode]
-            return False
-        return True
+        key = (inode, ctx.pid)
+        refused_at = self._refused.pop(key, None)
+        return refused_at is None or time.monotonic() - refused_at > REFUSED_FOR
 
-    def _refuse_by_name(self, inode: int) -> pyfuse3.FUSEError:
-        self._refused[inode] = None
-        self._refused.move_to_end(inode)
+    def _refuse_by_name(self, inode: int, ctx) -> pyfuse3.FUSEError:
+        self._refused[(inode, ctx.pid)] = time.monotonic()
         while len(self._refused) > REFUSED_MAX:
             self._refused.popitem(last=False)
         return self._stale(inode)
+
+    def _looked_up_by(self, ctx) -> None:
+        """A lookup from this thread: its next change is not a descriptor's repeat."""
+        if self._refused and ctx is not None:
+            for key in [key for key in self._refused if key[1] == ctx.pid]:
+                del self._refused[key]
 
     async def _setattr(self, inode, attr, fields, ctx, linked: bool):
         changes = {}
@@ -607,13 +627,13 @@ class LoomOperations(pyfuse3.Operations):
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
         await self._verify_listed(inode)
-        by_name = self._by_name(inode)
+        by_name = self._by_name(inode, ctx)
         try:
             with self._changing_names(new_parent_inode):
                 attr = await self.meta.link(inode, new_parent_inode, new_name)
         except errors.NotFound:
             if by_name:  # see _by_name
-                raise self._refuse_by_name(inode) from None
+                raise self._refuse_by_name(inode, ctx) from None
             raise
         return self._named(new_parent_inode, new_name, attr)
 
@@ -743,7 +763,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def _reply_dot(self, token, ino, name, target, next_id) -> bool:
         attr = self.meta.attrs.get(target) or await self.meta.getattr(target)
-        return pyfuse3.readdir_reply(token, name, self._entry(attr), next_id)
+        return pyfuse3.readdir_reply(token, name, self._entry(attr, record=False), next_id)
 
     async def _readdir_shard(self, token, ino, shard, after) -> bool:
         while True:
@@ -757,9 +777,10 @@ class LoomOperations(pyfuse3.Operations):
                     except errors.NotFound:  # its other name went too meanwhile
                         after = seq
                         continue
-                if not pyfuse3.readdir_reply(token, name, self._entry(attr),
-                                             _cookie(shard, seq)):
-                    return False
+                entry = self._entry(attr, record=False)
+                if not pyfuse3.readdir_reply(token, name, entry, _cookie(shard, seq)):
+                    return False  # not sent: the kernel asks again from here
+                self._record_told(entry)
                 self.statahead.confirmed(attr["ino"])
                 if stat.S_ISDIR(attr["mode"]):
                     self._listed_dir(attr["ino"], ino, name)
@@ -840,11 +861,14 @@ class LoomOperations(pyfuse3.Operations):
             prefetch = None
         fi = self._new_handle(attr, flags, prefetch)
         keep = self._pages_opened(attr)
-        try:
-            await self._opened_fresh(attr)
-        except BaseException:
-            await self.release(fi.fh)
-            raise
+        if flags & os.O_TRUNC:
+            self._told.pop(inode, None)  # the kernel sets the size to 0 itself
+        else:
+            try:
+                await self._opened_fresh(attr)
+            except BaseException:
+                await self.release(fi.fh)
+                raise
         if flags & os.O_TRUNC:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours.
             try:
@@ -1024,12 +1048,12 @@ class LoomOperations(pyfuse3.Operations):
             # ACLs are not enforced, so they are not stored either: cp -a, tar
             # and rsync then fall back to chmod, as on a filesystem without ACLs.
             raise errors.NotSupported(f"POSIX ACLs are not supported ({name!r})")
-        linked = self._by_name(inode)
+        linked = self._by_name(inode, ctx)
         try:
             await self.meta.setxattr(inode, name, value, linked=linked)
         except errors.NotFound:
             if linked:
-                raise self._refuse_by_name(inode) from None
+                raise self._refuse_by_name(inode, ctx) from None
             raise
 
     async def getxattr(self, inode, name, ctx):
@@ -1060,12 +1084,12 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         await self._verify_listed(inode)
-        linked = self._by_name(inode)
+        linked = self._by_name(inode, ctx)
         try:
             await self.meta.removexattr(inode, name, linked=linked)
         except errors.NotFound:
             if linked:
-                raise self._refuse_by_name(inode) from None
+                raise self._refuse_by_name(inode, ctx) from None
             raise
 
 
