@@ -55,7 +55,7 @@ PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
 TOLD_MAX = 65536  # inodes whose attributes as last given to the kernel are kept (_told)
 MIXED = "mixed"  # _told: replies with different attributes since the last drop
 REFUSED_FOR = 1.0  # seconds a refused change's repeat by the same thread is awaited
-REFUSED_MAX = 4096  # inodes whose change by name answered ESTALE, for the kernel's repeat
+REFUSED_MAX = 4096  # (inode, thread) pairs whose change by name answered ESTALE (_by_name)
 STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
 
 

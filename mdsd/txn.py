@@ -132,15 +132,13 @@ class TxnEngine:
         """`fetch`, once no prepared transaction holds `watched` here: what a
         two-phase commit in flight is about to change is read as it will be.
 
-        A participant applies its part when the commit reaches it, and the
-        coordinator's part is applied before that.  A lookup of a name that a
-        rename is replacing could read the name's old inode here while the
-        coordinator had already unlinked that inode: the open that followed
-        answered ESTALE twice, and the application saw it (a tester's churn
-        run, about once a minute).  The wait is bounded by SETTLE_SECONDS (a
-        coordinator that died decides only once it is back), and a `watched`
-        key of another shard is read without waiting (lookups reach the name's
-        own shard)."""
+        A participant applies its part when the commit reaches it, after the
+        coordinator applied its own: a name held here (the source of a
+        cross-shard rename, both names of a RENAME_EXCHANGE) would otherwise be
+        read as it was while the rest of the change already shows elsewhere.
+        The wait is bounded by SETTLE_SECONDS (a coordinator that died decides
+        only once it is back), and a `watched` key of another shard is read
+        without waiting (lookups reach the name's own shard)."""
         if shard != self.mds_id:
             return await self.fetch(shard, keys)
         lock = schema.lock_key(watched)
