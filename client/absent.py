@@ -18,6 +18,12 @@ lease on it, during which nobody else can add an entry there (mdsd.leases):
   timeout of 0: a name another client adds once the lease is over is seen at
   the next lookup, as without this.
 
+Creates of ours travel together (client.behind answers some before their
+commit), and their replies may come in another order than their commits: a
+number past the next one waits (`_Share.ahead`) while creates of ours to the
+share are on their way (`sending`), and the share answers nothing meanwhile.
+A gap left when none is on its way was someone else's entry.
+
 Any other number, or a change of ours whose outcome is not known (an error, a
 rename or link, which carry no number back), and the share is forgotten:
 lookups there go to the shard again, as they do outside a lease.  Memory is
@@ -36,12 +42,14 @@ MAX_NAMES_TOTAL = 131_072
 
 
 class _Share:
-    __slots__ = ("next_seq", "names", "until")
+    __slots__ = ("next_seq", "names", "until", "ahead", "sending")
 
     def __init__(self):
         self.next_seq = 1  # the seq the share hands out next (mdsd.schema: from 1)
         self.names: set[bytes] = set()  # every name of the share, maybe more
         self.until = -math.inf  # end of our lease, on the clock of `absent`
+        self.ahead: set[int] = set()  # seqs of ours past next_seq, come before it
+        self.sending = 0  # creates of ours to the share whose reply is not in
 
 
 class AbsentNames:
@@ -76,12 +84,33 @@ class AbsentNames:
         if name in (b".", b"..") or self._busy.get(parent):
             return False
         share = self._share(parent, name)
-        return share is not None and now < share.until and name not in share.names
+        return (share is not None and now < share.until and not share.ahead
+                and name not in share.names)
+
+    def sending(self, parent: int, name: bytes) -> None:
+        """A create of ours of `name` goes out; `added` or `forget` follows."""
+        share = self._share(parent, name)
+        if share is not None:
+            share.sending += 1
 
     def changing(self, parent: int) -> "_Changing":
         """Around a change of ours to `parent`: no answers from it meanwhile, and
         it is forgotten if the change fails (the shard may still have made it)."""
         return _Changing(self, parent)
+
+    def claim(self, parent: int, name: bytes, now: float, margin: float) -> bool:
+        """Whether a create of `name` may be answered before its commit
+        (client.behind): known absent, with at least `margin` seconds of the
+        lease left for its request to reach the shard.  If so, the name counts
+        as there from now on; `added` or `forget` follows."""
+        if not self.absent(parent, name, now):
+            return False
+        share = self._share(parent, name)
+        if share.until - now < margin or len(share.names) >= MAX_NAMES:
+            return False
+        share.names.add(name)
+        self._names += 1
+        return True
 
     def added(self, parent: int, name: bytes, entry_seq, sent_at: float) -> None:
         """Our create of `name`, sent at `sent_at`, got `entry_seq` ([seq, lease])."""
@@ -92,17 +121,29 @@ class AbsentNames:
         share = shares.get(shard)
         if share is None:
             return
+        share.sending = max(0, share.sending - 1)
         if (not isinstance(entry_seq, list) or len(entry_seq) != 2
-                or entry_seq[0] != share.next_seq or len(share.names) >= MAX_NAMES):
+                or not isinstance(entry_seq[0], int) or entry_seq[0] < share.next_seq
+                or entry_seq[0] in share.ahead or len(share.names) >= MAX_NAMES):
             self._names -= len(share.names)  # someone else added to it, or it is too big
             del shares[shard]
             return
         seq, lease = entry_seq
-        share.next_seq = seq + 1
+        if seq == share.next_seq:
+            share.next_seq += 1
+            while share.next_seq in share.ahead:
+                share.ahead.discard(share.next_seq)
+                share.next_seq += 1
+        else:
+            share.ahead.add(seq)
+        if share.ahead and share.sending <= 0:  # the gap is someone else's entry
+            self._names -= len(share.names)
+            del shares[shard]
+            return
         if name not in share.names:
             share.names.add(name)
             self._names += 1
-        share.until = sent_at + lease
+        share.until = max(share.until, sent_at + lease)
         self._dirs.move_to_end(parent)
         while self._names > MAX_NAMES_TOTAL and len(self._dirs) > 1:
             self.forget(next(iter(self._dirs)))

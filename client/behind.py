@@ -1,4 +1,4 @@
-"""Unlinks answered before their commit, and what must wait for them.
+"""Unlinks and creates answered before their commit, and what must wait for them.
 
 A removal costs a shard commit (an fsync) and a round trip, and a program
 removing files one after another (``rm -rf``, a dataset cleaner, a checkpoint
@@ -35,6 +35,18 @@ lookup.  An unlink of a name that another mount removed first succeeds (its
 NotFound comes too late to tell).  A client killed with removals in flight
 loses those the shard had not received (at most `window`), as a local
 filesystem loses the removals its journal had not written at a power cut.
+
+Creates (create(2) of a regular file) go the same way where this client holds
+a lease on the name's share of the directory (client.absent: nobody else may
+add an entry there meanwhile) and a number for the new inode from the shard
+(client.meta `InoBlocks`); client.ops builds the reply the shard will build.
+The waits above cover them: anything about the name, the new inode or the
+directory waits for the commit, and so do a write to the file and its flush,
+so no byte reaches an OSD for a file that might not be made.  A create that
+fails after its answer (its shard stopped answering, another mount removed
+the directory meanwhile, or the lease ran out before the shard had the
+request and another mount took the name) is logged and reported as an unlink
+is; the kernel forgets the name, and the file's flush and close fail with EIO.
 """
 
 import logging
@@ -52,13 +64,17 @@ FAILED_KEPT = 1024  # directories with a failure not yet reported by their fsync
 ENDED_KEPT = 4096  # inodes whose early unlink ended, with when (see `stale`)
 
 
-class _Pending:
-    __slots__ = ("parent", "name", "ino", "done", "answer", "written", "error")
+UNLINK, CREATE = "unlink", "create"
 
-    def __init__(self, parent: int, name: bytes, ino: int):
+
+class _Pending:
+    __slots__ = ("parent", "name", "ino", "kind", "done", "answer", "written", "error")
+
+    def __init__(self, parent: int, name: bytes, ino: int, kind: str):
         self.parent = parent
         self.name = name
         self.ino = ino
+        self.kind = kind
         self.done = trio.Event()  # the request ended (committed, or failed)
         self.answer = trio.Event()  # written to the shard's connection, or ended
         self.written = False
@@ -71,13 +87,17 @@ class _Pending:
 
 
 class UnlinksBehind:
-    """Removals in flight; `window` 0 makes every unlink wait for its commit."""
+    """Removals and creates in flight; `window` 0 makes every unlink wait for its
+    commit, `create_window` 0 every create."""
 
-    def __init__(self, nursery, window: int, on_failure=None):
+    def __init__(self, nursery, window: int, on_failure=None, create_window: int = 0):
         self.nursery = nursery
         self.window = window
-        self.on_failure = on_failure  # async fn(parent): the kernel's view of it is wrong
+        self.on_failure = on_failure  # async fn(item): the kernel's view of it is wrong
         self._slots = trio.Semaphore(window) if window > 0 else None
+        self._create_slots = (trio.Semaphore(create_window)
+                              if create_window > 0 and nursery is not None else None)
+        self.failed_creates: OrderedDict[int, errors.LoomError] = OrderedDict()  # ino -> why
         self._by_name: dict[tuple[int, bytes], _Pending] = {}
         self._by_ino: dict[int, _Pending] = {}
         self._by_dir: dict[int, set[_Pending]] = {}
@@ -142,15 +162,28 @@ class UnlinksBehind:
         """Give back a place taken by `reserve` and not used."""
         self._slots.release()
 
-    async def send(self, parent: int, name: bytes, ino: int, remove) -> None:
+    @property
+    def creates_early(self) -> bool:
+        return self._create_slots is not None
+
+    async def reserve_create(self) -> None:
+        """A place for a create in its window (then as `reserve`)."""
+        await self._create_slots.acquire()
+
+    def release_create(self) -> None:
+        self._create_slots.release()
+
+    async def send(self, parent: int, name: bytes, ino: int, remove,
+                   kind: str = UNLINK) -> None:
         """Send `remove(sent)`, the unlink request, in the background, and return
         once it is written to the shard's connection (`sent.set()`): a request
         about the name that anyone sends after the answer then reaches the shard
         after it, and waits there for its commit (mdsd.removals).  A request that
         fails before it could be written (its shard unreachable past mds_timeout)
         raises here, as an unlink answered after its commit does."""
-        self._names.pop((parent, name), None)
-        item = _Pending(parent, name, ino)
+        if kind == UNLINK:
+            self._names.pop((parent, name), None)
+        item = _Pending(parent, name, ino, kind)
         self._by_name[(parent, name)] = item
         self._by_ino[ino] = item
         self._by_dir.setdefault(parent, set()).add(item)
@@ -163,9 +196,9 @@ class UnlinksBehind:
         try:
             if not await self._request(item, remove) and self.on_failure is not None:
                 try:  # (before `done`: an fsync of the directory waits for this too)
-                    await self.on_failure(item.parent)
+                    await self.on_failure(item)
                 except Exception:
-                    log.exception("after the failed unlink of %r in %d", item.name,
+                    log.exception("after the failed %s of %r in %d", item.kind, item.name,
                                   item.parent)
         finally:
             self._finish(item)
@@ -176,15 +209,17 @@ class UnlinksBehind:
         try:
             await remove(item)
             return True
-        except errors.NotFound:
-            log.debug("unlink of %r in %d: already gone", item.name, item.parent)
-            return True
+        except errors.NotFound as exc:
+            if item.kind == UNLINK:
+                log.debug("unlink of %r in %d: already gone", item.name, item.parent)
+                return True
+            self._fail(item, exc)  # the directory is gone
         except (errors.LoomError, trio.TooSlowError) as exc:
             self._fail(item, exc if isinstance(exc, errors.LoomError)
                        else errors.IOFailure("metadata server did not answer in time"))
         except Exception as exc:  # a background task: a bug must not end the mount
-            log.exception("unlink of %r in %d", item.name, item.parent)
-            self._fail(item, errors.IOFailure(f"unlink failed: {exc!r}"))
+            log.exception("%s of %r in %d", item.kind, item.name, item.parent)
+            self._fail(item, errors.IOFailure(f"{item.kind} failed: {exc!r}"))
         return False
 
     def _fail(self, item: _Pending, exc: errors.LoomError):
@@ -195,6 +230,14 @@ class UnlinksBehind:
         self._failed.setdefault(item.parent, exc)
         while len(self._failed) > FAILED_KEPT:  # (the error log keeps every one)
             del self._failed[next(iter(self._failed))]
+        if item.kind == CREATE:
+            self.failed_creates[item.ino] = exc
+            while len(self.failed_creates) > FAILED_KEPT:
+                self.failed_creates.popitem(last=False)
+            log.error("create of %r in directory %d, answered before its commit, failed: "
+                      "%s; the file is not there (its close and fsync of the directory "
+                      "report it)", item.name, item.parent, exc)
+            return
         log.error("unlink of %r in directory %d, answered before its commit, failed: %s; "
                   "the name may still be there (fsync of the directory reports it)",
                   item.name, item.parent, exc)
@@ -209,12 +252,15 @@ class UnlinksBehind:
             in_dir.discard(item)
             if not in_dir:
                 del self._by_dir[item.parent]
+        item.done.set()
+        if item.kind == CREATE:
+            self._create_slots.release()
+            return
         self.ends += 1
         self._ended[item.ino] = self.ends
         self._ended.move_to_end(item.ino)
         if len(self._ended) > ENDED_KEPT:
             self._ended.popitem(last=False)
-        item.done.set()
         self._slots.release()
 
     # -- waits ------------------------------------------------------------
@@ -231,8 +277,9 @@ class UnlinksBehind:
         """Whether a reply about `ino` to a request sent when `ends` was `since`
         may predate an unlink of it: one is on its way, or ended meanwhile (or so
         long ago that it is no longer known: then, too, the answer is yes)."""
-        if ino in self._by_ino:
-            return True
+        pending = self._by_ino.get(ino)
+        if pending is not None:
+            return pending.kind == UNLINK
         if since == self.ends:
             return False
         ended = self._ended.get(ino)

@@ -33,6 +33,12 @@ busy, and an unlink of a file just closed here finds it closed on its shard.
 An open of an inode whose close waits takes the close back (the registration
 was never ended); an open of one whose close is on its way waits for that
 request's reply, so the shard never sees the close after the open.
+
+A create answered before its commit (client.behind) needs its inode number
+before any shard is asked: each shard hands this client blocks of numbers of
+its own (``reserve_inos``, 1,024 at a time), and `take_ino` fetches the next
+block in the background once fewer than INOS_LOW are left.  Numbers left
+unused at unmount are lost, which costs nothing.
 """
 
 import logging
@@ -55,6 +61,7 @@ CAPS_XATTR = b"security.capability"
 CAPS_TTL = 1.0  # the mount's default attr_timeout
 CLOSE_BATCH = 1024  # closes one request carries (a shard takes up to 4,096)
 CLOSE_LINGER = 0.01  # how long a close waits for a request to ride along with
+INOS_LOW = 256  # inode numbers left for early creates below which more are fetched
 
 
 def _rid() -> bytes:
@@ -91,6 +98,8 @@ class Meta:
         self.closes_sent: dict[int, list[tuple[set[int], trio.Event]]] = {}  # shard -> on the way
         self._close_senders: set[int] = set()  # shards with a task sending what is left
         self.close_linger = CLOSE_LINGER
+        self._inos: dict[int, list[list[int]]] = {}  # shard -> blocks [next, limit] of k
+        self._inos_asked: set[int] = set()  # shards a reserve_inos is on its way to
 
     def remember(self, attr: dict, sent_at: int | None = None) -> dict:
         ino = attr["ino"]
@@ -182,6 +191,7 @@ class Meta:
         args["lessee"] = self.cluster.session
         args["lease"] = self.absent.wants_lease(parent, name)
         sent_at = trio.current_time()
+        self.absent.sending(parent, name)
         with self.absent.changing(parent):
             attr = await self._at_entry(parent, name, op, args)
         self.absent.added(parent, name, attr.pop("entry_seq", None), sent_at)
@@ -315,6 +325,75 @@ class Meta:
         self._no_caps(attr["ino"])  # a new inode has no attributes yet
         return attr
 
+    def take_ino(self, shard: int) -> int | None:
+        """A number for a new inode on `shard` that no one else uses, or None
+        while none is here yet (see the module docstring)."""
+        blocks = self._inos_of(shard)
+        if not blocks:
+            return None
+        k = blocks[0][0]
+        blocks[0][0] += 1
+        return shard + k * self.cluster.nshards
+
+    def _inos_of(self, shard: int) -> list[list[int]]:
+        """The blocks of `shard` not used up; asks for another if few are left."""
+        blocks = self._inos.setdefault(shard, [])
+        while blocks and blocks[0][0] >= blocks[0][1]:
+            blocks.pop(0)
+        left = sum(limit - k for k, limit in blocks)
+        if left < INOS_LOW and shard not in self._inos_asked:
+            self._inos_asked.add(shard)
+            self.cluster.nursery.start_soon(self._reserve_inos, shard,
+                                            name=f"inode numbers from shard {shard}")
+        return blocks
+
+    async def _reserve_inos(self, shard: int) -> None:
+        try:
+            reply = await self._call(shard, "reserve_inos", {})
+            if reply.get("shard") != shard or reply.get("nshards") != self.cluster.nshards:
+                raise errors.IOFailure(f"shard {shard} answered for shard "
+                                       f"{reply.get('shard')} of {reply.get('nshards')}")
+            self._inos.setdefault(shard, []).append([reply["start"], reply["limit"]])
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.info("no inode numbers from shard %d for early creates: %s", shard, exc)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("asking shard %d for inode numbers", shard)
+        finally:
+            self._inos_asked.discard(shard)
+
+    def adding(self, parent: int, name: bytes, attr: dict) -> None:
+        """A create answered before its request goes out (client.behind): the new
+        inode's and the parent's cached attributes show it from now on, and no
+        shard reply replaces the parent's until it landed (`ahead`)."""
+        self.remember(attr)
+        self._mark_changed(attr["ino"])
+        self._no_caps(attr["ino"])
+        self._dir_changed(parent, attr["ctime"], 1)
+        self.ahead[parent] = self.ahead.get(parent, 0) + 1
+
+    async def create_early(self, parent: int, name: bytes, attr: dict, parent_mode: int,
+                           parent_gid: int, sent) -> None:
+        """The request of a create answered already (`adding`), made as `attr`
+        says; `sent.set()` once it is written to the shard's connection."""
+        args = {"parent": parent, "name": name, "mode": attr["mode"], "rdev": 0,
+                "uid": attr["uid"], "gid": attr["gid"], "rid": _rid(),
+                "parent_mode": parent_mode, "parent_gid": parent_gid,
+                "layout": attr["layout"], "session": self.cluster.session, "early": True,
+                "ino": attr["ino"], "time": attr["ctime"], "lessee": self.cluster.session,
+                "lease": self.absent.wants_lease(parent, name)}
+        sent_at = trio.current_time()
+        self.absent.sending(parent, name)
+        try:
+            reply = await self._at_entry(parent, name, "mknod", args, sent)
+        except BaseException:
+            self.absent.forget(parent)
+            self._dir_unknown(parent)
+            self.forget(attr["ino"])
+            raise
+        finally:
+            self._landed(parent)
+        self.absent.added(parent, name, reply.pop("entry_seq", None), sent_at)
+
     async def mkdir(self, parent, name, mode, uid, gid) -> dict:
         check_name(name)
         args = {"parent": parent, "name": name, "mode": mode, "uid": uid, "gid": gid,
@@ -322,6 +401,9 @@ class Meta:
         attr = self.remember(await self._add_entry(parent, name, "mkdir", args))
         self._dir_changed(parent, attr["ctime"], 1, 1)
         self.absent.made_dir(attr["ino"])
+        if getattr(self.cluster, "nursery", None) is not None:
+            for shard in range(self.cluster.nshards):  # for creates in it (client.behind)
+                self._inos_of(shard)
         return attr
 
     async def symlink(self, parent, name, target, uid, gid) -> dict:
@@ -381,8 +463,8 @@ class Meta:
         return when
 
     def _landed(self, parent: int) -> None:
-        """An unlink answered early is committed (or failed): replies to requests
-        sent before this are older than what the cache shows."""
+        """An unlink or create answered early is committed (or failed): replies to
+        requests sent before this are older than what the cache shows."""
         self.ahead[parent] -= 1
         if not self.ahead[parent]:
             del self.ahead[parent]

@@ -14,7 +14,9 @@ metadata call retries an unreachable shard before EIO, and waits for a shard
 that holds its connection open without answering before ETIMEDOUT; default 60),
 ``io_timeout=S`` (the same for OSDs, default 60), ``unlink_window=N`` (unlinks
 of files answered before their commit, at most N in flight, default 64; 0
-answers each after its commit; see client.behind), ``statahead=0`` (lookups of
+answers each after its commit; see client.behind), ``create_window=N`` (the
+same for create(2) in a directory this client holds a lease on, default 64),
+``statahead=0`` (lookups of
 many names of one directory are no longer answered from a listing fetched
 ahead; on by default, see client.statahead), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
@@ -55,11 +57,12 @@ DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
                 "debug_faults": bool, "writeback_cache": bool, "unlink_window": int,
-                "statahead": bool}
+                "create_window": int, "statahead": bool}
 # Below these a setting makes no sense: every call would time out at once, or
 # nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
 _LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
-          "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1, "unlink_window": 0}
+          "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1, "unlink_window": 0,
+          "create_window": 0}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
             "exec", "async"}
 
@@ -73,7 +76,7 @@ def parse_options(text: str) -> tuple[dict, set]:
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
            "debug_faults": False, "writeback_cache": False, "unlink_window": 64,
-           "statahead": True}
+           "create_window": 64, "statahead": True}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
@@ -210,6 +213,7 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
                                  _tune_mount, mountpoint, own["readahead_kb"]),
                              debug_faults=own["debug_faults"],
                              unlink_window=own["unlink_window"],
+                             create_window=own["create_window"],
                              statahead=own["statahead"])
         # Read by pyfuse3 when the kernel's INIT arrives.  The kernel then owns
         # size and mtime while it holds dirty pages, turns O_APPEND into writes
@@ -240,18 +244,20 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
 
 
 async def _drain_unlinks(behind):
-    """Unlinks answered before their commit (client.behind) may still be on
-    their way: wait up to UNMOUNT_UNLINKS_SECONDS for them."""
+    """Unlinks and creates answered before their commit (client.behind) may
+    still be on their way: wait up to UNMOUNT_UNLINKS_SECONDS for them."""
     if behind:
-        log.info("unmount: waiting for %d unlinks on their way", len(behind))
+        log.info("unmount: waiting for %d unlinks and creates on their way", len(behind))
         with trio.move_on_after(UNMOUNT_UNLINKS_SECONDS):
             while behind:
                 await behind.settle_all()
     if behind:
-        log.error("unmount: %d unlinks answered before their commit did not land within "
+        log.error("unmount: %d unlinks and creates answered before their commit did not "
+                  "land within "
                   "%.0fs; they are lost", len(behind), UNMOUNT_UNLINKS_SECONDS)
     if behind.failures:
-        log.error("%d unlinks answered before their commit failed during this mount",
+        log.error("%d unlinks and creates answered before their commit failed during "
+                  "this mount",
                   behind.failures)
 
 
@@ -265,7 +271,8 @@ async def _stop_on_signal(serving: dict, behind):
                 serving["fuse"] = False
                 pyfuse3.terminate()
             else:
-                log.info("signal %d: unmounted; %d unlinks still landing", signum, len(behind))
+                log.info("signal %d: unmounted; %d unlinks and creates still landing", signum,
+                         len(behind))
 
 
 async def _tune_mount(mountpoint: str, readahead_kb: int):

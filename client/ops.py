@@ -35,7 +35,7 @@ import trio
 from loomproto import errors
 from loomproto.layout import Layout
 
-from .behind import UnlinksBehind
+from .behind import CREATE, UnlinksBehind
 from .data import FileData
 from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
 from .meta import check_name
@@ -57,6 +57,9 @@ MIXED = "mixed"  # _told: replies with different attributes since the last drop
 REFUSED_FOR = 1.0  # seconds a refused change's repeat by the same thread is awaited
 REFUSED_MAX = 4096  # (inode, thread) pairs whose change by name answered ESTALE (_by_name)
 STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
+# Lease left (seconds, of mdsd.leases.LEASE) that a create answered before its commit
+# needs, for its request to reach the shard before the lease ends (client.behind).
+EARLY_CREATE_MARGIN = 0.05
 
 
 def _stamp(attr: dict) -> tuple:
@@ -151,7 +154,7 @@ class LoomOperations(pyfuse3.Operations):
 
     def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  on_init=None, debug_faults: bool = False, unlink_window: int = 0,
-                 statahead: bool = True):
+                 statahead: bool = True, create_window: int = 0):
         super().__init__()
         self.on_init = on_init
         self.debug_faults = debug_faults
@@ -171,7 +174,8 @@ class LoomOperations(pyfuse3.Operations):
         # Unlinks answered before their commit, and the waits for them (client.behind).
         nursery = getattr(meta.cluster, "nursery", None)
         self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0,
-                                    on_failure=self._unlink_failed)
+                                    on_failure=self._early_failed,
+                                    create_window=create_window)
         # Listings fetched when a directory's names are looked up one by one
         # (client.statahead); none without a nursery to fetch them in.
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
@@ -673,13 +677,20 @@ class LoomOperations(pyfuse3.Operations):
             return None
         return ino
 
-    async def _unlink_failed(self, parent_inode: int) -> None:
-        """An unlink answered before its commit failed: the kernel's attributes of
-        the parent (which showed it) are dropped, so they are asked for again."""
+    async def _early_failed(self, item) -> None:
+        """An unlink or create answered before its commit failed: the kernel's
+        attributes of the parent (which showed it) are dropped, so they are asked
+        for again; after a create, so is the name (it leads nowhere)."""
+        parent_inode = item.parent
         self.meta.forget(parent_inode)
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
                                           abandon_on_cancel=True)
+        if item.kind == CREATE:
+            self.behind.gone(parent_inode, item.name)
+            with trio.move_on_after(INVALIDATE_WAIT):
+                await trio.to_thread.run_sync(_invalidate_name, parent_inode, item.name,
+                                              abandon_on_cancel=True)
 
     async def rmdir(self, parent_inode, name, ctx):
         if self.behind:
@@ -794,7 +805,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh, datasync):
         # Every namespace change is committed on its shard before its reply,
-        # except unlinks answered early (client.behind): wait for those here.
+        # except unlinks and creates answered early (client.behind): wait for those.
         await self.behind.settle_dir(fh)
         failed = self.behind.take_failure(fh)
         if failed is not None:
@@ -817,6 +828,12 @@ class LoomOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         if self.behind:
             await self.behind.settle_name(parent_inode, name)
+        attr = await self._create_early(parent_inode, name, mode, ctx)
+        if attr is not None:
+            fi = self._new_handle(attr, flags)
+            self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
+            self._pages_opened(attr)
+            return fi, self._named(parent_inode, name, attr)
         try:
             with self._changing_names(parent_inode):
                 attr = await self.meta.mknod(parent_inode, name,
@@ -836,6 +853,52 @@ class LoomOperations(pyfuse3.Operations):
         self.files[attr["ino"]].born_placement = self.meta.cluster.placement_changes
         self._pages_opened(attr)
         return fi, self._named(parent_inode, name, attr)
+
+    async def _create_early(self, parent: int, name: bytes, mode: int, ctx) -> dict | None:
+        """The new file's attributes, if this create is answered before its commit
+        (client.behind): the reply the shard will give is built here, from the
+        parent's cached mode, group and layout, a number from the shard's block
+        for this client, and this client's clock.  None: ask the shard first."""
+        meta, behind = self.meta, self.behind
+        if not behind.creates_early:
+            return None
+        check_name(name)
+        shard = meta.cluster.shard_of_dentry(parent, name)
+        parent_attr = meta.attrs.get(parent)
+        if (parent_attr is None or not stat.S_ISDIR(parent_attr["mode"])
+                or not meta.absent.absent(parent, name, trio.current_time())):
+            return None
+        ino = meta.take_ino(shard)
+        if ino is None:
+            return None
+        await behind.reserve_create()
+        # No await from here until the request is written (behind.send).
+        if not meta.absent.claim(parent, name, trio.current_time(), EARLY_CREATE_MARGIN):
+            behind.release_create()
+            return None
+        now = time.time_ns()
+        gid = parent_attr["gid"] if parent_attr["mode"] & stat.S_ISGID else ctx.gid
+        layout = parent_attr.get("layout") or meta.cluster.config.layout.to_wire()
+        attr = {"ino": ino, "mode": stat.S_IFREG | stat.S_IMODE(mode), "nlink": 1,
+                "uid": ctx.uid, "gid": gid, "rdev": 0, "size": 0, "atime": now,
+                "mtime": now, "ctime": now, "gen": 1, "layout": layout, "blocks": 0}
+        meta.adding(parent, name, attr)
+        with self._changing_names(parent):
+            await behind.send(parent, name, ino, functools.partial(
+                meta.create_early, parent, name, attr, parent_attr["mode"],
+                parent_attr["gid"]), kind=CREATE)
+        return attr
+
+    async def _settle_create(self, ino: int, wait: bool = True) -> None:
+        """Before a write or fsync of a file whose create was answered early: its
+        commit, and EIO if it failed (client.behind).  A flush (close) waits for
+        nothing: what it must send was written, and the write waited already."""
+        if wait and self.behind.pending_ino(ino):
+            await self.behind.settle_ino(ino)
+        failed = self.behind.failed_creates.get(ino)
+        if failed is not None:
+            raise errors.IOFailure(f"the create of inode {ino} failed after its answer: "
+                                   f"{failed.message}")
 
     async def open(self, inode, flags, ctx):
         if self.behind:
@@ -969,6 +1032,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
+        await self._settle_create(handle.fd.ino)
         return await self.data.write(handle.fd, off, buf, time.time_ns())
 
     async def flush(self, fh):
@@ -976,6 +1040,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         fd = self.handles[fh].fd
+        await self._settle_create(fd.ino)
         await self._flush(fd)
         try:
             await self.data.sync(fd)
@@ -984,6 +1049,7 @@ class LoomOperations(pyfuse3.Operations):
             raise
 
     async def _flush(self, fd: FileData):
+        await self._settle_create(fd.ino, wait=False)
         await self.data.drain(fd)
         error = self.data.take_error(fd)
         if error is not None:
@@ -1027,6 +1093,8 @@ class LoomOperations(pyfuse3.Operations):
         if fd.handles:
             return
         try:
+            if self.behind.pending_ino(fd.ino):  # its create registers the open
+                await self.behind.settle_ino(fd.ino)
             await self._flush(fd)
         finally:
             # The kernel does not wait for release: a new open of the same
@@ -1091,6 +1159,13 @@ class LoomOperations(pyfuse3.Operations):
             if linked:
                 raise self._refuse_by_name(inode, ctx) from None
             raise
+
+
+def _invalidate_name(parent: int, name: bytes) -> None:
+    try:
+        pyfuse3.invalidate_entry(parent, name)
+    except OSError as exc:  # ENOENT: the kernel no longer has the name
+        log.debug("invalidate of %r in %d: %s", name, parent, exc)
 
 
 def _invalidate_attrs(ino: int) -> None:

@@ -45,11 +45,22 @@ class InoAllocator:
         return self.mds_id + k * self.nshards
 
     async def _reserve(self):
-        first_k = max(0, -(-(2 - self.mds_id) // self.nshards))
-        step = partial(_reserve_block, self.store.dbs, first_k)
-        start, limit = await self.store.write(step)
+        start, limit = await self.reserve_block()
         if limit > self._limit:
             self._next, self._limit = start, limit
+
+    async def reserve_block(self) -> tuple[int, int]:
+        """One more durable block ``[start, limit)`` of ``k``; also what a client
+        gets to number the files it creates before their commit (client.ahead)."""
+        first_k = max(0, -(-(2 - self.mds_id) // self.nshards))
+        return await self.store.write(partial(_reserve_block, self.store.dbs, first_k))
+
+    def reserved(self, ino: int) -> bool:
+        """Whether `ino` is this shard's and inside a block reserved so far."""
+        if ino % self.nshards != self.mds_id:
+            return False
+        raw = self.store.get((schema.SYS, schema.SYS_NEXT_INO))
+        return raw is not None and ino // self.nshards < schema.from_be64(raw)
 
 
 def _reserve_block(dbs, first_k, txn):
@@ -75,6 +86,7 @@ class Namespace:
         self.map_source = lambda: None  # the shard's current ClusterMap (set by Shard)
         self.tails = None  # mdsd.tails.Tails (set by Shard)
         self.removals = PendingRemovals()  # unlinks received, not yet committed
+        self.early_creates = 0  # committed creates their client answered first (shard_info)
 
     def ino_shard(self, ino: int) -> int:
         return ino % self.nshards

@@ -3,6 +3,12 @@
 The new inode is allocated on the shard that runs the operation, which the
 client picks as the shard of the new entry, so a create touches one shard.
 All carry a request id: a retry returns the stored reply.
+
+A create(2) its client answered before sending it (client.ahead) is an
+``early`` mknod: it names its inode, from a block this shard reserved for
+that client (`reserve_inos`), and its time, both already in the kernel's
+reply; from its arrival to its end, requests about the name, the inode or a
+listing of the directory wait for it (mdsd.removals), as for an early unlink.
 """
 
 import logging
@@ -10,10 +16,11 @@ import stat
 
 from loomproto import errors
 
-from . import apply
+from . import apply, schema
 from . import args as check
 from .attrs import build_attr
 from .namespace import new_inode, now_ns
+from .removals import ARRIVAL
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +40,21 @@ def _setgid_parent(args: dict) -> bool:
     return bool(parent_mode & stat.S_ISGID)
 
 
-async def _create(ns, args: dict, inode: dict):
-    """Shared body of every create: the entry must be free, the parent alive."""
+async def _create(ns, args: dict, inode: dict, early: int | None = None):
+    """Shared body of every create: the entry must be free, the parent alive.
+    `early`: the inode number an early create brings (see the module doc)."""
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
     adder, wants_lease = check.lessee(args)
-    await ns.removals.settle_name(parent, name)  # an unlink of the name first
-    ino = await ns.inos.alloc()  # a retried request wastes one number: harmless
 
     async def body(tx):
         tx.adder, tx.wants_lease = adder, wants_lease
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
         await ns.check_parent_alive(tx, parent, name)
+        if early is not None and await tx.read(ns.ino_shard(ino), schema.inode_key(ino)):
+            raise errors.Invalid(f"inode {ino} is in use")  # a client's mistake
         fresh = dict(inode)
         if stat.S_ISDIR(fresh["mode"]):
             fresh["parent"] = parent
@@ -57,7 +65,16 @@ async def _create(ns, args: dict, inode: dict):
             attr[apply.ENTRY_SEQ] = None  # filled in at commit (apply.commit_local)
         return attr
 
-    return await ns.engine.run(body, rid)
+    if early is None:
+        await ns.removals.settle_name(parent, name)  # an unlink of the name first
+        ino = await ns.inos.alloc()  # a retried request wastes one number: harmless
+        return await ns.engine.run(body, rid)
+    ino = early
+    async with ns.removals.removing(parent, name, args.get(ARRIVAL)) as found:
+        found(ino)
+        attr = await ns.engine.run(body, rid)
+    ns.early_creates += 1
+    return attr
 
 
 async def mknod(ns, args: dict) -> dict:
@@ -71,8 +88,27 @@ async def mknod(ns, args: dict) -> dict:
     extra = {"rdev": rdev}
     if stat.S_ISREG(mode):
         extra["layout"] = _layout(ns, args)
-    inode = new_inode(stat.S_IFMT(mode) | (mode & 0o7777), uid, gid, now_ns(), **extra)
-    return await _create(ns, args, inode)
+    early = None
+    if check.boolean(args, "early"):
+        # Numbered and timed by the client, whose kernel has them already.
+        early = check.ino(args)
+        if not stat.S_ISREG(mode) or args.get("session") is None:
+            raise errors.BadRequest("an early mknod makes a regular file it opens")
+        if not ns.inos.reserved(early):
+            raise errors.Invalid(f"inode {early} was not reserved on shard {ns.mds_id}")
+        now = check.time_ns(args, "time")
+    else:
+        now = now_ns()
+    inode = new_inode(stat.S_IFMT(mode) | (mode & 0o7777), uid, gid, now, **extra)
+    return await _create(ns, args, inode, early)
+
+
+async def reserve_inos(ns) -> dict:
+    """A block of inode numbers of this shard for one client's early creates:
+    ``shard + k * nshards`` for ``start <= k < limit``.  Numbers a client does
+    not use are lost, which costs nothing (2**63 of them)."""
+    start, limit = await ns.inos.reserve_block()
+    return {"start": start, "limit": limit, "shard": ns.mds_id, "nshards": ns.nshards}
 
 
 async def mkdir(ns, args: dict) -> dict:

@@ -29,10 +29,10 @@ class MdsService:
         self.missed = MissedWrites(shard.store, shard.mds_id, shard.config.nshards)
 
     def request_received(self, op: str, args: dict):
-        """An unlink its client answered already is counted as it is read, so that
-        requests about its name or inode that handlers take up meanwhile wait for
-        it to register (mdsd.removals); mdsd.ops_remove.unlink uncounts it."""
-        if op == "unlink" and args.get("early") is True:
+        """An unlink or create its client answered already is counted as it is
+        read, so that requests about its name or inode that handlers take up
+        meanwhile wait for it to register (mdsd.removals); its handler uncounts it."""
+        if op in ("unlink", "mknod") and args.get("early") is True:
             return self.ns.removals.announce(args)
         return None
 
@@ -71,6 +71,9 @@ class MdsService:
             # create(2): the new inode is local to this shard and opened at once.
             self.shard.sessions.open(attr["ino"], check.session(args))
         return attr
+
+    async def rpc_reserve_inos(self, args, payload, peer):
+        return await ops_create.reserve_inos(self.ns)
 
     async def rpc_mkdir(self, args, payload, peer):
         return await ops_create.mkdir(self.ns, args)
@@ -151,6 +154,7 @@ class MdsService:
         store = self.shard.store
         return {"mds_id": self.shard.mds_id, "nshards": self.ns.nshards,
                 "inodes": store.entries(schema.INODE), "entries": store.entries(schema.DENTRY),
+                "early_creates": self.ns.early_creates,
                 "commits": store.commits, "commit_seconds": store.commit_seconds,
                 "requests": dict(rpc.SERVED)}
 

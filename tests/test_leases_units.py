@@ -144,3 +144,47 @@ def test_shares_kept_are_bounded(monkeypatch):
     for d in range(5):
         known.made_dir(d)
     assert list(known._dirs) == [3, 4]  # 2 directories x 4 shards
+
+
+def test_replies_of_creates_travelling_together_may_come_in_any_order():
+    """Creates answered before their commit (client.behind) are on their way
+    together, and their replies may come in another order than their seqs: a seq
+    past the next one waits while creates of ours are on their way, the share
+    answers nothing meanwhile, and the share is kept once the gap is filled."""
+    known = _known()
+    known.made_dir(5)
+    known.sending(5, b"0a")
+    known.added(5, b"0a", [1, 0.1], sent_at=10.0)
+    for name in (b"0b", b"0c", b"0d"):
+        assert known.claim(5, name, now=10.01, margin=0.05)
+        known.sending(5, name)
+    assert not known.absent(5, b"0b", now=10.01)  # claimed: counts as there
+    known.added(5, b"0d", [4, 0.1], sent_at=10.01)
+    known.added(5, b"0c", [3, 0.1], sent_at=10.01)
+    assert not known.absent(5, b"0x", now=10.02)  # seq 2 not in yet
+    known.added(5, b"0b", [2, 0.1], sent_at=10.01)
+    assert known.absent(5, b"0x", now=10.02) and known.wants_lease(5, b"0x")
+    assert {b"0a", b"0b", b"0c", b"0d"} <= known._dirs[5][0].names
+
+
+def test_a_gap_no_create_of_ours_can_fill_was_someone_elses():
+    known = _known()
+    known.made_dir(5)
+    known.added(5, b"0a", [1, 0.1], sent_at=10.0)
+    known.sending(5, b"0b")
+    known.sending(5, b"0c")
+    known.added(5, b"0c", [4, 0.1], sent_at=10.01)  # 2 and 3 missing, 0b on its way
+    assert known.wants_lease(5, b"0x") and not known.absent(5, b"0x", now=10.02)
+    known.added(5, b"0b", [2, 0.1], sent_at=10.01)  # 3 was someone else's
+    assert not known.wants_lease(5, b"0x") and not known.absent(5, b"0x", now=10.02)
+
+
+def test_a_create_is_claimed_only_with_enough_of_the_lease_left():
+    known = _known()
+    known.made_dir(5)
+    assert not known.claim(5, b"0a", now=0.0, margin=0.05)  # no lease yet
+    known.added(5, b"0a", [1, 0.1], sent_at=10.0)
+    assert not known.claim(5, b"0a", now=10.0, margin=0.05)  # ours already
+    assert not known.claim(5, b"0b", now=10.06, margin=0.05)  # 0.04 s left
+    assert known.claim(5, b"0b", now=10.04, margin=0.05)
+    assert not known.claim(5, b"0b", now=10.04, margin=0.05)  # claimed once

@@ -1,0 +1,147 @@
+"""Creates a client answered before their commit (``early`` mknod, mdsd.ops_create;
+client.behind), against real in-process shards over loopback: the inode number
+comes from a block the shard reserved for the client, the time from the client,
+and a bad number is refused without harm."""
+
+import os
+import stat
+from functools import partial
+
+import pytest
+
+from loomproto import errors
+from test_mdsd_harness import ROOT, MdsCluster, name_on_shard  # noqa: F401
+from test_mdsd_misc import _hold_commits, _record, _until
+
+SESSION = b"s" * 16
+FILE = {"mode": stat.S_IFREG | 0o640, "uid": 1000, "gid": 1000, "rdev": 0,
+        "parent_mode": 0o40755, "parent_gid": 0, "layout": [1 << 20, 2, 1]}
+WHEN = 1_700_000_000_123_456_789
+
+
+@pytest.fixture
+async def mds(tmp_path, nursery):
+    mds = MdsCluster(tmp_path, nursery, 2)
+    await mds.start_all()
+    return mds
+
+
+async def _block(mds, shard: int) -> list[int]:
+    reply = await mds.client(shard).call("reserve_inos", {})
+    assert reply["shard"] == shard and reply["nshards"] == 2
+    assert reply["limit"] > reply["start"]
+    return [shard + k * 2 for k in range(reply["start"], reply["limit"])]
+
+
+async def _dir_and_name(mds, stem: str):
+    d = (await mds.mkdir(ROOT, b"early"))["ino"]
+    name = name_on_shard(mds, d, 1, stem)
+    return d, name
+
+
+def _early(ino: int, **more) -> dict:
+    return {**FILE, "early": True, "ino": ino, "time": WHEN, "session": SESSION, **more}
+
+
+async def test_blocks_do_not_overlap_each_other_or_the_shards_own_numbers(mds):
+    first, second = await _block(mds, 1), await _block(mds, 1)
+    assert not set(first) & set(second)
+    d, name = await _dir_and_name(mds, "own")
+    own = await mds.create(d, name_on_shard(mds, d, 1, "plain"))  # the shard's own number
+    assert own["ino"] not in set(first) | set(second)
+
+
+async def test_an_early_create_keeps_the_clients_number_and_time(mds):
+    inos = await _block(mds, 1)
+    d, name = await _dir_and_name(mds, "kept")
+    attr = await mds.call_entry("mknod", d, name, **_early(inos[5]))
+    assert attr["ino"] == inos[5]
+    assert attr["atime"] == attr["mtime"] == attr["ctime"] == WHEN
+    assert (attr["mode"], attr["uid"], attr["gid"], attr["nlink"], attr["size"],
+            attr["gen"], attr["layout"]) == (FILE["mode"], 1000, 1000, 1, 0, 1, FILE["layout"])
+    assert (await mds.lookup(d, name))["ino"] == inos[5]
+    assert (await mds.getattr(inos[5]))["mtime"] == WHEN
+
+
+@pytest.mark.parametrize("which", ["other shard", "not reserved", "in use"])
+async def test_a_bad_number_is_refused_and_changes_nothing(mds, which):
+    inos = await _block(mds, 1)
+    d, name = await _dir_and_name(mds, "bad")
+    if which == "other shard":
+        ino = (await _block(mds, 0))[0]
+    elif which == "not reserved":
+        ino = inos[-1] + 2 * 4096
+    else:
+        ino = inos[0]
+        await mds.call_entry("mknod", d, name_on_shard(mds, d, 1, "first"), **_early(ino))
+    with pytest.raises(errors.Invalid):
+        await mds.call_entry("mknod", d, name, **_early(ino))
+    with pytest.raises(errors.NotFound):
+        await mds.lookup(d, name)
+    if which == "in use":
+        assert (await mds.getattr(ino))["nlink"] == 1  # the first file is untouched
+
+
+@pytest.mark.parametrize("bad", [{"time": "now"}, {"time": None}, {"session": None},
+                                 {"mode": stat.S_IFIFO | 0o644}, {"early": 1}])
+async def test_malformed_early_creates_are_refused(mds, bad):
+    inos = await _block(mds, 1)
+    d, name = await _dir_and_name(mds, "malformed")
+    args = _early(inos[0])
+    args.update(bad)
+    args = {k: v for k, v in args.items() if v is not None}
+    with pytest.raises(errors.BadRequest):
+        await mds.call_entry("mknod", d, name, **args)
+    with pytest.raises(errors.NotFound):
+        await mds.lookup(d, name)
+    # The shard serves on.
+    assert (await mds.call_entry("mknod", d, name, **_early(inos[1])))["ino"] == inos[1]
+
+
+async def test_requests_about_the_name_wait_for_an_early_create(mds, nursery, monkeypatch):
+    """From its arrival to its commit, requests about the name (lookup, a create of
+    it), the new inode (getattr, open) and a listing of the directory wait for it
+    (mdsd.removals), as they do for an early unlink: another machine told of the
+    file at once finds it."""
+    inos = await _block(mds, 1)
+    d, name = await _dir_and_name(mds, "held")
+    shard = mds.handles[1].shard
+    removals = shard.ns.removals
+    gate = _hold_commits(shard, monkeypatch)
+    outcome = {}
+    others = {
+        "lookup": (mds.lookup, d, name),
+        "create": (mds.create, d, name),
+        "getattr": (mds.getattr, inos[0]),
+        "open": (partial(mds.call_ino, session=b"o" * 16, flags=0), "open", inos[0]),
+        "readdir": (partial(mds.call_ino, shard_after=0, limit=100), "readdir", d),
+    }
+    try:
+        nursery.start_soon(_record, outcome, "early", partial(mds.call_entry, **_early(inos[0])),
+                           "mknod", d, name)
+        await _until(lambda: inos[0] in removals._inos, "the create to arrive")
+        event = removals._inos[inos[0]]
+        for key, (fn, *args) in others.items():
+            nursery.start_soon(_record, outcome, key, fn, *args)
+        await _until(lambda: len(outcome) == len(others) + 1
+                     or event.statistics().tasks_waiting >= len(others), "all to answer or wait")
+        assert not outcome, f"answered before the create committed: {outcome}"
+    finally:
+        gate.set()
+    await _until(lambda: len(outcome) == len(others) + 1,
+                 "all to answer once the commit is let go", 20)
+    assert outcome["early"]["ino"] == inos[0], outcome
+    assert outcome["lookup"]["ino"] == outcome["getattr"]["ino"] == inos[0], outcome
+    assert outcome["open"]["ino"] == inos[0], outcome
+    assert isinstance(outcome["create"], errors.Exists), outcome
+    assert [e[0] for e in outcome["readdir"]["entries"]] == [name], outcome
+    assert not removals._names and not removals._inos and not removals._dirs
+
+
+async def test_a_retried_early_create_answers_as_the_first(mds):
+    inos = await _block(mds, 1)
+    d, name = await _dir_and_name(mds, "again")
+    rid = os.urandom(16)
+    first = await mds.call_entry("mknod", d, name, rid=rid, **_early(inos[0]))
+    second = await mds.call_entry("mknod", d, name, rid=rid, **_early(inos[0]))
+    assert first == second
