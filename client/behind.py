@@ -39,7 +39,7 @@ filesystem loses the removals its journal had not written at a power cut.
 Creates (create(2) of a regular file) go the same way where this client holds
 a lease on the name's share of the directory (client.absent: nobody else may
 add an entry there meanwhile) and a number for the new inode from the shard
-(client.meta `InoBlocks`); client.ops builds the reply the shard will build.
+(client.meta `take_ino`); client.ops builds the reply the shard will build.
 The waits above cover them: anything about the name, the new inode or the
 directory waits for the commit, and so do a write to the file and its flush,
 so no byte reaches an OSD for a file that might not be made.  A create that
@@ -68,7 +68,8 @@ UNLINK, CREATE = "unlink", "create"
 
 
 class _Pending:
-    __slots__ = ("parent", "name", "ino", "kind", "done", "answer", "written", "error")
+    __slots__ = ("parent", "name", "ino", "kind", "done", "answer", "written", "error",
+                 "failure")
 
     def __init__(self, parent: int, name: bytes, ino: int, kind: str):
         self.parent = parent
@@ -79,6 +80,7 @@ class _Pending:
         self.answer = trio.Event()  # written to the shard's connection, or ended
         self.written = False
         self.error: errors.LoomError | None = None  # failed before it was written
+        self.failure: errors.LoomError | None = None  # failed after
 
     def set(self) -> None:
         """Called by the RPC layer once the request is written (rpc.RpcClient.call)."""
@@ -97,7 +99,6 @@ class UnlinksBehind:
         self._slots = trio.Semaphore(window) if window > 0 else None
         self._create_slots = (trio.Semaphore(create_window)
                               if create_window > 0 and nursery is not None else None)
-        self.failed_creates: OrderedDict[int, errors.LoomError] = OrderedDict()  # ino -> why
         self._by_name: dict[tuple[int, bytes], _Pending] = {}
         self._by_ino: dict[int, _Pending] = {}
         self._by_dir: dict[int, set[_Pending]] = {}
@@ -181,13 +182,17 @@ class UnlinksBehind:
         after it, and waits there for its commit (mdsd.removals).  A request that
         fails before it could be written (its shard unreachable past mds_timeout)
         raises here, as an unlink answered after its commit does."""
+        item = _Pending(parent, name, ino, kind)
+        try:
+            self.nursery.start_soon(self._send, item, remove)
+        except BaseException:  # (the mount is ending): nothing was registered
+            (self._slots if kind == UNLINK else self._create_slots).release()
+            raise
         if kind == UNLINK:
             self._names.pop((parent, name), None)
-        item = _Pending(parent, name, ino, kind)
         self._by_name[(parent, name)] = item
         self._by_ino[ino] = item
         self._by_dir.setdefault(parent, set()).add(item)
-        self.nursery.start_soon(self._send, item, remove)
         await item.answer.wait()
         if item.error is not None:
             raise item.error
@@ -226,16 +231,14 @@ class UnlinksBehind:
         if not item.written:  # the caller still waits, and gets the error
             item.error = exc
             return
+        item.failure = exc
         self.failures += 1
         self._failed.setdefault(item.parent, exc)
         while len(self._failed) > FAILED_KEPT:  # (the error log keeps every one)
             del self._failed[next(iter(self._failed))]
         if item.kind == CREATE:
-            self.failed_creates[item.ino] = exc
-            while len(self.failed_creates) > FAILED_KEPT:
-                self.failed_creates.popitem(last=False)
             log.error("create of %r in directory %d, answered before its commit, failed: "
-                      "%s; the file is not there (its close and fsync of the directory "
+                      "%s; the file may not be there (its close and fsync of the directory "
                       "report it)", item.name, item.parent, exc)
             return
         log.error("unlink of %r in directory %d, answered before its commit, failed: %s; "
@@ -296,8 +299,10 @@ class UnlinksBehind:
         await self.settle_dir(ino)
 
     async def settle_dir(self, ino: int) -> None:
-        while ino in self._by_dir:
-            await next(iter(self._by_dir[ino])).done.wait()
+        """Wait for the changes in directory `ino` on their way now (not for those
+        sent meanwhile: other threads may keep creating there)."""
+        for item in list(self._by_dir.get(ino, ())):
+            await item.done.wait()
 
     async def settle_dir_at(self, parent: int, name: bytes, place_of) -> None:
         """Wait for the pending unlinks in the directory named `name` in `parent`

@@ -150,6 +150,9 @@ class FileData:
         # A fetch of chunk 0 begun by the open (`DataPath.prefetch`) that failed:
         # the read that waited for it fails with this instead of waiting again.
         self.failed_fetch: dict[int, errors.LoomError] = {}
+        # Its create, answered before its commit, failed then (client.behind):
+        # writes, fsync and close of this open file fail with it.
+        self.create_error: errors.LoomError | None = None
         self.reading_ahead: set[trio.CancelScope] = set()  # see DataPath.closed
 
 

@@ -373,8 +373,10 @@ class Meta:
 
     async def create_early(self, parent: int, name: bytes, attr: dict, parent_mode: int,
                            parent_gid: int, sent) -> None:
-        """The request of a create answered already (`adding`), made as `attr`
-        says; `sent.set()` once it is written to the shard's connection."""
+        """The request of a create answered once it is written to the shard's
+        connection (`sent.set()`), made as `attr` says; the caches show it from
+        the start (`adding`, before the first await)."""
+        self.adding(parent, name, attr)
         args = {"parent": parent, "name": name, "mode": attr["mode"], "rdev": 0,
                 "uid": attr["uid"], "gid": attr["gid"], "rid": _rid(),
                 "parent_mode": parent_mode, "parent_gid": parent_gid,
@@ -401,10 +403,13 @@ class Meta:
         attr = self.remember(await self._add_entry(parent, name, "mkdir", args))
         self._dir_changed(parent, attr["ctime"], 1, 1)
         self.absent.made_dir(attr["ino"])
-        if getattr(self.cluster, "nursery", None) is not None:
-            for shard in range(self.cluster.nshards):  # for creates in it (client.behind)
-                self._inos_of(shard)
         return attr
+
+    def want_inos(self) -> None:
+        """Have inode numbers of every shard at hand (or on their way) for creates
+        answered early: called when this client makes a directory."""
+        for shard in range(self.cluster.nshards):
+            self._inos_of(shard)
 
     async def symlink(self, parent, name, target, uid, gid) -> dict:
         check_name(name)
@@ -474,7 +479,8 @@ class Meta:
         check_name(name)
         with self.absent.changing(parent):
             await self._at_entry(parent, name, "rmdir", {"parent": parent, "name": name,
-                                                         "rid": _rid()})
+                                                         "rid": _rid(),
+                                                         "lessee": self.cluster.session})
         self.absent.removed(parent, name)
         self._dir_changed(parent, time.time_ns(), -1, -1)
 

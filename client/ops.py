@@ -60,6 +60,7 @@ STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing 
 # Lease left (seconds, of mdsd.leases.LEASE) that a create answered before its commit
 # needs, for its request to reach the shard before the lease ends (client.behind).
 EARLY_CREATE_MARGIN = 0.05
+INVALIDATIONS = 4  # threads at most for the kernel invalidations after failed creates
 
 
 def _stamp(attr: dict) -> tuple:
@@ -185,6 +186,7 @@ class LoomOperations(pyfuse3.Operations):
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
         self._told: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._invalidations = None  # trio.CapacityLimiter, made in the event loop
 
     def init(self):
         # Called while libfuse answers the kernel's INIT; the kernel applies
@@ -608,6 +610,8 @@ class LoomOperations(pyfuse3.Operations):
         with self._changing_names(parent_inode):
             attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
         self.dir_names.record(attr["ino"], parent_inode, name)
+        if self.behind.creates_early:
+            self.meta.want_inos()  # for the creates it may answer early in it
         return self._named(parent_inode, name, attr)
 
     async def symlink(self, parent_inode, name, target, ctx):
@@ -680,17 +684,36 @@ class LoomOperations(pyfuse3.Operations):
     async def _early_failed(self, item) -> None:
         """An unlink or create answered before its commit failed: the kernel's
         attributes of the parent (which showed it) are dropped, so they are asked
-        for again; after a create, so is the name (it leads nowhere)."""
+        for again; after a create, so is the name (it leads nowhere), and the
+        file, if still open here, fails its writes, fsync and close."""
         parent_inode = item.parent
         self.meta.forget(parent_inode)
+        if item.kind != CREATE:
+            with trio.move_on_after(INVALIDATE_WAIT):
+                await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
+                                              abandon_on_cancel=True)
+            return
+        if not item.written:
+            return  # the create itself fails: the kernel got nothing
+        fd = self.files.get(item.ino)
+        if fd is not None:
+            fd.create_error = item.failure
+        self.behind.gone(parent_inode, item.name)
+        # Not waited for: the kernel takes the directory's lock for the name, and a
+        # create in it may hold that lock while it waits for this one's place.
+        self.meta.cluster.nursery.start_soon(self._forget_created, parent_inode, item.name)
+
+    async def _forget_created(self, parent_inode: int, name: bytes) -> None:
+        if self._invalidations is None:
+            self._invalidations = trio.CapacityLimiter(INVALIDATIONS)
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
-                                          abandon_on_cancel=True)
-        if item.kind == CREATE:
-            self.behind.gone(parent_inode, item.name)
-            with trio.move_on_after(INVALIDATE_WAIT):
-                await trio.to_thread.run_sync(_invalidate_name, parent_inode, item.name,
-                                              abandon_on_cancel=True)
+                                          abandon_on_cancel=True,
+                                          limiter=self._invalidations)
+        with trio.move_on_after(INVALIDATE_WAIT):
+            await trio.to_thread.run_sync(_invalidate_name, parent_inode, name,
+                                          abandon_on_cancel=True,
+                                          limiter=self._invalidations)
 
     async def rmdir(self, parent_inode, name, ctx):
         if self.behind:
@@ -873,32 +896,37 @@ class LoomOperations(pyfuse3.Operations):
             return None
         await behind.reserve_create()
         # No await from here until the request is written (behind.send).
-        if not meta.absent.claim(parent, name, trio.current_time(), EARLY_CREATE_MARGIN):
+        parent_attr = meta.attrs.get(parent)  # (as it is now)
+        if parent_attr is None or not meta.absent.claim(parent, name, trio.current_time(),
+                                                        EARLY_CREATE_MARGIN):
             behind.release_create()
             return None
-        now = time.time_ns()
-        gid = parent_attr["gid"] if parent_attr["mode"] & stat.S_ISGID else ctx.gid
-        layout = parent_attr.get("layout") or meta.cluster.config.layout.to_wire()
-        attr = {"ino": ino, "mode": stat.S_IFREG | stat.S_IMODE(mode), "nlink": 1,
-                "uid": ctx.uid, "gid": gid, "rdev": 0, "size": 0, "atime": now,
-                "mtime": now, "ctime": now, "gen": 1, "layout": layout, "blocks": 0}
-        meta.adding(parent, name, attr)
+        try:
+            now = time.time_ns()
+            gid = parent_attr["gid"] if parent_attr["mode"] & stat.S_ISGID else ctx.gid
+            layout = parent_attr.get("layout") or meta.cluster.config.layout.to_wire()
+            attr = {"ino": ino, "mode": stat.S_IFREG | stat.S_IMODE(mode), "nlink": 1,
+                    "uid": ctx.uid, "gid": gid, "rdev": 0, "size": 0, "atime": now,
+                    "mtime": now, "ctime": now, "gen": 1, "layout": layout, "blocks": 0}
+        except BaseException:
+            meta.absent.forget(parent)
+            behind.release_create()
+            raise
         with self._changing_names(parent):
             await behind.send(parent, name, ino, functools.partial(
                 meta.create_early, parent, name, attr, parent_attr["mode"],
                 parent_attr["gid"]), kind=CREATE)
         return attr
 
-    async def _settle_create(self, ino: int, wait: bool = True) -> None:
+    async def _settle_create(self, fd: FileData, wait: bool = True) -> None:
         """Before a write or fsync of a file whose create was answered early: its
         commit, and EIO if it failed (client.behind).  A flush (close) waits for
         nothing: what it must send was written, and the write waited already."""
-        if wait and self.behind.pending_ino(ino):
-            await self.behind.settle_ino(ino)
-        failed = self.behind.failed_creates.get(ino)
-        if failed is not None:
-            raise errors.IOFailure(f"the create of inode {ino} failed after its answer: "
-                                   f"{failed.message}")
+        if wait and self.behind.pending_ino(fd.ino):
+            await self.behind.settle_ino(fd.ino)
+        if fd.create_error is not None:
+            raise errors.IOFailure(f"the create of inode {fd.ino} failed after its answer: "
+                                   f"{fd.create_error.message}")
 
     async def open(self, inode, flags, ctx):
         if self.behind:
@@ -1032,7 +1060,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
-        await self._settle_create(handle.fd.ino)
+        await self._settle_create(handle.fd)
         return await self.data.write(handle.fd, off, buf, time.time_ns())
 
     async def flush(self, fh):
@@ -1040,7 +1068,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         fd = self.handles[fh].fd
-        await self._settle_create(fd.ino)
+        await self._settle_create(fd)
         await self._flush(fd)
         try:
             await self.data.sync(fd)
@@ -1049,7 +1077,7 @@ class LoomOperations(pyfuse3.Operations):
             raise
 
     async def _flush(self, fd: FileData):
-        await self._settle_create(fd.ino, wait=False)
+        await self._settle_create(fd, wait=False)
         await self.data.drain(fd)
         error = self.data.take_error(fd)
         if error is not None:

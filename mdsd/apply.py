@@ -11,7 +11,9 @@ validation and concurrent creates in one directory do not conflict:
   Conflict while another client's lease on the share holds (mdsd.leases);
   takes the next seq, and a lease for session `adder` if it wants one.
 - ``["dirent_del", parent, name, subdirs_delta, now]``: removes entry and seq.
-- ``["dirstat_kill", dir_ino]``: NotEmpty unless the share is empty; marks it dead.
+- ``["dirstat_kill", dir_ino, remover]``: NotEmpty unless the share is empty;
+  Conflict while a session other than `remover` holds a lease on it
+  (mdsd.leases); marks it dead.
 - ``["inode_drop", ino]``: deletes the inode record, its xattrs and its
   missed-write records (`mdsd.missed`).
 
@@ -138,11 +140,13 @@ def _touch_share(share: dict, subdirs_delta: int, now: int):
     share["ctime"] = max(share["ctime"], now)
 
 
-def _dirstat_kill(ap: Applier, dir_ino):
+def _dirstat_kill(ap: Applier, dir_ino, remover=None):
     share_key = schema.dirstat_key(dir_ino)
     share = schema.unpack_share(ap.get(share_key))
     if share["count"] > 0:
         raise errors.NotEmpty(f"directory {dir_ino} is not empty")
+    # The lessee may be creating there, answering before the commit (client.behind).
+    ap.leases.admit(dir_ino, remover)
     share["dead"] = True
     ap.put(share_key, schema.pack(share))
 

@@ -51,7 +51,7 @@ class InoAllocator:
 
     async def reserve_block(self) -> tuple[int, int]:
         """One more durable block ``[start, limit)`` of ``k``; also what a client
-        gets to number the files it creates before their commit (client.ahead)."""
+        gets to number the files it creates before their commit (client.behind)."""
         first_k = max(0, -(-(2 - self.mds_id) // self.nshards))
         return await self.store.write(partial(_reserve_block, self.store.dbs, first_k))
 
@@ -150,16 +150,22 @@ class Namespace:
         tx.mutate(self.entry_shard(parent_ino, name), mutation)
 
     async def check_empty(self, tx, dir_ino: int):
-        """NotEmpty unless every shard's share of `dir_ino` is empty (reads validated)."""
+        """NotEmpty unless every shard's share of `dir_ino` is empty (reads validated).
+        A create or unlink in it that its client answered already and this shard
+        has not committed yet (mdsd.removals) makes it wait (Conflict, retried):
+        its outcome decides.  Other shards refuse the prepare meanwhile (`touched_by`)."""
+        if self.removals.holds_dir(dir_ino):
+            raise errors.Conflict(f"a change in directory {dir_ino} is on its way")
         for shard in range(self.nshards):
             share = schema.unpack_share(await tx.read(shard, schema.dirstat_key(dir_ino)))
             if share["count"] > 0:
                 raise errors.NotEmpty(f"directory {dir_ino} is not empty")
 
     def remove_dir_inode(self, tx, dir_ino: int):
-        """Tombstone every share of a directory and drop its inode."""
+        """Tombstone every share of a directory and drop its inode (a share that
+        another session's lease holds waits until the lease ends: mdsd.leases)."""
         for shard in range(self.nshards):
-            tx.mutate(shard, ["dirstat_kill", dir_ino])
+            tx.mutate(shard, ["dirstat_kill", dir_ino, tx.adder])
         tx.mutate(self.ino_shard(dir_ino), ["inode_drop", dir_ino])
 
     def drop_link(self, tx, ino: int, inode: dict, now: int):

@@ -4,7 +4,7 @@ The new inode is allocated on the shard that runs the operation, which the
 client picks as the shard of the new entry, so a create touches one shard.
 All carry a request id: a retry returns the stored reply.
 
-A create(2) its client answered before sending it (client.ahead) is an
+A create(2) its client answered before sending it (client.behind) is an
 ``early`` mknod: it names its inode, from a block this shard reserved for
 that client (`reserve_inos`), and its time, both already in the kernel's
 reply; from its arrival to its end, requests about the name, the inode or a
@@ -52,6 +52,10 @@ async def _create(ns, args: dict, inode: dict, early: int | None = None):
         tx.adder, tx.wants_lease = adder, wants_lease
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
+        if early is None and ns.removals.holds_name(parent, name):
+            # An early create or unlink of it arrived since (this one may have
+            # waited for a lease): it goes first (mdsd.removals).
+            raise errors.Conflict(f"a change of {name!r} in {parent} is on its way")
         await ns.check_parent_alive(tx, parent, name)
         if early is not None and await tx.read(ns.ino_shard(ino), schema.inode_key(ino)):
             raise errors.Invalid(f"inode {ino} is in use")  # a client's mistake
@@ -156,6 +160,8 @@ async def link(ns, args: dict) -> dict:
         tx.adder = adder
         if await ns.read_entry(tx, parent, name) is not None:
             raise errors.Exists(f"entry {name!r} exists in {parent}")
+        if ns.removals.holds_name(parent, name):
+            raise errors.Conflict(f"a change of {name!r} in {parent} is on its way")
         await ns.check_parent_alive(tx, parent, name)
         inode = await ns.read_inode(tx, ino)
         if stat.S_ISDIR(inode["mode"]):

@@ -67,8 +67,10 @@ async def rmdir(ns, args: dict) -> dict:
     parent = check.ino(args, "parent")
     name = check.name(args)
     rid = check.rid(args)
+    remover, _ = check.lessee(args)
 
     async def body(tx):
+        tx.adder = remover  # its own lease does not hold this client's rmdir back
         ino, type_bits = await _existing_entry(ns, tx, parent, name)
         if type_bits != stat.S_IFDIR:
             raise errors.NotDir(f"entry {name!r} in {parent} is not a directory")

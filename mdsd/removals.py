@@ -1,4 +1,5 @@
-"""Unlinks this shard has received and not yet committed, and the waits for them.
+"""Unlinks (and creates) this shard has received and not yet committed, and the
+waits for them.
 
 A client may answer an unlink before its commit (client.behind): its request
 is on its way when the application learns of the removal, and may tell
@@ -11,6 +12,13 @@ it.  The order that the first client's answer implies then holds on this
 shard for everyone, as long as its request arrives before the other's, which
 the other needs a message from the application's side and its own kernel and
 client to send, and the first sends at once.
+
+Creates a client answered early (``early`` mknod, mdsd.ops_create) are held
+the same way from their arrival: the name, the new inode and the directory.
+A plain create or link of a held name that waits for a lease meanwhile looks
+again before it adds its entry (`holds_name`), and an rmdir, or a rename onto
+the directory, waits for the held changes in it (mdsd.namespace `check_empty`;
+on other shards, `touched_by`).
 
 Only unlinks that their client answered early (``early``) are held: the
 client sends those only for an inode that lives on the name's shard, so both
@@ -105,19 +113,29 @@ class PendingRemovals:
                     del self._inos[ino]
             done.set()
 
+    def holds_dir(self, parent: int) -> bool:
+        return parent in self._dirs
+
+    def holds_name(self, parent: int, name: bytes) -> bool:
+        return (parent, name) in self._names
+
     def touched_by(self, reads: list, mutations: list) -> bool:
         """Whether a prepared transaction's reads (``[db, key, value]``) or
-        mutations (mdsd.apply) touch a name or inode with an unlink on its way."""
+        mutations (mdsd.apply) touch a name or inode with an unlink or create on
+        its way, or the share of a directory with one in it (an rmdir's count)."""
         if not self._names:
             return False
         held = {schema.dentry_key(parent, name) for parent, name in self._names}
         held.update(schema.inode_key(ino) for ino in self._inos)
+        held.update(schema.dirstat_key(parent) for parent in self._dirs)
         keys = [(db, raw) for db, raw, _ in reads]
         for mutation in mutations:
             if mutation[0] in ("put", "del"):
                 keys.append((mutation[1], mutation[2]))
             elif mutation[0] in ("dirent_add", "dirent_del"):
                 keys.append(schema.dentry_key(mutation[1], mutation[2]))
+            elif mutation[0] == "dirstat_kill":
+                keys.append(schema.dirstat_key(mutation[1]))
         if any(key in held for key in keys):
             self.refused += 1
             return True

@@ -347,7 +347,7 @@ _MUTATION_FIELDS = {
     "dirent_add": ((_is_ino, _is_name, _is_ino, _is_type, _is_delta, _is_time, _is_lessee,
                     _is_bool), 2),
     "dirent_del": ((_is_ino, _is_name, _is_delta, _is_time), 0),
-    "dirstat_kill": ((_is_ino,), 0),
+    "dirstat_kill": ((_is_ino, _is_lessee), 1),
     "inode_drop": ((_is_ino,), 0),
 }
 

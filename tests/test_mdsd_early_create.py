@@ -5,15 +5,19 @@ and a bad number is refused without harm."""
 
 import os
 import stat
+import time
 from functools import partial
 
 import pytest
+import trio
 
 from loomproto import errors
+from mdsd.leases import LEASE
 from test_mdsd_harness import ROOT, MdsCluster, name_on_shard  # noqa: F401
 from test_mdsd_misc import _hold_commits, _record, _until
 
 SESSION = b"s" * 16
+LESSEE = b"l" * 16
 FILE = {"mode": stat.S_IFREG | 0o640, "uid": 1000, "gid": 1000, "rdev": 0,
         "parent_mode": 0o40755, "parent_gid": 0, "layout": [1 << 20, 2, 1]}
 WHEN = 1_700_000_000_123_456_789
@@ -145,3 +149,55 @@ async def test_a_retried_early_create_answers_as_the_first(mds):
     first = await mds.call_entry("mknod", d, name, rid=rid, **_early(inos[0]))
     second = await mds.call_entry("mknod", d, name, rid=rid, **_early(inos[0]))
     assert first == second
+
+
+async def test_an_rmdir_waits_for_an_early_create_in_the_directory(mds, nursery, monkeypatch):
+    """Another client's rmdir of the directory, while a create there that its
+    client answered already is on its way: the rmdir waits for it and finds the
+    directory not empty.  Before, its prepare on the create's shard found the
+    share empty, the rmdir won, and the create (told to its application) failed
+    (a reviewer's case: the directory's inode on another shard makes the create's
+    body wait for a peer read)."""
+    inos = await _block(mds, 1)
+    d = next(n for n in (b"dir%d" % i for i in range(100)) if mds.entry_shard(ROOT, n) == 0)
+    d_ino = (await mds.mkdir(ROOT, d))["ino"]
+    name = name_on_shard(mds, d_ino, 1, "late")
+    ns1 = mds.handles[1].shard.ns
+    go = trio.Event()
+    real = ns1.check_parent_alive
+
+    async def slow_check(tx, parent, name_):
+        await go.wait()
+        return await real(tx, parent, name_)
+
+    monkeypatch.setattr(ns1, "check_parent_alive", slow_check)
+    outcome = {}
+    nursery.start_soon(_record, outcome, "early", partial(mds.call_entry, **_early(inos[0])),
+                       "mknod", d_ino, name)
+    await _until(lambda: inos[0] in ns1.removals._inos, "the create to arrive")
+    nursery.start_soon(_record, outcome, "rmdir", mds.rmdir, ROOT, d)
+    await _until(lambda: ns1.removals.refused or "rmdir" in outcome,
+                 "the rmdir's prepare to be refused")
+    assert "rmdir" not in outcome, outcome
+    go.set()
+    await _until(lambda: len(outcome) == 2, "both to answer")
+    assert outcome["early"]["ino"] == inos[0], outcome
+    assert isinstance(outcome["rmdir"], errors.NotEmpty), outcome
+    assert (await mds.lookup(d_ino, name))["ino"] == inos[0]
+
+
+async def test_an_rmdir_waits_for_another_sessions_lease(mds):
+    """The lessee may be creating there, answering before its commits: an rmdir
+    from any other session waits until the lease ends; the lessee's own does not."""
+    for own in (False, True):
+        d = (await mds.mkdir(ROOT, b"leased-%d" % own))["ino"]
+        names = [name_on_shard(mds, d, shard, "f") for shard in range(2)]
+        sent = time.monotonic()
+        for name in names:
+            await mds.call_entry("mknod", d, name, lessee=LESSEE, lease=True,
+                                 **{**FILE, "layout": None})
+            await mds.unlink(d, name)
+        await mds.call_entry("rmdir", ROOT, b"leased-%d" % own,
+                             lessee=LESSEE if own else b"other" * 4)
+        waited = time.monotonic() - sent >= LEASE
+        assert waited != own

