@@ -142,3 +142,25 @@ def test_mount_helper_with_fstab_options(cluster, tmp_path):
         for path in mounts_below(mnt):
             subprocess.run(["fusermount3", "-uz", path], capture_output=True, timeout=60)
     assert no_process_left(mnt) == []
+
+
+@pytest.mark.allow_log_errors
+def test_umount_by_path_stops_the_live_client_after_a_dead_one(cluster, tmp_path):
+    """A client that died without an umount leaves its record on the mount point;
+    a new client mounts there again.  `umount PATH` must stop the live one and drop
+    both records (it took the dead record first and left the live client mounted:
+    a tester's report)."""
+    mnt = tmp_path / "again"
+    mnt.mkdir()
+    first = cluster.run("mount", mnt).stdout.split()[-1]
+    assert cluster_script.send_signal(cluster.nodes()[first], signal.SIGKILL)
+    cluster_script.wait_for(lambda: not cluster_script.is_running(cluster.nodes()[first]),
+                            20, "the killed client to exit")
+    cluster_script.unmount(mnt)  # (its kernel mount is left without a server)
+    second = cluster.run("mount", mnt).stdout.split()[-1]
+    live = cluster.nodes()[second]
+    done = cluster.run("umount", mnt)
+    assert {first, second} == {line.split()[-1] for line in done.stdout.splitlines()}
+    assert not cluster_script.is_running(live)
+    assert not cluster_script.is_mounted(str(mnt))
+    assert first not in cluster.nodes() and second not in cluster.nodes()
