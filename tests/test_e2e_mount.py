@@ -164,3 +164,26 @@ def test_umount_by_path_stops_the_live_client_after_a_dead_one(cluster, tmp_path
     assert not cluster_script.is_running(live)
     assert not cluster_script.is_mounted(str(mnt))
     assert first not in cluster.nodes() and second not in cluster.nodes()
+
+
+@pytest.mark.deadline(240)
+def test_umount_ends_while_the_roots_shard_is_down(cluster, tmp_path):
+    """`umount PATH` must not stat the mount point: with the root's shard killed
+    that stat waits mds_timeout per try, and the harness holds its state lock
+    meanwhile, so a `start` of the shard waited behind it (a tester's report)."""
+    mnt = tmp_path / "rootless"
+    mnt.mkdir()
+    name = cluster.run("mount", mnt, "--mount-opts",
+                       "allow_other,default_permissions,attr_timeout=0").stdout.split()[-1]
+    root_shard = f"mds{1 % loomconfig.load(str(cluster.config)).nshards}"  # inode 1's
+    cluster.allowed_dead.add(root_shard)
+    try:
+        cluster.run("kill", root_shard)
+        started = time.monotonic()
+        cluster.run("umount", mnt, timeout=120)
+        assert time.monotonic() - started < 40  # not a stat's mds_timeout (60 s)
+        assert name not in cluster.nodes() and not cluster_script.is_mounted(str(mnt))
+    finally:
+        if not cluster_script.is_running(cluster.nodes()[root_shard]):
+            cluster.run("start", root_shard)
+        cluster.allowed_dead.discard(root_shard)
