@@ -200,7 +200,8 @@ class UnlinksBehind:
     async def _send(self, item: _Pending, remove):
         try:
             if not await self._request(item, remove) and self.on_failure is not None:
-                try:  # (before `done`: an fsync of the directory waits for this too)
+                try:  # (before `done`: an fsync of the directory waits for this, not
+                    # for the kernel invalidations after a create, which run apart)
                     await self.on_failure(item)
                 except Exception:
                     log.exception("after the failed %s of %r in %d", item.kind, item.name,

@@ -706,14 +706,18 @@ class LoomOperations(pyfuse3.Operations):
     async def _forget_created(self, parent_inode: int, name: bytes) -> None:
         if self._invalidations is None:
             self._invalidations = trio.CapacityLimiter(INVALIDATIONS)
-        with trio.move_on_after(INVALIDATE_WAIT):
-            await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
-                                          abandon_on_cancel=True,
-                                          limiter=self._invalidations)
-        with trio.move_on_after(INVALIDATE_WAIT):
-            await trio.to_thread.run_sync(_invalidate_name, parent_inode, name,
-                                          abandon_on_cancel=True,
-                                          limiter=self._invalidations)
+        try:
+            with trio.move_on_after(INVALIDATE_WAIT):
+                await trio.to_thread.run_sync(_invalidate_attrs, parent_inode,
+                                              abandon_on_cancel=True,
+                                              limiter=self._invalidations)
+            with trio.move_on_after(INVALIDATE_WAIT):
+                await trio.to_thread.run_sync(_invalidate_name, parent_inode, name,
+                                              abandon_on_cancel=True,
+                                              limiter=self._invalidations)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("dropping %r in %d from the kernel after its failed create",
+                          name, parent_inode)
 
     async def rmdir(self, parent_inode, name, ctx):
         if self.behind:

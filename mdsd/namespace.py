@@ -151,11 +151,12 @@ class Namespace:
 
     async def check_empty(self, tx, dir_ino: int):
         """NotEmpty unless every shard's share of `dir_ino` is empty (reads validated).
-        A create or unlink in it that its client answered already and this shard
-        has not committed yet (mdsd.removals) makes it wait (Conflict, retried):
-        its outcome decides.  Other shards refuse the prepare meanwhile (`touched_by`)."""
-        if self.removals.holds_dir(dir_ino):
-            raise errors.Conflict(f"a change in directory {dir_ino} is on its way")
+        The creates and unlinks in it that their client answered already and a
+        shard has not committed yet (mdsd.removals) are waited for first, here and,
+        through `peer_read`, on the other shards: their outcome decides.  Those
+        that arrive later wait for the lease of the client sending them (mdsd.apply
+        `dirstat_kill`), or find the prepare refused (`touched_by`)."""
+        await self.removals.settle_dir(dir_ino)
         for shard in range(self.nshards):
             share = schema.unpack_share(await tx.read(shard, schema.dirstat_key(dir_ino)))
             if share["count"] > 0:

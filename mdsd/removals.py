@@ -17,8 +17,9 @@ Creates a client answered early (``early`` mknod, mdsd.ops_create) are held
 the same way from their arrival: the name, the new inode and the directory.
 A plain create or link of a held name that waits for a lease meanwhile looks
 again before it adds its entry (`holds_name`), and an rmdir, or a rename onto
-the directory, waits for the held changes in it (mdsd.namespace `check_empty`;
-on other shards, `touched_by`).
+the directory, waits for the held changes in it before it counts its entries
+(mdsd.namespace `check_empty`, and `peer_read` on the other shards; a prepare
+that kills a share with changes that arrived since is refused: `touched_by`).
 
 Only unlinks that their client answered early (``early``) are held: the
 client sends those only for an inode that lives on the name's shard, so both
@@ -112,9 +113,6 @@ class PendingRemovals:
                 if self._inos.get(ino) is done:
                     del self._inos[ino]
             done.set()
-
-    def holds_dir(self, parent: int) -> bool:
-        return parent in self._dirs
 
     def holds_name(self, parent: int, name: bytes) -> bool:
         return (parent, name) in self._names

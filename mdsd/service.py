@@ -205,6 +205,11 @@ class MdsService:
 
     async def rpc_peer_read(self, args, payload, peer):
         keys = _wire_keys(args.get("keys"))
+        for db, raw in keys:
+            if db == schema.DIRSTAT and len(raw) == 8:
+                # A directory's count (an rmdir's check_empty): the changes in it
+                # that their clients answered already land first (mdsd.removals).
+                await self.ns.removals.settle_dir(schema.from_be64(raw))
         return await self.ns.engine.fetch(self.shard.mds_id, keys)
 
     async def rpc_peer_dirstat(self, args, payload, peer):

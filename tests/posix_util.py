@@ -6,6 +6,9 @@
 - `wait_until(predicate, timeout, what)` polls a condition with a deadline.
 - `errno_of(fn, *args)` is 0 when the call succeeds, else its errno.
 - `renameat2(old, new, flags)` is renameat2(2) (Python has no binding).
+- `InThread(fn, *args)` runs a call that may block in a thread; `shard_stopped(cluster,
+  shard)` holds a metadata server SIGSTOPped for a with block, and in
+  `shard_may_die(cluster, shard)` it may be stopped or killed (it runs again after).
 """
 
 import contextlib
@@ -13,6 +16,8 @@ import ctypes
 import itertools
 import os
 import pickle
+import signal
+import threading
 import time
 
 USER = 4321
@@ -147,3 +152,51 @@ def unlink_and_publish(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class InThread(threading.Thread):
+    """`fn(*args)` in a daemon thread: its result, or the OSError it raised."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result = self.error = None
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except OSError as exc:
+            self.error = exc
+
+    def finished_within(self, seconds: float) -> bool:
+        self.join(seconds)
+        return not self.is_alive()
+
+
+@contextlib.contextmanager
+def shard_stopped(cluster, shard: int):
+    """Metadata server `shard` of `cluster` SIGSTOPped for the body of a with block."""
+    from conftest import cluster_script
+
+    node = cluster.nodes()[f"mds{shard}"]
+    assert cluster_script.send_signal(node, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        cluster_script.send_signal(node, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def shard_may_die(cluster, shard: int):
+    """Metadata server `shard` may be stopped or killed in the body of a with block;
+    it runs again afterwards."""
+    from conftest import cluster_script
+
+    name = f"mds{shard}"
+    cluster.allowed_dead.add(name)
+    try:
+        yield
+    finally:
+        if not cluster_script.is_running(cluster.nodes()[name]):
+            cluster.run("start", name)
+        cluster.allowed_dead.discard(name)

@@ -16,20 +16,18 @@ mount renewed its lease, and creates one more name there.  The lease lasts
 the shard instead: such a test tries again, a bounded number of times.
 """
 
-import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import cluster_script
 from loomproto.layout import shard_of_dentry
-from posix_util import extra_mount, wait_until
+from posix_util import InThread, extra_mount, shard_may_die, shard_stopped, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -54,38 +52,15 @@ def _early_creates(cluster) -> int:
     return sum(shard["early_creates"] for shard in json.loads(done.stdout)["shards"])
 
 
-class _InThread(threading.Thread):
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except OSError as exc:
-            self.error = exc
-
-    def finished_within(self, seconds: float) -> bool:
-        self.join(seconds)
-        return not self.is_alive()
 
 
-@contextlib.contextmanager
-def _shard_stopped(cluster, shard: int):
-    node = cluster.nodes()[f"mds{shard}"]
-    assert cluster_script.send_signal(node, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        cluster_script.send_signal(node, signal.SIGCONT)
 
 
 def _touch(path) -> None:
     os.close(os.open(path, CREATE, 0o644))
 
 
-def _create_with_shard_stopped(cluster, base, then=None):
+def _create_withshard_stopped(cluster, base, then=None):
     """In a new directory under `base`: creates with mds1 running (a lease for the
     share, inode numbers from the shard), committed (fsync of the directory), then
     one with mds1 stopped; again in another directory until one is answered while
@@ -100,8 +75,8 @@ def _create_with_shard_stopped(cluster, base, then=None):
             _touch(directory / name)
         _touch(directory / renew)
         os.fsync(dir_fd)  # committed: the lease runs from the last create's send
-        with _shard_stopped(cluster, 1):
-            creator = _InThread(os.open, directory / last, CREATE, 0o640)
+        with shard_stopped(cluster, 1):
+            creator = InThread(os.open, directory / last, CREATE, 0o640)
             creator.start()
             if creator.finished_within(EARLY) and creator.error is None:
                 path, fd = directory / last, creator.result
@@ -122,12 +97,12 @@ def test_a_create_is_answered_before_its_commit(cluster, workdir, second_client)
         listed = {}
 
         def list_meanwhile(fd, path, dir_fd):
-            lister = _InThread(os.listdir, dir_fd)
+            lister = InThread(os.listdir, dir_fd)
             lister.start()
             listed["thread"] = lister
             return os.fstat(fd)
 
-        path, fd, dir_fd, here = _create_with_shard_stopped(cluster, mnt / workdir.name,
+        path, fd, dir_fd, here = _create_withshard_stopped(cluster, mnt / workdir.name,
                                                             list_meanwhile)
         os.close(fd)
         os.close(dir_fd)
@@ -223,11 +198,11 @@ def test_a_failed_early_create_is_reported(cluster, workdir):
     mount keeps working."""
     with extra_mount(cluster, LONG_CACHE + ",mds_timeout=2") as mnt:
         def wait_for_the_failure(fd, path, dir_fd):
-            syncer = _InThread(os.fsync, dir_fd)
+            syncer = InThread(os.fsync, dir_fd)
             syncer.start()
             return syncer.finished_within(BOUND), syncer.error
 
-        path, fd, dir_fd, (synced, error) = _create_with_shard_stopped(
+        path, fd, dir_fd, (synced, error) = _create_withshard_stopped(
             cluster, mnt / workdir.name, wait_for_the_failure)
         directory = path.parent
         try:
@@ -258,21 +233,12 @@ def test_with_create_window_0_a_create_waits_for_its_commit(cluster, workdir):
         for name in first:
             _touch(directory / name)
         assert _early_creates(cluster) == before
-        with _shard_stopped(cluster, 1):
+        with shard_stopped(cluster, 1):
             with pytest.raises(OSError) as failed:
                 _touch(directory / last)
         assert failed.value.errno in (errno.ETIMEDOUT, errno.EIO), failed.value
 
 
-@contextlib.contextmanager
-def _mds1_may_die(cluster):
-    cluster.allowed_dead.add("mds1")
-    try:
-        yield
-    finally:
-        if not cluster_script.is_running(cluster.nodes()["mds1"]):
-            cluster.run("start", "mds1")
-        cluster.allowed_dead.discard("mds1")
 
 
 @pytest.mark.deadline(300)
@@ -285,14 +251,14 @@ def test_unmount_waits_for_creates_on_their_way(cluster, workdir, tmp_path):
     client = cluster.run("mount", mnt, "--mount-opts", LONG_CACHE).stdout.split()[-1]
     node = cluster.nodes()[client]
     try:
-        with _mds1_may_die(cluster):
+        with shard_may_die(cluster, 1):
             def kill_the_shard(fd, path, dir_fd):
                 os.close(fd)
                 os.close(dir_fd)
                 cluster.run("kill", "mds1")  # the request dies unread in its socket
                 return path.relative_to(mnt)
 
-            *_, made = _create_with_shard_stopped(cluster, mnt / workdir.name,
+            *_, made = _create_withshard_stopped(cluster, mnt / workdir.name,
                                                   kill_the_shard)
             cluster_script.unmount(mnt)
             assert cluster_script.send_signal(node, signal.SIGTERM)

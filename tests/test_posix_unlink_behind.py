@@ -13,18 +13,17 @@ commit".  Those mounts keep the kernel's entries and attributes for 30 s, so
 that nothing else the kernel asks for during the test needs the stopped shard.
 """
 
-import contextlib
 import errno
 import os
 import signal
 import stat
-import threading
 
 import pytest
 
 from conftest import cluster_script
 from loomproto.layout import shard_of_dentry
-from posix_util import extra_mount, unlink_and_publish, wait_until
+from posix_util import (InThread, extra_mount, shard_may_die, shard_stopped, unlink_and_publish,
+                        wait_until)
 
 pytestmark = pytest.mark.mount
 
@@ -45,32 +44,8 @@ def _make_files(directory, names):
         os.stat(directory / name)  # (looked up: the kernel and this client know it)
 
 
-class _InThread(threading.Thread):
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except OSError as exc:
-            self.error = exc
-
-    def finished_within(self, seconds: float) -> bool:
-        self.join(seconds)
-        return not self.is_alive()
 
 
-@contextlib.contextmanager
-def _ShardStopped(cluster, shard: int):
-    """Metadata server `shard` SIGSTOPped for the body of a with block."""
-    node = cluster.nodes()[f"mds{shard}"]
-    assert cluster_script.send_signal(node, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        cluster_script.send_signal(node, signal.SIGCONT)
 
 
 def test_this_mount_sees_its_unlinks_at_once(cluster, workdir):
@@ -106,12 +81,12 @@ def test_unlink_is_answered_before_its_commit(cluster, workdir):
         names = _names_on_shard(parent, 1, 20, "e")
         _make_files(directory, names)
         lister = None
-        with _ShardStopped(cluster, 1):
-            unlinker = _InThread(lambda: [os.unlink(directory / n) for n in names])
+        with shard_stopped(cluster, 1):
+            unlinker = InThread(lambda: [os.unlink(directory / n) for n in names])
             unlinker.start()
             answered = unlinker.finished_within(BOUND)
             if answered:
-                lister = _InThread(os.listdir, directory)
+                lister = InThread(os.listdir, directory)
                 lister.start()
         assert answered, "unlink waited for the stopped shard's commit"
         assert unlinker.error is None
@@ -129,9 +104,9 @@ def test_fsync_of_the_directory_reports_a_failed_unlink(cluster, workdir):
         _make_files(directory, [name])
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            with _ShardStopped(cluster, 1):
+            with shard_stopped(cluster, 1):
                 os.unlink(directory / name)  # answered at once
-                syncer = _InThread(os.fsync, dir_fd)
+                syncer = InThread(os.fsync, dir_fd)
                 syncer.start()
                 synced = syncer.finished_within(BOUND)  # ends when the request times out
             assert synced, "fsync of the directory did not end after mds_timeout"
@@ -154,16 +129,6 @@ def test_unlinks_show_on_other_mounts_after_fsync_of_the_directory(cluster, work
         assert sorted(os.listdir(workdir)) == names[200:]  # the cluster's first mount
 
 
-@contextlib.contextmanager
-def _mds1_may_die(cluster):
-    """mds1 may be stopped or killed in the body; it runs again afterwards."""
-    cluster.allowed_dead.add("mds1")
-    try:
-        yield
-    finally:
-        if not cluster_script.is_running(cluster.nodes()["mds1"]):
-            cluster.run("start", "mds1")
-        cluster.allowed_dead.discard("mds1")
 
 
 @pytest.mark.deadline(300)
@@ -179,8 +144,8 @@ def test_unmount_waits_for_unlinks_on_their_way(cluster, workdir, tmp_path):
         directory = mnt / workdir.name
         names = _names_on_shard(os.stat(directory).st_ino, 1, 50, "u")
         _make_files(directory, names)
-        with _mds1_may_die(cluster):
-            with _ShardStopped(cluster, 1):
+        with shard_may_die(cluster, 1):
+            with shard_stopped(cluster, 1):
                 for name in names:
                     os.unlink(directory / name)  # answered once written to mds1's socket
                 cluster.run("kill", "mds1")  # the requests die unread in its socket
@@ -203,7 +168,7 @@ def test_an_unlink_that_cannot_be_sent_fails_as_before(cluster, workdir):
         [name] = _names_on_shard(os.stat(directory).st_ino, 1, 1, "d")
         _make_files(directory, [name])
         [absent] = _names_on_shard(os.stat(directory).st_ino, 1, 1, "never")
-        with _mds1_may_die(cluster):
+        with shard_may_die(cluster, 1):
             cluster.run("stop", "mds1")
             with pytest.raises(OSError):  # (the client has seen its connection go)
                 os.stat(directory / absent)
@@ -269,7 +234,7 @@ def test_a_failed_early_unlink_leaves_no_wrong_directory_size(cluster, workdir):
         _make_files(directory, names)  # this mount knows names[0] as a file, one link
         os.unlink(workdir / names[0])
         os.mkdir(workdir / names[0])
-        with _ShardStopped(cluster, 1):
+        with shard_stopped(cluster, 1):
             os.unlink(directory / names[0])  # answered once written
             assert os.stat(directory).st_size == 3  # the kernel keeps this for 30 s
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -297,7 +262,7 @@ def test_a_file_renamed_to_another_shard_is_unlinked_after_its_commit(cluster, w
         _make_files(directory, [made, plain])
         os.rename(directory / made, directory / moved)
         assert moved in os.listdir(directory)  # (the listing tells the client its type)
-        with _ShardStopped(cluster, 1):
+        with shard_stopped(cluster, 1):
             os.unlink(directory / plain)  # made on its name's shard: answered at once
             with pytest.raises(OSError) as failed:
                 os.unlink(directory / moved)
