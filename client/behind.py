@@ -41,12 +41,12 @@ a lease on the name's share of the directory (client.absent: nobody else may
 add an entry there meanwhile) and a number for the new inode from the shard
 (client.meta `take_ino`); client.ops builds the reply the shard will build.
 The waits above cover them: anything about the name, the new inode or the
-directory waits for the commit, and so do a write to the file and its flush,
-so no byte reaches an OSD for a file that might not be made.  A create that
-fails after its answer (its shard stopped answering, another mount removed
-the directory meanwhile, or the lease ran out before the shard had the
-request and another mount took the name) is logged and reported as an unlink
-is; the kernel forgets the name, and the file's flush and close fail with EIO.
+directory waits for the commit, and so do a write to the file, its fsync and
+its release, so no byte reaches an OSD for a file that might not be made.  A
+create that fails after its answer (its shard stopped answering, or the lease
+ran out before the shard had the request and another mount took the name or
+removed the directory) is logged and reported as an unlink is; the kernel
+forgets the name, and the file's write, fsync and close fail with EIO.
 """
 
 import logging
@@ -176,7 +176,7 @@ class UnlinksBehind:
 
     async def send(self, parent: int, name: bytes, ino: int, remove,
                    kind: str = UNLINK) -> None:
-        """Send `remove(sent)`, the unlink request, in the background, and return
+        """Send `remove(sent)`, the unlink (or create) request, in the background, and return
         once it is written to the shard's connection (`sent.set()`): a request
         about the name that anyone sends after the answer then reaches the shard
         after it, and waits there for its commit (mdsd.removals).  A request that
