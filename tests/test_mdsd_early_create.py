@@ -14,7 +14,7 @@ import trio
 from loomproto import errors
 from mdsd.leases import LEASE
 from test_mdsd_harness import ROOT, MdsCluster, name_on_shard  # noqa: F401
-from test_mdsd_misc import _hold_commits, _record, _until
+from test_mdsd_misc import _all_held, _hold_commits, _record, _until
 
 SESSION = b"s" * 16
 LESSEE = b"l" * 16
@@ -124,12 +124,7 @@ async def test_requests_about_the_name_wait_for_an_early_create(mds, nursery, mo
         nursery.start_soon(_record, outcome, "early", partial(mds.call_entry, **_early(inos[0])),
                            "mknod", d, name)
         await _until(lambda: inos[0] in removals._inos, "the create to arrive")
-        event = removals._inos[inos[0]]
-        for key, (fn, *args) in others.items():
-            nursery.start_soon(_record, outcome, key, fn, *args)
-        await _until(lambda: len(outcome) == len(others) + 1
-                     or event.statistics().tasks_waiting >= len(others), "all to answer or wait")
-        assert not outcome, f"answered before the create committed: {outcome}"
+        await _all_held(nursery, outcome, others, removals._inos[inos[0]], "create")
     finally:
         gate.set()
     await _until(lambda: len(outcome) == len(others) + 1,

@@ -197,6 +197,17 @@ async def _record(outcome: dict, key: str, fn, *args):
         outcome[key] = exc
 
 
+async def _all_held(nursery, outcome: dict, others: dict, event, what: str):
+    """Start each of `others` (key -> (fn, *args)), recording into `outcome`,
+    which holds only the held change's own answer-to-be; all must come to wait
+    on `event` (the held change's end, mdsd.removals), none answer."""
+    for key, (fn, *args) in others.items():
+        nursery.start_soon(_record, outcome, key, fn, *args)
+    await _until(lambda: len(outcome) == len(others) + 1
+                 or event.statistics().tasks_waiting >= len(others), "all to answer or wait")
+    assert not outcome, f"answered before the {what} committed: {outcome}"
+
+
 def _hold_commits(shard, monkeypatch) -> threading.Event:
     """The shard's writer thread waits before each commit until the event is set."""
     gate = threading.Event()
@@ -283,12 +294,7 @@ async def test_requests_about_a_name_being_unlinked_wait_for_its_commit(tmp_path
         nursery.start_soon(_record, outcome, "unlink",
                            partial(mds.call_entry, early=True), "unlink", ROOT, b"ckpt")
         await _until(lambda: old in removals._inos, "the unlink to read its entry")
-        event = removals._inos[old]
-        for key, (fn, *args) in others.items():
-            nursery.start_soon(_record, outcome, key, fn, *args)
-        await _until(lambda: len(outcome) == len(others) + 1
-                     or event.statistics().tasks_waiting >= len(others), "all to answer or wait")
-        assert not outcome, f"answered before the unlink committed: {outcome}"
+        await _all_held(nursery, outcome, others, removals._inos[old], "unlink")
     finally:
         gate.set()
     await _until(lambda: len(outcome) == len(others) + 1,

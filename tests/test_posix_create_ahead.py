@@ -60,7 +60,7 @@ def _touch(path) -> None:
     os.close(os.open(path, CREATE, 0o644))
 
 
-def _create_withshard_stopped(cluster, base, then=None):
+def _create_with_shard_stopped(cluster, base, then=None):
     """In a new directory under `base`: creates with mds1 running (a lease for the
     share, inode numbers from the shard), committed (fsync of the directory), then
     one with mds1 stopped; again in another directory until one is answered while
@@ -102,7 +102,7 @@ def test_a_create_is_answered_before_its_commit(cluster, workdir, second_client)
             listed["thread"] = lister
             return os.fstat(fd)
 
-        path, fd, dir_fd, here = _create_withshard_stopped(cluster, mnt / workdir.name,
+        path, fd, dir_fd, here = _create_with_shard_stopped(cluster, mnt / workdir.name,
                                                             list_meanwhile)
         os.close(fd)
         os.close(dir_fd)
@@ -202,7 +202,7 @@ def test_a_failed_early_create_is_reported(cluster, workdir):
             syncer.start()
             return syncer.finished_within(BOUND), syncer.error
 
-        path, fd, dir_fd, (synced, error) = _create_withshard_stopped(
+        path, fd, dir_fd, (synced, error) = _create_with_shard_stopped(
             cluster, mnt / workdir.name, wait_for_the_failure)
         directory = path.parent
         try:
@@ -258,7 +258,7 @@ def test_unmount_waits_for_creates_on_their_way(cluster, workdir, tmp_path):
                 cluster.run("kill", "mds1")  # the request dies unread in its socket
                 return path.relative_to(mnt)
 
-            *_, made = _create_withshard_stopped(cluster, mnt / workdir.name,
+            *_, made = _create_with_shard_stopped(cluster, mnt / workdir.name,
                                                   kill_the_shard)
             cluster_script.unmount(mnt)
             assert cluster_script.send_signal(node, signal.SIGTERM)
