@@ -23,7 +23,7 @@ kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
 README "Kernel writeback cache" for the trade-off).  With LOOMFS_PROFILE=FILE in
 its environment the client runs under cProfile and writes the stats to FILE
-at unmount.  Everything else (allow_other,
+at unmount (loomproto.profiling).  Everything else (allow_other,
 default_permissions, ro, ...) is passed to FUSE.  The defaults used by
 ``make up``, ``make test`` and ``make bench`` are DEFAULT_OPTIONS.
 """
@@ -38,7 +38,7 @@ import pyfuse3
 import trio
 
 from loomproto import config as cluster_config
-from loomproto import errors
+from loomproto import errors, profiling
 from loomproto.memory import keep_freed_memory
 
 from .cluster import Cluster
@@ -178,22 +178,14 @@ def _serve(config, mountpoint, own, fuse_options, ready_fd) -> int:
 
 
 def _run_profiled(*args):
-    """trio.run, under cProfile when LOOMFS_PROFILE names a file for the stats."""
-    target = os.environ.get("LOOMFS_PROFILE")
-    if not target:
-        return trio.run(*args)
-    import cProfile
-
-    profiler = cProfile.Profile()
-    # The harness unmounts and sends SIGTERM at once.  The mount's own signal
-    # receiver ends with the mount, so the default action would kill the
-    # process while trio winds down, before the stats are written: a profiled
-    # mount ignores a SIGTERM that comes outside that receiver.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        return profiler.runcall(trio.run, *args)
-    finally:
-        profiler.dump_stats(target)
+    """trio.run, under cProfile when LOOMFS_PROFILE names a file (loomproto.profiling)."""
+    if profiling.target() is not None:
+        # The harness unmounts and sends SIGTERM at once.  The mount's own signal
+        # receiver ends with the mount, so the default action would kill the
+        # process while trio winds down, before the stats are written: a profiled
+        # mount ignores a SIGTERM that comes outside that receiver.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return profiling.run(*args)
 
 
 async def _main(config, mountpoint, own, fuse_options, ready_fd):

@@ -124,7 +124,10 @@ class StatAhead:
         fetched now (the caller then calls `fetch_started`).  A listing in use is
         fetched again only once the client dropped the attributes of many of its
         names (the kernel forgets inodes under memory pressure or drop_caches,
-        and the client's cache follows it)."""
+        and the client's cache follows it).  `dir_entries` is the directory's
+        size if the client holds its attributes: one known to be bigger than
+        MAX_ENTRIES is not fetched.  An unknown size is no reason to wait: the
+        fetch itself stops past MAX_ENTRIES (`too_big`)."""
         if not self.enabled or parent in self.fetching or len(self.fetching) >= MAX_FETCHING:
             return False
         listing = self.listings.get(parent)
@@ -142,7 +145,7 @@ class StatAhead:
                 self._misses.clear()
             return False
         self._misses.pop(parent, None)
-        if dir_entries is None or dir_entries > MAX_ENTRIES:
+        if dir_entries is not None and dir_entries > MAX_ENTRIES:
             self._backoff[parent] = now + BACKOFF
             return False
         return True

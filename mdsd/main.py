@@ -18,7 +18,7 @@ from functools import partial
 import trio
 
 from loomproto import config as cluster_config
-from loomproto import rpc
+from loomproto import profiling, rpc
 
 from .service import MdsService
 from .shard import Shard, claim_identity, next_boot
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     _setup_logging(opts.log_level)
     try:
         config = cluster_config.load(opts.cluster)
-        trio.run(_run, opts, config)
+        profiling.run(_run, opts, config)
     except (cluster_config.ConfigError, StoreError, ValueError, OSError) as exc:
         log.error("mdsd %d cannot run: %s", opts.id, exc)
         return 1

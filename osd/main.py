@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from loomproto import config as configmod
-from loomproto import rpc
+from loomproto import profiling, rpc
 from loomproto.memory import keep_freed_memory
 
 from . import datadir
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # chunk payloads reuse heap pages (loomproto.memory)
     failed = False
     try:
-        trio.run(_run, opts, config)
+        profiling.run(_run, opts, config)
     except* OSError as group:  # e.g. the listen address is taken
         log.error("osd %d failed: %s", opts.osd_id, group.exceptions[0])
         failed = True

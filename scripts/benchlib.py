@@ -64,6 +64,40 @@ def machine_busy(before, after) -> float:
     return (after[0] - before[0]) / total if total else 0.0
 
 
+def dirty_bytes() -> int:
+    """Bytes of page cache waiting for or under writeback, from /proc/meminfo."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(rest.split()[0]) * 1024
+    return total
+
+
+def settle(seconds: float = 60.0, busy_below: float = 0.10,
+           dirty_below: int = 32 << 20) -> float:
+    """Before a target is measured: sync, then wait (at most `seconds`) until the
+    machine is quiet, that is under `busy_below` of its cores busy over half a
+    second and under `dirty_below` bytes of page cache dirty.  The target run
+    before may leave work behind that would be charged to this one: GlusterFS's
+    bricks flushing their files, a cluster's processes winding down.  Returns
+    the seconds waited; a machine that stays busy is measured anyway (logged)."""
+    start = time.monotonic()
+    os.sync()
+    while True:
+        before = machine_ticks()
+        time.sleep(0.5)
+        busy = machine_busy(before, machine_ticks())
+        dirty = dirty_bytes()
+        if busy < busy_below and dirty < dirty_below:
+            return time.monotonic() - start
+        if time.monotonic() - start > seconds:
+            log(f"bench: the machine is still busy ({busy:.0%} of its cores, "
+                f"{dirty >> 20} MiB dirty) after {seconds:.0f} s; measuring anyway")
+            return time.monotonic() - start
+
+
 class Local:
     def __init__(self, base):
         self.dir = os.path.join(base, "local")

@@ -1,0 +1,33 @@
+"""Run a daemon's trio loop under cProfile when LOOMFS_PROFILE asks for it.
+
+``LOOMFS_PROFILE=FILE`` in a daemon's environment (client, OSD or metadata
+server) makes it run under cProfile and write the stats to FILE when it stops
+cleanly (unmount, SIGTERM, SIGINT).  ``{pid}`` in FILE is replaced by the
+process id, so one setting can cover every daemon that ``scripts/cluster up``
+starts: ``LOOMFS_PROFILE=/tmp/prof/{pid}.prof``.  Read the stats with
+``python -m pstats FILE``.  A killed daemon writes nothing.
+"""
+
+import os
+
+import trio
+
+
+def target() -> str | None:
+    """Where this process's stats go, or None when it is not profiled."""
+    value = os.environ.get("LOOMFS_PROFILE")
+    return value.replace("{pid}", str(os.getpid())) if value else None
+
+
+def run(*args):
+    """trio.run(*args), profiled when target() names a file."""
+    path = target()
+    if path is None:
+        return trio.run(*args)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(trio.run, *args)
+    finally:
+        profiler.dump_stats(path)
