@@ -314,13 +314,16 @@ class LoomOperations(pyfuse3.Operations):
             # ask again for its count after the commit.
             await self.behind.settle_ino(attr["ino"])
         self.statahead.confirmed(attr["ino"])
+        # Counted before the wait below: a forget of the kernel's old struct
+        # handled meanwhile must not drop what this reply gives it.
+        entry = self._entry(attr)
+        self._referenced(attr["ino"])
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
         elif name not in (b".", b".."):
             self._statahead_missed(parent_inode)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
-        self._referenced(attr["ino"])
-        return self._entry(attr)
+        return entry
 
     def _statahead_hit(self, parent_inode: int, name: bytes):
         """The entry of `name` from a listing of `parent_inode` fetched ahead
@@ -368,6 +371,13 @@ class LoomOperations(pyfuse3.Operations):
         listing = None
         try:
             await self.behind.settle_dir(parent_inode)  # a listing shows our unlinks
+            if self.meta.attrs.get(parent_inode) is None:
+                # Its size was unknown when the fetch was asked for: a directory
+                # known too big is not listed (a listing fills the attribute cache).
+                dir_attr = await self.meta.getattr(parent_inode)
+                if dir_attr["size"] > STATAHEAD_MAX_ENTRIES:
+                    self.statahead.too_big(parent_inode, time.monotonic())
+                    return
             since = self.behind.ends
             started = time.monotonic()
             names: dict[bytes, int] = {}
@@ -651,8 +661,9 @@ class LoomOperations(pyfuse3.Operations):
     def _named(self, parent_inode: int, name: bytes, attr: dict) -> pyfuse3.EntryAttributes:
         """The entry of a name the kernel gets from this reply."""
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        entry = self._entry(attr)
         self._referenced(attr["ino"])
-        return self._entry(attr)
+        return entry
 
     def _referenced(self, ino: int) -> None:
         """A reply gives the kernel an entry of `ino`: its lookup count goes up by
@@ -784,6 +795,14 @@ class LoomOperations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh, start_id, token):
+        # The kernel takes a lookup of each entry of a reply it gets; a handler
+        # that fails after some entries were buffered sends none of them.
+        referenced: list[int] = []
+        await self._readdir(fh, start_id, token, referenced)
+        for ino in referenced:
+            self._referenced(ino)
+
+    async def _readdir(self, fh, start_id, token, referenced: list[int]):
         ino = fh
         if self.behind:
             await self.behind.settle_dir(ino)  # a listing shows our unlinks
@@ -795,7 +814,7 @@ class LoomOperations(pyfuse3.Operations):
                 return
         first_shard, after = _uncookie(max(start_id, COOKIE_BASE))
         for shard in range(first_shard, self.meta.cluster.nshards):
-            if not await self._readdir_shard(token, ino, shard, after):
+            if not await self._readdir_shard(token, ino, shard, after, referenced):
                 return
             after = 0
 
@@ -823,7 +842,7 @@ class LoomOperations(pyfuse3.Operations):
         attr = self.meta.attrs.get(target) or await self.meta.getattr(target)
         return pyfuse3.readdir_reply(token, name, self._entry(attr, record=False), next_id)
 
-    async def _readdir_shard(self, token, ino, shard, after) -> bool:
+    async def _readdir_shard(self, token, ino, shard, after, referenced: list[int]) -> bool:
         while True:
             since = self.behind.ends
             reply = await self.meta.readdir(ino, shard, after, READDIR_BATCH)
@@ -839,7 +858,7 @@ class LoomOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, entry, _cookie(shard, seq)):
                     return False  # not sent: the kernel asks again from here
                 self._record_told(entry)
-                self._referenced(attr["ino"])
+                referenced.append(attr["ino"])
                 self.statahead.confirmed(attr["ino"])
                 if stat.S_ISDIR(attr["mode"]):
                     self._listed_dir(attr["ino"], ino, name)
@@ -895,6 +914,12 @@ class LoomOperations(pyfuse3.Operations):
             attr = await self.meta.lookup(parent_inode, name)
             if stat.S_ISDIR(attr["mode"]):
                 raise errors.IsDir(f"{name!r} in {parent_inode} is a directory") from None
+            if not stat.S_ISREG(attr["mode"]):
+                # The kernel takes only a regular file from a create (anything
+                # else is EIO, with the entry and handle never given back).
+                # ESTALE: it walks the path again, finds the name, and opens a
+                # FIFO or device, or follows a symlink, as on a local disk.
+                raise self._stale(attr["ino"]) from None
             fi = await self.open(attr["ino"], flags, ctx)
             return fi, self._named(parent_inode, name, self.meta.attrs.get(attr["ino"], attr))
         fi = self._new_handle(attr, flags)

@@ -8,9 +8,12 @@ starts: ``LOOMFS_PROFILE=/tmp/prof/{pid}.prof``.  Read the stats with
 ``python -m pstats FILE``.  A killed daemon writes nothing.
 """
 
+import logging
 import os
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 def target() -> str | None:
@@ -30,4 +33,7 @@ def run(*args):
     try:
         return profiler.runcall(trio.run, *args)
     finally:
-        profiler.dump_stats(path)
+        try:
+            profiler.dump_stats(path)
+        except OSError as exc:  # a missing directory must not hide how the run ended
+            log.error("cannot write the profile to %s: %s", path, exc)

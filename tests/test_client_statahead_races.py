@@ -3,12 +3,15 @@ races between a listing fetched ahead and this client's own changes, and the
 bounds on fetching.  Each test failed before its fix (a reviewer's findings at
 ea3c76c); the chmod test is the control that held already."""
 
+import pyfuse3
+import pytest
 import trio
 import trio.testing
 from statahead_fake import Attr, Ctx, ModeOnly, make_ops, names_on_shard
 
 import client.ops as ops_module
 from client import statahead
+from loomproto import errors
 from client.statahead import TRIGGER_MISSES
 
 A, B = 2, 3
@@ -192,3 +195,59 @@ async def test_a_directory_whose_attributes_are_gone_is_still_fetched(nursery):
     await _miss(ops, A, names[:TRIGGER_MISSES])
     await trio.testing.wait_all_tasks_blocked()
     assert cluster.count("readdir") > 0
+
+
+async def test_a_directory_of_unknown_size_is_sized_before_it_is_listed(nursery, monkeypatch):
+    """With the directory's size unknown, the fetch asks for its attributes
+    first: one known too big is backed off without a listing, which would have
+    filled the attribute cache with entries only to drop them."""
+    limit = 64
+    monkeypatch.setattr(statahead, "MAX_ENTRIES", limit)
+    monkeypatch.setattr(ops_module, "STATAHEAD_MAX_ENTRIES", limit)
+    cluster, meta, ops = make_ops(nursery)
+    cluster.make_dir(A)
+    names = [b"f%05d" % i for i in range(2 * limit)]
+    for i, name in enumerate(names):
+        cluster.make_file(A, name, 1000 + i)
+    meta.attrs.pop(A, None)
+    await _miss(ops, A, names[:TRIGGER_MISSES])
+    await trio.testing.wait_all_tasks_blocked()
+    assert cluster.count("getattr") == 1
+    assert cluster.count("readdir") == 0
+    await _miss(ops, A, names[TRIGGER_MISSES:2 * TRIGGER_MISSES])
+    await trio.testing.wait_all_tasks_blocked()
+    assert cluster.count("readdir") == 0  # backed off
+
+
+async def test_entries_of_a_failed_readdir_are_not_counted(nursery, monkeypatch):
+    """pyfuse3 drops the entries buffered by a readdir handler that fails: the
+    kernel takes no lookup of them, so neither may the client's count."""
+    cluster, meta, ops = make_ops(nursery)
+    cluster.make_dir(A)
+    names = names_on_shard(A, 0, 3)
+    for i, name in enumerate(names):
+        cluster.make_file(A, name, 1000 + 2 * i)
+    cluster.make_file(A, names_on_shard(A, 1, 1)[0], 2001)
+    replied = []
+
+    def readdir_reply(token, name, entry, next_id):
+        replied.append(entry.st_ino)
+        return True
+
+    real_readdir = cluster._readdir
+    shard_1_away = True
+
+    def readdir(shard, args):
+        if shard == 1 and shard_1_away:
+            raise errors.IOFailure("shard 1 away")
+        return real_readdir(shard, args)
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
+    monkeypatch.setattr(cluster, "_readdir", readdir)
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.readdir(A, 2, None)  # past "." and "..": shard 0, then shard 1 fails
+    assert {1000, 1002, 1004} <= set(replied)
+    assert not ops._lookups  # none of them reached the kernel
+    shard_1_away = False
+    await ops.readdir(A, 2, None)
+    assert ops._lookups == {1000: 1, 1002: 1, 1004: 1, 2001: 1}

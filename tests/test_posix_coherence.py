@@ -5,6 +5,7 @@ another client committed at its next stat."""
 
 import contextlib
 import os
+import stat
 
 import pytest
 
@@ -174,3 +175,39 @@ def _writer_and_reader(cluster, request):
             for entry in os.listdir(writer):
                 os.unlink(writer / entry)
             os.rmdir(writer)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_create_over_a_name_another_mount_made_something_else(cluster, request, kind):
+    """open(O_CREAT) without O_EXCL through a name this mount's kernel holds as
+    absent, which another mount has meanwhile made a symlink or a FIFO: the
+    open follows the symlink, or opens the FIFO, as on a local disk.  Before,
+    the create handed the kernel the symlink's or FIFO's inode, which it takes
+    only as a regular file: open(2) failed with EIO."""
+    opts = "allow_other,default_permissions,entry_timeout=30"
+    with extra_mount(cluster, opts) as one, extra_mount(cluster, opts) as two:
+        name = f"create-over-{kind}"
+        os.mkdir(one / name)
+        try:
+            assert not os.path.lexists(two / name / "x")  # cached absent for 30 s
+            if kind == "symlink":
+                (one / name / "target").write_bytes(b"")
+                os.symlink("target", one / name / "x")
+                flags = os.O_CREAT | os.O_WRONLY
+            else:
+                os.mkfifo(one / name / "x")
+                flags = os.O_CREAT | os.O_RDWR  # a FIFO opened for both ends: no wait
+            fd = os.open(two / name / "x", flags, 0o644)
+            try:
+                if kind == "symlink":
+                    os.write(fd, b"through the link")
+                else:
+                    assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+            if kind == "symlink":
+                assert (one / name / "target").read_bytes() == b"through the link"
+        finally:
+            for entry in os.listdir(one / name):
+                os.unlink(one / name / entry)
+            os.rmdir(one / name)
