@@ -255,6 +255,27 @@ def read(fd: int, header: ChunkHeader, offset: int, length: int, where: str) -> 
     return _verified_range(header, data, span.start, offset, length, where)
 
 
+def load_and_read(fd: int, offset: int, length: int, where: str):
+    """``(header, bytes)`` of a chunk file just opened: `load`, then `read`.  A
+    read that starts in the first block (a small file read whole, a chunk's
+    first read) takes the header and its blocks in one pread: one system call
+    and one disk request where two followed each other."""
+    if offset >= BLOCK_SIZE or length <= 0:
+        header = load(fd, where)
+        return header, read(fd, header, offset, length, where)
+    want = min(_block_range(offset, offset + length).stop * BLOCK_SIZE, MAX_CHUNK)
+    raw = os.pread(fd, HEADER_SIZE + want, 0)
+    header = decode_header(raw, where)
+    span = read_span(header, offset, length)
+    if span is None:
+        return header, b""
+    if HEADER_SIZE + span.stop > len(raw):  # a short read, or a sparse tail: `read` knows
+        return header, read(fd, header, offset, length, where)
+    with memoryview(raw) as view:
+        return header, _verified_range(header, view[HEADER_SIZE + span.start:HEADER_SIZE + span.stop],
+                                       span.start, offset, length, where)
+
+
 def read_cached(fd: int, header: ChunkHeader, offset: int, length: int, where: str):
     """`read` for callers that must not wait for the disk: None, having read
     nothing, unless every byte it needs is in the page cache (``RWF_NOWAIT``)."""

@@ -469,9 +469,9 @@ def _open_chunk(path: str, where: chunkfile.ChunkName):
 
 def _open_and_read(path: str, offset: int, length: int, where: chunkfile.ChunkName):
     """``(fd, header, data)``: a chunk opened and `length` bytes read at `offset`."""
-    fd, header = _open_chunk(path, where)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        return fd, header, chunkfile.read(fd, header, offset, length, where)
+        return (fd, *chunkfile.load_and_read(fd, offset, length, where))
     except BaseException:
         os.close(fd)
         raise

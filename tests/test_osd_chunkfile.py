@@ -233,6 +233,47 @@ def test_read_cached_equals_read(chunk, offset, length):
     assert chunkfile.read_cached(chunk, model.header, offset, length, "t") == expect
 
 
+@pytest.mark.parametrize("offset,length", [(0, 4096), (5000, 100), (BLOCK_SIZE - 10, 20),
+                                           (3 * BLOCK_SIZE, 4096), (0, 2 * BLOCK_SIZE + 7),
+                                           (0, MAX_CHUNK), (3 * BLOCK_SIZE + 100, 10),
+                                           (4 * BLOCK_SIZE, 5), (0, 0)])
+def test_load_and_read_equals_load_then_read(chunk, offset, length):
+    model = Model(chunk)
+    model.write(0, os.urandom(3 * BLOCK_SIZE + 123))
+    expect = chunkfile.read(chunk, model.header, offset, length, "t")
+    header, data = chunkfile.load_and_read(chunk, offset, length, "t")
+    assert (header.version, header.length) == (model.header.version, model.header.length)
+    assert data == expect
+
+
+def test_load_and_read_checks_crcs_and_pads_a_short_file(chunk):
+    model = Model(chunk)
+    data = os.urandom(2 * BLOCK_SIZE)
+    model.write(0, data)
+    os.pwrite(chunk, b"\xff", HEADER_SIZE + BLOCK_SIZE + 9)
+    assert chunkfile.load_and_read(chunk, 0, 100, "t")[1] == data[:100]
+    with pytest.raises(errors.Corrupt, match="block 1"):
+        chunkfile.load_and_read(chunk, 0, MAX_CHUNK, "t")
+
+
+def test_load_and_read_pads_a_file_shorter_than_its_header_says(chunk):
+    # A header longer than the file (a sparse tail): zeros, as `read` gives them.
+    model = Model(chunk)
+    data = os.urandom(BLOCK_SIZE) + bytes(BLOCK_SIZE)
+    model.write(0, data)
+    os.ftruncate(chunk, HEADER_SIZE + BLOCK_SIZE)
+    header, got = chunkfile.load_and_read(chunk, 0, MAX_CHUNK, "t")
+    assert header.length == len(data)
+    assert got == data
+
+
+def test_load_and_read_refuses_a_torn_header(chunk):
+    Model(chunk).write(0, b"x" * 100)
+    os.ftruncate(chunk, 100)
+    with pytest.raises(errors.Corrupt, match="header"):
+        chunkfile.load_and_read(chunk, 0, 4096, "t")
+
+
 def test_read_cached_checks_crcs(chunk):
     model = Model(chunk)
     model.write(0, os.urandom(2 * BLOCK_SIZE))
