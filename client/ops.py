@@ -467,6 +467,16 @@ class LoomOperations(pyfuse3.Operations):
             for parent in parents:
                 self.statahead.changed(parent)
 
+    @contextlib.contextmanager
+    def _removing_name(self, parent: int, name: bytes):
+        """Around an unlink or rmdir of ours: the name leaves the listing of
+        `parent` fetched ahead, which stays for the other names."""
+        self.statahead.removed(parent, name)
+        try:
+            yield
+        finally:
+            self.statahead.removed(parent, name)
+
     @staticmethod
     def _negative(timeout: float) -> pyfuse3.EntryAttributes:
         """A negative entry the kernel may cache for `timeout` seconds."""
@@ -672,7 +682,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode, name, ctx):
         check_name(name)
-        with self._changing_names(parent_inode):
+        with self._removing_name(parent_inode, name):
             await self._unlink(parent_inode, name)
 
     async def _unlink(self, parent_inode, name):
@@ -743,7 +753,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_dir_at(parent_inode, name, self.dir_names.place_of)
         self.behind.gone(parent_inode, name)
-        with self._changing_names(parent_inode):
+        with self._removing_name(parent_inode, name):
             await self.meta.rmdir(parent_inode, name)
         self.dir_names.forget_at(parent_inode, name)
 

@@ -75,6 +75,25 @@ def test_our_change_drops_the_listing_and_any_fetch_it_overlapped():
     assert ahead.find(DIR, b"a", 1.5)[0] == 12
 
 
+def test_our_removal_takes_only_its_name_out_of_the_listing_and_a_fetch():
+    ahead = StatAhead(entry_timeout=1.0)
+    listed(ahead, 1.0, {b"a": 10, b"b": 11, b"c": 12})
+    ahead.removed(DIR, b"a")
+    assert ahead.find(DIR, b"a", 1.1) is None  # the shard decides
+    assert ahead.find(DIR, b"b", 1.1)[0] == 11  # the rest still answers
+    # A fetch that read the name before the removal committed leaves it out.
+    del ahead.listings[DIR]
+    generation = ahead.fetch_started(DIR)
+    ahead.removed(DIR, b"b")
+    assert ahead.fetch_ended(DIR, generation, Listing({b"b": 11, b"c": 12}, 1.2, 0))
+    assert ahead.find(DIR, b"b", 1.3) is None
+    assert ahead.find(DIR, b"c", 1.3)[0] == 12
+    # Nothing is kept for the next fetch.
+    generation = ahead.fetch_started(DIR)
+    assert ahead.fetch_ended(DIR, generation, Listing({b"b": 13}, 1.4, 0))
+    assert ahead.find(DIR, b"b", 1.5)[0] == 13
+
+
 def test_a_failed_fetch_keeps_nothing_and_can_be_tried_again():
     ahead = StatAhead(entry_timeout=1.0)
     triggered(ahead, 1.0)
