@@ -23,9 +23,10 @@ What a lookup answered here promises is what the kernel's own caches promise:
   before and after the change, and a listing whose fetch overlapped one is
   thrown away (`generation`).  An unlink or rmdir takes just its name out of
   the listing, and out of one being fetched (`removed`): a listing never
-  answers for a name it lacks, and `rm` of a big directory keeps using it.  Attributes come from the
-  client's attribute cache, which our own setattr, size commits and links
-  update, and whose entries our xattr changes and the kernel's forgets drop.
+  answers for a name it lacks, and `rm` of a big directory keeps using it.
+  Attributes come from the client's attribute cache, which our own setattr,
+  size commits and links update, and whose entries our xattr changes and the
+  kernel's forgets drop.
 - Only regular files and symlinks with one link are answered here; everything
   else (directories, whose place the client tracks, hard-linked files) goes to
   the shard as before.  A name missing from the listing goes to the shard too:

@@ -272,8 +272,8 @@ def load_and_read(fd: int, offset: int, length: int, where: str):
     if HEADER_SIZE + span.stop > len(raw):  # a short read, or a sparse tail: `read` knows
         return header, read(fd, header, offset, length, where)
     with memoryview(raw) as view:
-        return header, _verified_range(header, view[HEADER_SIZE + span.start:HEADER_SIZE + span.stop],
-                                       span.start, offset, length, where)
+        data = view[HEADER_SIZE + span.start:HEADER_SIZE + span.stop]
+        return header, _verified_range(header, data, span.start, offset, length, where)
 
 
 def read_cached(fd: int, header: ChunkHeader, offset: int, length: int, where: str):
