@@ -319,7 +319,11 @@ class LoomOperations(pyfuse3.Operations):
         entry = self._entry(attr)
         self._referenced(attr["ino"])
         if stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
-            await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
+            try:
+                await drop_old_name(self.dir_names, attr["ino"], parent_inode, name)
+            except BaseException:  # cancelled (unmount): the kernel gets no entry
+                self._forget_lookups(attr["ino"], 1)
+                raise
         elif name not in (b".", b".."):
             self._statahead_missed(parent_inode)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
@@ -777,22 +781,25 @@ class LoomOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         for ino, nlookup in inode_list:
-            # What the kernel forgets is one struct inode and the lookups it
-            # counted.  After drop_caches it may look the inode up again before
-            # the forget of the old struct arrives here; the inode is known to
-            # the kernel until the count of every reply is taken back.  (Dropping
-            # at the late forget lost a directory's attributes, and stat-ahead
-            # then gave up on it for BACKOFF: cold stats ran at a fifth of
-            # their speed in one bench run in three.)
-            left = self._lookups.pop(ino, 0) - nlookup
-            if left > 0:
-                self._lookups[ino] = left
-                continue
-            self.dir_names.forget(ino)
-            self.statahead.forgotten(ino)
-            self._told.pop(ino, None)
-            if ino not in self.files:
-                self.meta.forget(ino)
+            self._forget_lookups(ino, nlookup)
+
+    def _forget_lookups(self, ino: int, nlookup: int) -> None:
+        # What the kernel forgets is one struct inode and the lookups it
+        # counted.  After drop_caches it may look the inode up again before
+        # the forget of the old struct arrives here; the inode is known to
+        # the kernel until the count of every reply is taken back.  (Dropping
+        # at the late forget lost a directory's attributes, and stat-ahead
+        # then gave up on it for BACKOFF: cold stats ran at a fifth of
+        # their speed in one bench run in three.)
+        left = self._lookups.pop(ino, 0) - nlookup
+        if left > 0:
+            self._lookups[ino] = left
+            return
+        self.dir_names.forget(ino)
+        self.statahead.forgotten(ino)
+        self._told.pop(ino, None)
+        if ino not in self.files:
+            self.meta.forget(ino)
 
     # -- directories ------------------------------------------------------
 
