@@ -207,10 +207,16 @@ class Meta:
     # -- reads ------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> dict:
+        return (await self.lookup_entry(parent, name))[0]
+
+    async def lookup_entry(self, parent: int, name: bytes) -> tuple[dict, int | None]:
+        """The attributes of the inode `name` leads to, and the entry's seq on its
+        shard (None for ".." and from a shard that does not tell)."""
         check_name(name)
         sent_at = self.clock
         attr = await self._at_entry(parent, name, "lookup", {"parent": parent, "name": name})
-        return self.remember(attr, sent_at)
+        seq = attr.pop("dir_seq", None)
+        return self.remember(attr, sent_at), seq if isinstance(seq, int) else None
 
     async def getattr(self, ino: int) -> dict:
         sent_at = self.clock

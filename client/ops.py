@@ -40,7 +40,7 @@ from .data import FileData
 from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
 from .meta import check_name
 from .statahead import MAX_ENTRIES as STATAHEAD_MAX_ENTRIES
-from .statahead import MIN_TIMEOUT, Listing, StatAhead
+from .statahead import MIN_TIMEOUT, Listing, StatAhead, Window
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class LoomOperations(pyfuse3.Operations):
         for _ in range(STALE_RETRIES):
             since = self.behind.ends
             try:
-                attr = await self.meta.lookup(parent_inode, name)
+                attr, seq = await self.meta.lookup_entry(parent_inode, name)
             except errors.NotFound:
                 self.dir_names.forget_at(parent_inode, name)
                 self.behind.gone(parent_inode, name)
@@ -325,7 +325,7 @@ class LoomOperations(pyfuse3.Operations):
                 self._forget_lookups(attr["ino"], 1)
                 raise
         elif name not in (b".", b".."):
-            self._statahead_missed(parent_inode)
+            self._statahead_missed(parent_inode, name, seq)
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
         return entry
 
@@ -356,20 +356,62 @@ class LoomOperations(pyfuse3.Operations):
             return None
         listing.hits += 1
         self.statahead.served(ino, parent_inode, name)
+        if isinstance(listing, Window):
+            ahead = self.statahead.next_window(listing, now)
+            if ahead is not None:
+                self._start_window(parent_inode, listing.shard, *ahead, read_ahead=True)
         entry = self._named(parent_inode, name, attr)
         entry.attr_timeout = attr_left
         entry.entry_timeout = entry_left
         return entry
 
-    def _statahead_missed(self, parent_inode: int) -> None:
-        """A lookup in `parent_inode` went to a shard: maybe fetch its listing."""
+    def _statahead_missed(self, parent_inode: int, name: bytes, seq: int | None) -> None:
+        """A lookup of `name` in `parent_inode` went to a shard, which found it at
+        `seq`: maybe fetch the directory's listing, or a window of it."""
         dir_attr = self.meta.attrs.get(parent_inode)
         entries = (dir_attr["size"] if dir_attr is not None and stat.S_ISDIR(dir_attr["mode"])
                    else None)
-        if self.statahead.missed(parent_inode, entries, time.monotonic()):
+        now = time.monotonic()
+        if self.statahead.missed(parent_inode, entries, now):
             generation = self.statahead.fetch_started(parent_inode)
             self.meta.cluster.nursery.start_soon(self._fetch_listing, parent_inode, generation,
                                                  name=f"stat-ahead of {parent_inode}")
+            return
+        shard = self.meta.cluster.shard_of_dentry(parent_inode, name)
+        window = self.statahead.window_missed(parent_inode, shard, seq, now)
+        if window is not None:
+            self._start_window(parent_inode, shard, *window)
+
+    def _start_window(self, parent_inode: int, shard: int, after: int, count: int,
+                      read_ahead: bool = False) -> None:
+        began = self.statahead.window_started(parent_inode, shard)
+        self.meta.cluster.nursery.start_soon(
+            self._fetch_window, parent_inode, shard, after, count, read_ahead, began,
+            name=f"stat-ahead of {parent_inode} on shard {shard} after {after}")
+
+    async def _fetch_window(self, parent_inode: int, shard: int, after: int, count: int,
+                            read_ahead: bool, began) -> None:
+        """The `count` entries of `shard`'s share of `parent_inode` after seq
+        `after`, as a window (client.statahead)."""
+        window = None
+        try:
+            await self.behind.settle_dir(parent_inode)  # a window shows our unlinks
+            since = self.behind.ends
+            started = time.monotonic()
+            reply = await self.meta.readdir(parent_inode, shard, after, count)
+            names: dict[bytes, int] = {}
+            last = after
+            for name, seq, attr in reply["entries"]:
+                names[name] = attr["ino"]
+                last = seq
+            window = Window(names, started, since, parent_inode, shard, after, last,
+                            bool(reply["more"]), read_ahead)
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.debug("stat-ahead of directory %d on shard %d: %s", parent_inode, shard, exc)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("stat-ahead of directory %d on shard %d failed", parent_inode, shard)
+        finally:
+            self.statahead.window_ended(parent_inode, shard, began, window)
 
     async def _fetch_listing(self, parent_inode: int, generation: int) -> None:
         listing = None

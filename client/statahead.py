@@ -46,6 +46,23 @@ MAX_FETCHING at once, at most MAX_LISTINGS listings are kept, and a listing
 that served fewer than a MIN_PAYOFF share of its entries (random lookups in a
 big directory) keeps its directory from being fetched again for BACKOFF
 seconds.  The per-inode records are capped at MAX_SERVED and MAX_STALE.
+
+Windows: a directory too big for a listing is read ahead in windows of the
+entries of one shard, when its names are looked up in the order that shard
+keeps them (its `seq`, the order they were made in): `rm -rf`, which unlinks
+in inode order past 10,000 entries (gnulib fts), or a loader reading files in
+the order they were written.  A shard's lookup reply carries the entry's seq;
+IN_ORDER misses in a row on one shard of a big directory, each at most NEAR
+seqs after the one before, fetch the WINDOW_MIN entries after the last, and
+once three quarters of a window have answered, the window after it is fetched
+(a read-ahead of names), as big as half of what the lookups would use up of
+it within entry_timeout at the pace they took the one before (at most
+WINDOW_MAX).  A window is a listing of part of one shard's share and answers on
+the same terms (timeouts counted from its fetch, our changes, stale inodes).
+Random lookups seldom start one, and a window started by misses that served
+fewer than a MIN_PAYOFF share stops the directory's windows for BACKOFF
+seconds.  At
+most MAX_WINDOWS are kept, and at most MAX_FETCHING fetched at once.
 """
 
 import math
@@ -65,6 +82,14 @@ MAX_STALE = 4_096  # inodes found stale lately, kept out of fetches that land
 # name up at once, and its old entry may have come from a shard while a listing
 # holds the name for another inode that was replaced since, too.
 PAUSE_AFTER_STALE = 0.5
+# Entries of one shard's share of a big directory fetched at once: the first
+# window of a run of lookups is WINDOW_MIN, each later one what the lookups
+# used up of the one before, per entry_timeout (a window answers that long)
+WINDOW_MIN = 128
+WINDOW_MAX = 4096  # a shard's readdir gives at most this many at once
+NEAR = 64  # two misses on one shard at most this many seqs apart are in its order
+IN_ORDER = 3  # misses in a row in a shard's order that start a window
+MAX_WINDOWS = 16
 
 
 class Listing:
@@ -86,6 +111,50 @@ class Listing:
         self.gone = 0  # names found whose attributes the client no longer holds
 
 
+class Window(Listing):
+    """The entries of `shard`'s share of directory `parent` with seqs in
+    (`after`, `last`]; `more`: the share has entries after `last`."""
+    __slots__ = ("parent", "shard", "after", "last", "more", "size", "ahead", "read_ahead")
+
+    def __init__(self, names: dict[bytes, int], fetched: float, since, parent: int,
+                 shard: int, after: int, last: int, more: bool, read_ahead: bool = False):
+        super().__init__(names, fetched, since)
+        # fetched because the window before it was mostly used, not after misses
+        self.read_ahead = read_ahead
+        self.parent = parent
+        self.shard = shard
+        self.after = after
+        self.last = last
+        self.more = more
+        self.size = len(names)
+        self.ahead = False  # the window after it was asked for
+
+
+class _Removals:
+    """Names our removals took out of one directory while fetches of it were on
+    their way: each fetch takes those from its start on (an index that keeps
+    counting as the names before every fetch's start are let go)."""
+    __slots__ = ("base", "names", "starts")
+
+    def __init__(self):
+        self.base = 0  # the index of names[0]
+        self.names: list[bytes] = []
+        self.starts: list[int] = []  # of the fetches on their way
+
+    def begin(self) -> int:
+        start = self.base + len(self.names)
+        self.starts.append(start)
+        return start
+
+    def end(self, start: int) -> list[bytes]:
+        names = self.names[start - self.base:]
+        self.starts.remove(start)
+        first = min(self.starts, default=self.base + len(self.names))
+        del self.names[:first - self.base]
+        self.base = first
+        return names
+
+
 class StatAhead:
     """Per-directory lookup counters and listings; the fetching itself is
     `client.ops`'s (it owns the shard calls).  Times are monotonic seconds."""
@@ -96,8 +165,17 @@ class StatAhead:
         self.listings: OrderedDict[int, Listing] = OrderedDict()
         self.generation: dict[int, int] = {}  # dir -> our namespace changes in it
         self.fetching: set[int] = set()
-        # dir -> names our removals took out while its fetch was on its way
-        self._removed: dict[int, list[bytes]] = {}
+        # Windows of directories too big for a listing, by directory, at most
+        # MAX_WINDOWS in all (`_window_order`: oldest first)
+        self.windows: dict[int, list[Window]] = {}
+        self._window_order: OrderedDict[Window, None] = OrderedDict()
+        self.window_fetching: set[tuple[int, int]] = set()  # (dir, shard)
+        self._big: dict[int, float] = {}  # dir -> until when it is read in windows
+        # (dir, shard) -> (seq of the last miss, misses in a row in order)
+        self._last_miss: dict[tuple[int, int], tuple[int, int]] = {}
+        self._window_backoff: dict[int, float] = {}
+        # dir -> names our removals took out while fetches of it were on their way
+        self._removed: dict[int, _Removals] = {}
         self._misses: dict[int, tuple[int, float]] = {}  # dir -> (count, window start)
         self._backoff: dict[int, float] = {}  # dir -> until when not to fetch it
         # ino -> (dir, name) a listing answered for it; see `served`
@@ -110,16 +188,22 @@ class StatAhead:
 
     def find(self, parent: int, name: bytes, now: float):
         """``(ino, listing)`` if a fresh listing of `parent` holds `name`, else None."""
+        if now < self.paused_until:
+            return None
         listing = self.listings.get(parent)
-        if listing is None or now < self.paused_until:
-            return None
-        if now - listing.fetched > self.entry_timeout - MIN_TIMEOUT:
-            self._retire(parent)
-            return None
-        ino = listing.names.get(name)
-        if ino is None:
-            return None
-        return ino, listing
+        if listing is not None:
+            if now - listing.fetched > self.entry_timeout - MIN_TIMEOUT:
+                self._retire(parent)
+            else:
+                ino = listing.names.get(name)
+                return None if ino is None else (ino, listing)
+        for window in reversed(self.windows.get(parent, ())):  # the newest first
+            ino = window.names.get(name)
+            if ino is not None:
+                if now - window.fetched > self.entry_timeout - MIN_TIMEOUT:
+                    return None  # `window_missed` retires it
+                return ino, window
+        return None
 
     def entry_left(self, listing: Listing, now: float) -> float:
         return self.entry_timeout - (now - listing.fetched)
@@ -131,9 +215,16 @@ class StatAhead:
         names (the kernel forgets inodes under memory pressure or drop_caches,
         and the client's cache follows it).  `dir_entries` is the directory's
         size if the client holds its attributes: one known to be bigger than
-        MAX_ENTRIES is not fetched.  An unknown size is no reason to wait: the
-        fetch itself stops past MAX_ENTRIES (`too_big`)."""
-        if not self.enabled or parent in self.fetching or len(self.fetching) >= MAX_FETCHING:
+        MAX_ENTRIES is not fetched, but read in windows from the next miss on.
+        An unknown size is no reason to wait: the fetch itself stops past
+        MAX_ENTRIES (`too_big`)."""
+        if not self.enabled:
+            return False
+        if dir_entries is not None and dir_entries > MAX_ENTRIES:
+            if self._big.get(parent, -math.inf) <= now:
+                self.too_big(parent, now)  # windows may start at once
+            return False
+        if parent in self.fetching or len(self.fetching) >= MAX_FETCHING:
             return False
         listing = self.listings.get(parent)
         if listing is not None and listing.gone < TRIGGER_MISSES:
@@ -150,22 +241,26 @@ class StatAhead:
                 self._misses.clear()
             return False
         self._misses.pop(parent, None)
-        if dir_entries is not None and dir_entries > MAX_ENTRIES:
-            self._backoff[parent] = now + BACKOFF
-            return False
         return True
 
-    def fetch_started(self, parent: int) -> int:
-        """Returns the generation the fetch must still see at its end."""
+    def fetch_started(self, parent: int) -> tuple[int, int]:
+        """Returns what the fetch must hand to `fetch_ended`: the generation it
+        must still see at its end, and where its share of `_removed` begins."""
         self.fetching.add(parent)
-        return self.generation.get(parent, 0)
+        return self._fetch_began(parent)
 
-    def fetch_ended(self, parent: int, generation: int, listing: Listing | None) -> bool:
-        """Keep `listing` (None: the fetch failed) unless a change of ours in the
-        directory overlapped the fetch; True when it was kept.  Names of inodes
-        found stale since the fetch began are left out of it."""
-        self.fetching.discard(parent)
-        removed = self._removed.pop(parent, ())
+    def _fetch_began(self, parent: int) -> tuple[int, int]:
+        removals = self._removed.setdefault(parent, _Removals())
+        return self.generation.get(parent, 0), removals.begin()
+
+    def _fetch_over(self, parent: int, began: tuple[int, int], listing: Listing | None) -> bool:
+        """Whether `listing`, fetched since `began`, may be kept; if so, names
+        removed or found stale since are taken out of it."""
+        generation, start = began
+        removals = self._removed[parent]
+        removed = removals.end(start)
+        if not removals.starts:
+            del self._removed[parent]
         if listing is None or self.generation.get(parent, 0) != generation:
             return False
         for name in removed:
@@ -173,6 +268,15 @@ class StatAhead:
         for ino, when in self._stale.items():
             if when >= listing.fetched:
                 _drop_ino(listing, ino)
+        return True
+
+    def fetch_ended(self, parent: int, began: tuple[int, int], listing: Listing | None) -> bool:
+        """Keep `listing` (None: the fetch failed) unless a change of ours in the
+        directory overlapped the fetch; True when it was kept.  Names of inodes
+        found stale since the fetch began are left out of it."""
+        self.fetching.discard(parent)
+        if not self._fetch_over(parent, began, listing):
+            return False
         self.listings[parent] = listing
         self.listings.move_to_end(parent)
         while len(self.listings) > MAX_LISTINGS:
@@ -180,9 +284,95 @@ class StatAhead:
         return True
 
     def too_big(self, parent: int, now: float) -> None:
-        """The fetch found more than MAX_ENTRIES names (the directory grew since
-        its size was read): not again for BACKOFF seconds."""
+        """The directory has more than MAX_ENTRIES names (its size says so, or a
+        fetch found them): no listing of it for BACKOFF seconds, windows instead."""
         self._backoff[parent] = now + BACKOFF
+        self._big[parent] = now + BACKOFF
+        if len(self._big) > MAX_LISTINGS * 64:
+            self._big = {d: t for d, t in self._big.items() if t > now}
+
+    # -- windows of big directories --------------------------------------------
+
+    def window_missed(self, parent: int, shard: int, seq: int | None,
+                      now: float) -> tuple[int, int] | None:
+        """A shard's lookup found a name of `parent` at `seq` of `shard`'s share:
+        ``(after, count)`` when the `count` entries after seq `after` should be
+        fetched as a window now (the caller then calls `window_started`)."""
+        if not self.enabled or seq is None or self._big.get(parent, -math.inf) <= now:
+            return None
+        self._expire_windows(parent, now)
+        key = (parent, shard)
+        last, run = self._last_miss.get(key, (None, 0))
+        run = run + 1 if last is not None and last < seq <= last + NEAR else 1
+        self._last_miss[key] = (seq, run)
+        if len(self._last_miss) > 4 * MAX_WINDOWS:
+            self._last_miss = {key: (seq, run)}
+        if run < IN_ORDER:
+            return None  # not (yet) in the shard's order
+        if self._window_backoff.get(parent, -math.inf) > now:
+            return None
+        if key in self.window_fetching or len(self.window_fetching) >= MAX_FETCHING:
+            return None
+        for window in self.windows.get(parent, ()):
+            if window.shard == shard and window.after < seq <= window.last:
+                return None  # covered: the name left it, or cannot be answered
+        return seq, WINDOW_MIN
+
+    def next_window(self, window: Window, now: float) -> tuple[int, int] | None:
+        """A name of `window` answered: once three quarters of it did,
+        ``(after, count)`` of the window after it, sized for the lookups' pace;
+        else None."""
+        if (window.ahead or not window.more or 4 * window.hits < 3 * window.size
+                or (window.parent, window.shard) in self.window_fetching
+                or len(self.window_fetching) >= MAX_FETCHING):
+            return None
+        window.ahead = True
+        after = window.last
+        for other in self.windows.get(window.parent, ()):  # one fetched since may hold more
+            if other.shard == window.shard and other.after <= after < other.last:
+                after = other.last
+        # Half of what the lookups would use up in a window's life at the pace
+        # they took this one: it stays fresh though they slow down a little.
+        pace = window.hits / max(now - window.fetched, 1e-3)  # names per second
+        count = WINDOW_MIN
+        while count < pace * self.entry_timeout / 2 and count < WINDOW_MAX:
+            count *= 2
+        return after, count
+
+    def window_started(self, parent: int, shard: int) -> tuple[int, int]:
+        self.window_fetching.add((parent, shard))
+        return self._fetch_began(parent)
+
+    def window_ended(self, parent: int, shard: int, began: tuple[int, int],
+                     window: Window | None) -> bool:
+        """Keep `window` (None: the fetch failed) on the terms of `fetch_ended`."""
+        self.window_fetching.discard((parent, shard))
+        if not self._fetch_over(parent, began, window):
+            return False
+        self.windows.setdefault(parent, []).append(window)
+        self._window_order[window] = None
+        while len(self._window_order) > MAX_WINDOWS:
+            self._drop_window(next(iter(self._window_order)))
+        return True
+
+    def _expire_windows(self, parent: int, now: float) -> None:
+        for window in list(self.windows.get(parent, ())):
+            if now - window.fetched > self.entry_timeout - MIN_TIMEOUT:
+                self._drop_window(window)
+                # A window read ahead may go unused when the lookups slow down
+                # or stop; one that misses in a row started tells their order.
+                if not window.read_ahead and window.hits < MIN_PAYOFF * window.size:
+                    self._window_backoff[parent] = now + BACKOFF
+                    if len(self._window_backoff) > 4 * MAX_WINDOWS:
+                        self._window_backoff = {parent: now + BACKOFF}
+
+    def _drop_window(self, window: Window) -> None:
+        self._window_order.pop(window, None)
+        windows = self.windows.get(window.parent)
+        if windows is not None and window in windows:
+            windows.remove(window)
+            if not windows:
+                del self.windows[window.parent]
 
     def changed(self, parent: int) -> None:
         """A namespace change of ours in `parent` is about to happen or happened."""
@@ -193,6 +383,8 @@ class StatAhead:
             self.generation = {d: g for d, g in self.generation.items() if d in self.fetching}
             self.generation.update({d: self.generation.get(d, 0) + 1 for d in self.fetching})
         self.listings.pop(parent, None)
+        for window in list(self.windows.get(parent, ())):
+            self._drop_window(window)
 
     def removed(self, parent: int, name: bytes) -> None:
         """An unlink or rmdir of ours of `name` in `parent` is about to happen or
@@ -204,11 +396,13 @@ class StatAhead:
         listing = self.listings.get(parent)
         if listing is not None:
             listing.names.pop(name, None)
-        if parent in self.fetching:
-            names = self._removed.setdefault(parent, [])
-            if len(names) < MAX_ENTRIES:
-                names.append(name)
-            else:  # more than the fetch can hold: let it be thrown away
+        for window in self.windows.get(parent, ()):
+            window.names.pop(name, None)
+        removals = self._removed.get(parent)
+        if removals is not None:
+            if len(removals.names) < MAX_ENTRIES:
+                removals.names.append(name)
+            else:  # more than the fetches can hold: let them be thrown away
                 self.changed(parent)
 
     def served(self, ino: int, parent: int, name: bytes) -> None:
@@ -248,6 +442,8 @@ class StatAhead:
             self._stale.popitem(last=False)
         for listing in self.listings.values():
             _drop_ino(listing, ino)
+        for window in self._window_order:
+            _drop_ino(window, ino)
 
     def forgotten(self, ino: int) -> None:
         """The kernel forgot `ino`: whatever it learns of it later is new."""
@@ -269,3 +465,4 @@ def _drop_ino(listing: Listing, ino: int) -> None:
     for name in listing.more_names.pop(ino, [name] if name is not None else []):
         if listing.names.get(name) == ino:
             del listing.names[name]
+

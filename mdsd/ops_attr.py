@@ -76,7 +76,7 @@ async def lookup(ns, args: dict) -> dict:
             shard, [schema.dirstat_key(parent), dentry], dentry)
         if entry_raw is None or schema.unpack_share(share_raw)["dead"]:
             raise errors.NotFound(f"no entry {name!r} in {parent}")
-        ino, _, _ = schema.unpack_dentry(entry_raw)
+        ino, _, seq = schema.unpack_dentry(entry_raw)
         # A rename or unlink of the name may commit between the two reads (the
         # inode's read yields, and may be another shard's): the inode is then gone,
         # or left with no name while someone holds it open, and the name leads
@@ -91,7 +91,9 @@ async def lookup(ns, args: dict) -> dict:
             seen = ino
             continue
         if attr["nlink"] or is_dir(attr) or ino == seen or attempt == LOOKUP_TRIES - 1:
-            return attr
+            # The entry's place in the directory's listing of this shard: the
+            # client reads ahead from it (client.statahead windows).
+            return dict(attr, dir_seq=seq)
         seen = ino
 
 

@@ -106,7 +106,7 @@ class FakeCluster:
         ino = self.dirs[args["parent"]].get(args["name"])
         if ino is None:
             raise errors.NotFound("no such entry")
-        return self.attr(ino)
+        return dict(self.attr(ino), dir_seq=self.seqs[(args["parent"], args["name"])])
 
     def _getattr(self, shard, args):
         return self.attr(args["ino"])

@@ -177,15 +177,16 @@ def test_off_without_a_kernel_entry_cache():
 
 def test_fetches_at_once_are_bounded_and_a_too_big_one_backs_off():
     ahead = StatAhead(entry_timeout=1.0)
+    began = {}
     for parent in range(statahead.MAX_FETCHING):
         for _ in range(TRIGGER_MISSES - 1):
             ahead.missed(parent, 10, 1.0)
         assert ahead.missed(parent, 10, 1.0)
-        ahead.fetch_started(parent)
+        began[parent] = ahead.fetch_started(parent)
     for _ in range(3 * TRIGGER_MISSES):
         assert not ahead.missed(DIR + 100, 10, 1.0)
     ahead.too_big(0, 1.0)  # it had grown past MAX_ENTRIES
-    assert not ahead.fetch_ended(0, 0, None)
+    assert not ahead.fetch_ended(0, began[0], None)
     for _ in range(3 * TRIGGER_MISSES):
         assert not ahead.missed(0, 10, 2.0)
     assert triggered(ahead, 2.0) == TRIGGER_MISSES  # another directory, one slot free
