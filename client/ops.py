@@ -377,10 +377,11 @@ class LoomOperations(pyfuse3.Operations):
             self.meta.cluster.nursery.start_soon(self._fetch_listing, parent_inode, generation,
                                                  name=f"stat-ahead of {parent_inode}")
             return
-        shard = self.meta.cluster.shard_of_dentry(parent_inode, name)
-        window = self.statahead.window_missed(parent_inode, shard, seq, now)
-        if window is not None:
-            self._start_window(parent_inode, shard, *window)
+        if self.statahead.windowed(parent_inode, now):
+            shard = self.meta.cluster.shard_of_dentry(parent_inode, name)
+            window = self.statahead.window_missed(parent_inode, shard, seq, now)
+            if window is not None:
+                self._start_window(parent_inode, shard, *window)
 
     def _start_window(self, parent_inode: int, shard: int, after: int, count: int,
                       read_ahead: bool = False) -> None:

@@ -293,12 +293,16 @@ class StatAhead:
 
     # -- windows of big directories --------------------------------------------
 
+    def windowed(self, parent: int, now: float) -> bool:
+        """Whether `parent` is read in windows now (too big for a listing)."""
+        return self.enabled and self._big.get(parent, -math.inf) > now
+
     def window_missed(self, parent: int, shard: int, seq: int | None,
                       now: float) -> tuple[int, int] | None:
         """A shard's lookup found a name of `parent` at `seq` of `shard`'s share:
         ``(after, count)`` when the `count` entries after seq `after` should be
         fetched as a window now (the caller then calls `window_started`)."""
-        if not self.enabled or seq is None or self._big.get(parent, -math.inf) <= now:
+        if seq is None or not self.windowed(parent, now):
             return None
         self._expire_windows(parent, now)
         key = (parent, shard)
