@@ -23,7 +23,10 @@ async def test_create_lookup_getattr(mds):
     assert attr["nlink"] == 1 and attr["uid"] == 1000 and attr["size"] == 0
     assert attr["layout"] == mds.config.layout.to_wire()
     assert attr["ino"] % 2 == mds.entry_shard(ROOT, b"a.txt")
-    assert await mds.lookup(ROOT, b"a.txt") == attr
+    found = await mds.lookup(ROOT, b"a.txt")
+    # its place in the shard's listing, where the client's stat-ahead windows start
+    assert found.pop("dir_seq") == 1
+    assert found == attr
     assert await mds.getattr(attr["ino"]) == attr
     with pytest.raises(errors.Exists):
         await mds.create(ROOT, b"a.txt")
@@ -45,6 +48,22 @@ async def test_many_entries_over_both_shards(mds):
     assert shards == {0, 1}
     attr = await mds.getattr(dir_attr["ino"])
     assert attr["size"] == 1000 and attr["nlink"] == 2
+
+
+async def test_a_lookup_tells_the_entrys_place_in_its_shards_listing(mds):
+    """`dir_seq` of a lookup is the seq readdir gives the entry on its shard: a
+    client reads ahead from there (client.statahead windows)."""
+    d = await mds.mkdir(ROOT, b"seqs")
+    names = [b"n%03d" % i for i in range(40)]
+    for name in names:
+        await mds.create(d["ino"], name)
+    await mds.unlink(d["ino"], names[3])  # a gap: seqs are never reused
+    await mds.create(d["ino"], names[3])
+    for shard in range(mds.nshards):
+        reply = await mds.client(shard).call("readdir", {"ino": d["ino"], "shard_after": 0,
+                                                         "limit": 100})
+        for name, seq, _ in reply["entries"]:
+            assert (await mds.lookup(d["ino"], name))["dir_seq"] == seq
 
 
 async def test_mkdir_rmdir_and_link_counts(mds):
@@ -132,7 +151,8 @@ async def test_dotdot_lookup(mds):
     b = await mds.mkdir(a["ino"], b"b")
     up = await mds.lookup(b["ino"], b"..")
     assert up["ino"] == a["ino"]
-    assert (await mds.lookup(ROOT, b".."))["ino"] == ROOT
+    dotdot = await mds.lookup(ROOT, b"..")
+    assert dotdot["ino"] == ROOT and "dir_seq" not in dotdot
 
 
 async def test_retry_with_same_rid_is_not_applied_twice(mds):
