@@ -60,8 +60,8 @@ it within entry_timeout at the pace they took the one before (at most
 WINDOW_MAX).  A window is a listing of part of one shard's share and answers on
 the same terms (timeouts counted from its fetch, our changes, stale inodes).
 Random lookups seldom start one, and a window started by misses that served
-fewer than a MIN_PAYOFF share stops the directory's windows for BACKOFF
-seconds.  At
+fewer than a MIN_PAYOFF share while more lookups than it holds went to the
+shards stops the directory's windows for BACKOFF seconds.  At
 most MAX_WINDOWS are kept, and at most MAX_FETCHING fetched at once.
 """
 
@@ -114,7 +114,8 @@ class Listing:
 class Window(Listing):
     """The entries of `shard`'s share of directory `parent` with seqs in
     (`after`, `last`]; `more`: the share has entries after `last`."""
-    __slots__ = ("parent", "shard", "after", "last", "more", "size", "ahead", "read_ahead")
+    __slots__ = ("parent", "shard", "after", "last", "more", "size", "ahead", "read_ahead",
+                 "misses_before")
 
     def __init__(self, names: dict[bytes, int], fetched: float, since, parent: int,
                  shard: int, after: int, last: int, more: bool, read_ahead: bool = False):
@@ -128,6 +129,7 @@ class Window(Listing):
         self.more = more
         self.size = len(names)
         self.ahead = False  # the window after it was asked for
+        self.misses_before = 0  # the directory's shard misses when it was kept
 
 
 class _Removals:
@@ -174,6 +176,7 @@ class StatAhead:
         # (dir, shard) -> (seq of the last miss, misses in a row in order)
         self._last_miss: dict[tuple[int, int], tuple[int, int]] = {}
         self._window_backoff: dict[int, float] = {}
+        self._window_misses: dict[int, int] = {}  # dir -> its lookups that reached a shard
         # dir -> names our removals took out while fetches of it were on their way
         self._removed: dict[int, _Removals] = {}
         self._misses: dict[int, tuple[int, float]] = {}  # dir -> (count, window start)
@@ -290,6 +293,8 @@ class StatAhead:
         self._big[parent] = now + BACKOFF
         if len(self._big) > MAX_LISTINGS * 64:
             self._big = {d: t for d, t in self._big.items() if t > now}
+            self._window_misses = {d: n for d, n in self._window_misses.items()
+                                   if d in self._big}
 
     # -- windows of big directories --------------------------------------------
 
@@ -304,6 +309,7 @@ class StatAhead:
         fetched as a window now (the caller then calls `window_started`)."""
         if seq is None or not self.windowed(parent, now):
             return None
+        self._window_misses[parent] = self._window_misses.get(parent, 0) + 1
         self._expire_windows(parent, now)
         key = (parent, shard)
         last, run = self._last_miss.get(key, (None, 0))
@@ -317,10 +323,18 @@ class StatAhead:
             return None
         if key in self.window_fetching or len(self.window_fetching) >= MAX_FETCHING:
             return None
+        count = WINDOW_MIN
         for window in self.windows.get(parent, ()):
-            if window.shard == shard and window.after < seq <= window.last:
+            if window.shard != shard or window.last < seq:
+                continue
+            if window.after < seq:
                 return None  # covered: the name left it, or cannot be answered
-        return seq, WINDOW_MIN
+            # A window further on: fetch only up to it, and not a few names (the
+            # lookups' order need not be the seqs' order exactly)
+            if window.after - seq <= NEAR:
+                return None
+            count = min(count, window.after - seq)
+        return seq, count
 
     def next_window(self, window: Window, now: float) -> tuple[int, int] | None:
         """A name of `window` answered: once three quarters of it did,
@@ -353,6 +367,7 @@ class StatAhead:
         self.window_fetching.discard((parent, shard))
         if not self._fetch_over(parent, began, window):
             return False
+        window.misses_before = self._window_misses.get(parent, 0)
         self.windows.setdefault(parent, []).append(window)
         self._window_order[window] = None
         while len(self._window_order) > MAX_WINDOWS:
@@ -363,9 +378,13 @@ class StatAhead:
         for window in list(self.windows.get(parent, ())):
             if now - window.fetched > self.entry_timeout - MIN_TIMEOUT:
                 self._drop_window(window)
-                # A window read ahead may go unused when the lookups slow down
-                # or stop; one that misses in a row started tells their order.
-                if not window.read_ahead and window.hits < MIN_PAYOFF * window.size:
+                # Lookups elsewhere while it went unused: their order is not
+                # the shard's.  (A window read ahead may go unused when lookups
+                # slow down or stop, and any window when the kernel's own
+                # entries, still valid, answer its names.)
+                missed = self._window_misses.get(parent, 0) - window.misses_before
+                if (not window.read_ahead and window.hits < MIN_PAYOFF * window.size
+                        and missed > window.size):
                     self._window_backoff[parent] = now + BACKOFF
                     if len(self._window_backoff) > 4 * MAX_WINDOWS:
                         self._window_backoff = {parent: now + BACKOFF}

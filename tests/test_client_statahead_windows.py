@@ -147,9 +147,13 @@ def test_a_stale_inode_leaves_every_window():
 
 
 def test_windows_that_do_not_pay_off_stop_for_a_while():
+    """A window that went unused while the lookups went elsewhere: they are
+    not in the shard's order (random ones that happened to start it)."""
     ahead = big(entry_timeout=1.0)
     win = window(ahead, 0, 0, {b"n%d" % i: i for i in range(W)}, 1.0)
     win.hits = int(MIN_PAYOFF * W) - 1
+    for seq in range(W):
+        ahead.window_missed(DIR, 1, 10_000 + 1000 * seq, 1.5)  # elsewhere
     ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unpaid
     ahead.window_missed(DIR, 0, 5001, 3.0)
     assert ahead.window_missed(DIR, 0, 5002, 3.0) is None
@@ -169,6 +173,32 @@ def test_a_window_read_ahead_and_left_unused_stops_nothing():
     ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unused
     ahead.window_missed(DIR, 0, 5001, 3.0)
     assert ahead.window_missed(DIR, 0, 5002, 3.0) == (5002, W)
+
+
+def test_a_window_left_unused_while_few_lookups_missed_stops_nothing():
+    """The kernel's own entries, still valid from a walk before, answer most
+    names: a window gets few lookups, and so do the shards."""
+    ahead = big(entry_timeout=1.0)
+    window(ahead, 0, 0, {b"n%d" % i: i for i in range(W)}, 1.0)
+    ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unused
+    ahead.window_missed(DIR, 0, 5001, 3.0)
+    assert ahead.window_missed(DIR, 0, 5002, 3.0) == (5002, W)
+
+
+def test_a_window_is_not_fetched_again_over_one_just_ahead():
+    """Lookups by name need not follow the seqs exactly (names made by many
+    writers at once): misses just before a window fetch nothing, and misses
+    further before fetch only up to it."""
+    ahead = big()
+    window(ahead, 0, 100, {b"n%d" % i: i for i in range(W)}, 1.0)
+    for seq in (60, 61, 62):
+        assert ahead.window_missed(DIR, 0, seq, 1.1) is None  # within NEAR of it
+    near = statahead.NEAR
+    first = 100 - near - 10
+    ahead.window_missed(DIR, 0, first - 2, 1.1)
+    ahead.window_missed(DIR, 0, first - 1, 1.1)
+    assert ahead.window_missed(DIR, 0, first, 1.1) == (first, 100 - first)
+    assert ahead.window_missed(DIR, 0, 150, 1.1) is None  # inside it
 
 
 def test_windows_kept_are_bounded():
