@@ -503,16 +503,18 @@ class LoomOperations(pyfuse3.Operations):
             done.set()
 
     @contextlib.contextmanager
-    def _changing_names(self, *parents: int):
-        """Around a namespace change of ours in `parents`: their listings fetched
-        ahead, and fetches that overlap the change, are dropped (client.statahead)."""
-        for parent in parents:
-            self.statahead.changed(parent)
+    def _changing_names(self, *places: tuple[int, bytes]):
+        """Around a namespace change of ours of the names at `places` (parent,
+        name): their directories' listings fetched ahead, and fetches that
+        overlap the change, are dropped; windows lose those names
+        (client.statahead)."""
+        for parent, name in places:
+            self.statahead.changed(parent, (name,))
         try:
             yield
         finally:
-            for parent in parents:
-                self.statahead.changed(parent)
+            for parent, name in places:
+                self.statahead.changed(parent, (name,))
 
     @contextlib.contextmanager
     def _removing_name(self, parent: int, name: bytes):
@@ -670,14 +672,14 @@ class LoomOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         await self.behind.settle_name(parent_inode, name)
-        with self._changing_names(parent_inode):
+        with self._changing_names((parent_inode, name)):
             attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
         return self._named(parent_inode, name, attr)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self.behind.settle_name(parent_inode, name)
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        with self._changing_names(parent_inode):
+        with self._changing_names((parent_inode, name)):
             attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
         self.dir_names.record(attr["ino"], parent_inode, name)
         if self.behind.creates_early:
@@ -686,7 +688,7 @@ class LoomOperations(pyfuse3.Operations):
 
     async def symlink(self, parent_inode, name, target, ctx):
         await self.behind.settle_name(parent_inode, name)
-        with self._changing_names(parent_inode):
+        with self._changing_names((parent_inode, name)):
             attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         return self._named(parent_inode, name, attr)
 
@@ -707,7 +709,7 @@ class LoomOperations(pyfuse3.Operations):
         await self._verify_listed(inode)
         by_name = self._by_name(inode, ctx)
         try:
-            with self._changing_names(new_parent_inode):
+            with self._changing_names((new_parent_inode, new_name)):
                 attr = await self.meta.link(inode, new_parent_inode, new_name)
         except errors.NotFound:
             if by_name:  # see _by_name
@@ -813,7 +815,7 @@ class LoomOperations(pyfuse3.Operations):
                  self.behind.ino_at(parent_inode_new, name_new)]
         self.behind.gone(parent_inode_old, name_old)
         self.behind.gone(parent_inode_new, name_new)
-        with self._changing_names(parent_inode_old, parent_inode_new):
+        with self._changing_names((parent_inode_old, name_old), (parent_inode_new, name_new)):
             await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new,
                                    flags)
         for ino in moved:  # the kernel moves its own entries: nothing to check by name
@@ -962,7 +964,7 @@ class LoomOperations(pyfuse3.Operations):
             self._pages_opened(attr)
             return fi, self._named(parent_inode, name, attr)
         try:
-            with self._changing_names(parent_inode):
+            with self._changing_names((parent_inode, name)):
                 attr = await self.meta.mknod(parent_inode, name,
                                              stat.S_IFREG | stat.S_IMODE(mode), 0, ctx.uid,
                                              ctx.gid, open_it=True)
@@ -1022,7 +1024,7 @@ class LoomOperations(pyfuse3.Operations):
             meta.absent.forget(parent)
             behind.release_create()
             raise
-        with self._changing_names(parent):
+        with self._changing_names((parent, name)):
             await behind.send(parent, name, ino, functools.partial(
                 meta.create_early, parent, name, attr, parent_attr["mode"],
                 parent_attr["gid"]), kind=CREATE)

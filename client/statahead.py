@@ -21,9 +21,10 @@ What a lookup answered here promises is what the kernel's own caches promise:
 - This mount's own changes show at once: every namespace change of ours in a
   directory (create, rename, link, mkdir, symlink, mknod) drops its listing
   before and after the change, and a listing whose fetch overlapped one is
-  thrown away (`generation`).  An unlink or rmdir takes just its name out of
-  the listing, and out of one being fetched (`removed`): a listing never
-  answers for a name it lacks, and `rm` of a big directory keeps using it.
+  thrown away (`generation`); windows (below) lose just the changed names.
+  An unlink or rmdir takes just its name out of the listing, and out of one
+  being fetched (`removed`): a listing never answers for a name it lacks, and
+  `rm` of a big directory keeps using it.
   Attributes come from the client's attribute cache, which our own setattr,
   size commits and links update, and whose entries our xattr changes and the
   kernel's forgets drop.
@@ -136,12 +137,13 @@ class _Removals:
     """Names our removals took out of one directory while fetches of it were on
     their way: each fetch takes those from its start on (an index that keeps
     counting as the names before every fetch's start are let go)."""
-    __slots__ = ("base", "names", "starts")
+    __slots__ = ("base", "names", "starts", "spoilt")
 
     def __init__(self):
         self.base = 0  # the index of names[0]
         self.names: list[bytes] = []
         self.starts: list[int] = []  # of the fetches on their way
+        self.spoilt = False  # names were lost: no fetch on its way may be kept
 
     def begin(self) -> int:
         start = self.base + len(self.names)
@@ -256,21 +258,27 @@ class StatAhead:
         removals = self._removed.setdefault(parent, _Removals())
         return self.generation.get(parent, 0), removals.begin()
 
-    def _fetch_over(self, parent: int, began: tuple[int, int], listing: Listing | None) -> bool:
+    def _fetch_over(self, parent: int, began: tuple[int, int], listing: Listing | None,
+                    by_name: bool = False) -> bool:
         """Whether `listing`, fetched since `began`, may be kept; if so, names
-        removed or found stale since are taken out of it."""
+        removed (and, `by_name`, changed) or found stale since are taken out of
+        it.  Without `by_name`, any change of ours since throws it away."""
         generation, start = began
         removals = self._removed[parent]
         removed = removals.end(start)
+        spoilt = removals.spoilt
         if not removals.starts:
             del self._removed[parent]
-        if listing is None or self.generation.get(parent, 0) != generation:
+        if listing is None or spoilt:
+            return False
+        if not by_name and self.generation.get(parent, 0) != generation:
             return False
         for name in removed:
             listing.names.pop(name, None)
-        for ino, when in self._stale.items():
-            if when >= listing.fetched:
-                _drop_ino(listing, ino)
+        for ino, when in reversed(self._stale.items()):  # the newest first
+            if when < listing.fetched:
+                break
+            _drop_ino(listing, ino)
         return True
 
     def fetch_ended(self, parent: int, began: tuple[int, int], listing: Listing | None) -> bool:
@@ -312,11 +320,11 @@ class StatAhead:
         self._window_misses[parent] = self._window_misses.get(parent, 0) + 1
         self._expire_windows(parent, now)
         key = (parent, shard)
-        last, run = self._last_miss.get(key, (None, 0))
+        last, run = self._last_miss.pop(key, (None, 0))
         run = run + 1 if last is not None and last < seq <= last + NEAR else 1
-        self._last_miss[key] = (seq, run)
+        self._last_miss[key] = (seq, run)  # the last used, last
         if len(self._last_miss) > 4 * MAX_WINDOWS:
-            self._last_miss = {key: (seq, run)}
+            del self._last_miss[next(iter(self._last_miss))]
         if run < IN_ORDER:
             return None  # not (yet) in the shard's order
         if self._window_backoff.get(parent, -math.inf) > now:
@@ -365,8 +373,9 @@ class StatAhead:
                      window: Window | None) -> bool:
         """Keep `window` (None: the fetch failed) on the terms of `fetch_ended`."""
         self.window_fetching.discard((parent, shard))
-        if not self._fetch_over(parent, began, window):
+        if not self._fetch_over(parent, began, window, by_name=True):
             return False
+        window.size = len(window.names)  # what it can still answer
         window.misses_before = self._window_misses.get(parent, 0)
         self.windows.setdefault(parent, []).append(window)
         self._window_order[window] = None
@@ -397,17 +406,24 @@ class StatAhead:
             if not windows:
                 del self.windows[window.parent]
 
-    def changed(self, parent: int) -> None:
-        """A namespace change of ours in `parent` is about to happen or happened."""
+    def changed(self, parent: int, names=()) -> None:
+        """A namespace change of ours of `names` in `parent` (a create, link,
+        rename, ...) is about to happen or happened.  The directory's listing
+        is dropped and a fetch of one on its way thrown away; its windows lose
+        just those names, as for a removal: a window never answers for a name
+        it lacks, and the attributes it answers with are the client's, which
+        our changes keep current.  (Dropping windows made a reader that renames
+        each file out after its lookup fetch a window per name, a reviewer
+        found.)"""
         self.generation[parent] = self.generation.get(parent, 0) + 1
         if len(self.generation) > 4 * MAX_ENTRIES:
             # Dropping counters could let an overlapping fetch look current:
-            # drop the fetches' chance to land instead.
-            self.generation = {d: g for d, g in self.generation.items() if d in self.fetching}
-            self.generation.update({d: self.generation.get(d, 0) + 1 for d in self.fetching})
+            # drop the chance to land of every fetch on its way instead.
+            live = set(self._removed)  # the directories with a fetch on its way
+            self.generation = {d: g + 1 for d, g in self.generation.items() if d in live}
         self.listings.pop(parent, None)
-        for window in list(self.windows.get(parent, ())):
-            self._drop_window(window)
+        for name in names:
+            self._name_left(parent, name)
 
     def removed(self, parent: int, name: bytes) -> None:
         """An unlink or rmdir of ours of `name` in `parent` is about to happen or
@@ -419,6 +435,10 @@ class StatAhead:
         listing = self.listings.get(parent)
         if listing is not None:
             listing.names.pop(name, None)
+        self._name_left(parent, name)
+
+    def _name_left(self, parent: int, name: bytes) -> None:
+        """`name` leaves the windows of `parent` and what fetches on their way bring."""
         for window in self.windows.get(parent, ()):
             window.names.pop(name, None)
         removals = self._removed.get(parent)
@@ -426,7 +446,7 @@ class StatAhead:
             if len(removals.names) < MAX_ENTRIES:
                 removals.names.append(name)
             else:  # more than the fetches can hold: let them be thrown away
-                self.changed(parent)
+                removals.spoilt = True
 
     def served(self, ino: int, parent: int, name: bytes) -> None:
         """A listing answered `name` in `parent` with `ino`: until something

@@ -138,6 +138,15 @@ class FakeCluster:
         self.inodes[args["ino"]]["ctime"] = self.tick()
         return None
 
+    def _rename(self, shard, args):
+        """Files only, onto a free name."""
+        ino = self.dirs[args["parent"]].pop(args["name"])
+        self.seqs.pop((args["parent"], args["name"]))
+        self.inodes[args["parent"]]["size"] = len(self.dirs[args["parent"]])
+        self._add(args["new_parent"], args["new_name"], ino)
+        self.inodes[ino]["ctime"] = self.tick()
+        return {}
+
     def _unlink(self, shard, args):
         ino = self.dirs[args["parent"]].pop(args["name"])
         self.inodes[ino]["nlink"] -= 1

@@ -225,7 +225,7 @@ async def test_own_rename_exchange_of_two_listed_names(nursery):
     await served_lookup(cluster, ops, A, n1)
     await served_lookup(cluster, ops, A, n2)
     # Fake exchange on the shard (the fake has no RENAME_EXCHANGE) + our bookkeeping.
-    with ops._changing_names(A):
+    with ops._changing_names((A, n1), (A, n2)):
         cluster.dirs[A][n1], cluster.dirs[A][n2] = i2, i1
     got = await estale(ops.listxattr(i1, Ctx()))
     assert got == 0, f"listxattr after our own exchange: {errno.errorcode.get(got)}"
