@@ -61,8 +61,8 @@ it within entry_timeout at the pace they took the one before (at most
 WINDOW_MAX).  A window is a listing of part of one shard's share and answers on
 the same terms (timeouts counted from its fetch, our changes, stale inodes).
 Random lookups seldom start one, and a window started by misses that served
-fewer than a MIN_PAYOFF share while more lookups than it holds went to the
-shards stops the directory's windows for BACKOFF seconds.  At
+fewer than a MIN_PAYOFF share while PAYOFF_MISSES times more lookups than it
+holds went to the shards stops the directory's windows for BACKOFF seconds.  At
 most MAX_WINDOWS are kept, and at most MAX_FETCHING fetched at once.
 """
 
@@ -88,6 +88,9 @@ PAUSE_AFTER_STALE = 0.5
 # used up of the one before, per entry_timeout (a window answers that long)
 WINDOW_MIN = 128
 WINDOW_MAX = 4096  # a shard's readdir gives at most this many at once
+# A window started by misses that served under MIN_PAYOFF of its entries while
+# this many times its size of lookups reached the shards backs its directory off
+PAYOFF_MISSES = 8
 NEAR = 64  # two misses on one shard at most this many seqs apart are in its order
 IN_ORDER = 3  # misses in a row in a shard's order that start a window
 MAX_WINDOWS = 16
@@ -317,8 +320,8 @@ class StatAhead:
         fetched as a window now (the caller then calls `window_started`)."""
         if seq is None or not self.windowed(parent, now):
             return None
+        self._expire_windows(parent, now)  # before this miss counts: it came after them
         self._window_misses[parent] = self._window_misses.get(parent, 0) + 1
-        self._expire_windows(parent, now)
         key = (parent, shard)
         last, run = self._last_miss.pop(key, (None, 0))
         run = run + 1 if last is not None and last < seq <= last + NEAR else 1
@@ -387,13 +390,16 @@ class StatAhead:
         for window in list(self.windows.get(parent, ())):
             if now - window.fetched > self.entry_timeout - MIN_TIMEOUT:
                 self._drop_window(window)
-                # Lookups elsewhere while it went unused: their order is not
-                # the shard's.  (A window read ahead may go unused when lookups
-                # slow down or stop, and any window when the kernel's own
-                # entries, still valid, answer its names.)
+                # Many lookups elsewhere while it went unused: their order is
+                # not the shard's.  (A window read ahead may go unused when
+                # lookups slow down or stop, any window when the kernel's own
+                # entries, still valid, answer its names, and one that fills a
+                # gap before another when the lookups passed it meanwhile; the
+                # start of a walk misses a few times, too, a tester found.)
                 missed = self._window_misses.get(parent, 0) - window.misses_before
-                if (not window.read_ahead and window.hits < MIN_PAYOFF * window.size
-                        and missed > window.size):
+                if (not window.read_ahead and window.size >= WINDOW_MIN
+                        and window.hits < MIN_PAYOFF * window.size
+                        and missed > PAYOFF_MISSES * window.size):
                     self._window_backoff[parent] = now + BACKOFF
                     if len(self._window_backoff) > 4 * MAX_WINDOWS:
                         self._window_backoff = {parent: now + BACKOFF}

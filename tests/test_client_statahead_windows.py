@@ -182,7 +182,7 @@ def test_windows_that_do_not_pay_off_stop_for_a_while():
     ahead = big(entry_timeout=1.0)
     win = window(ahead, 0, 0, {b"n%d" % i: i for i in range(W)}, 1.0)
     win.hits = int(MIN_PAYOFF * W) - 1
-    for seq in range(W):
+    for seq in range(statahead.PAYOFF_MISSES * W + 1):
         ahead.window_missed(DIR, 1, 10_000 + 1000 * seq, 1.5)  # elsewhere
     ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unpaid
     ahead.window_missed(DIR, 0, 5001, 3.0)
@@ -210,6 +210,22 @@ def test_a_window_left_unused_while_few_lookups_missed_stops_nothing():
     names: a window gets few lookups, and so do the shards."""
     ahead = big(entry_timeout=1.0)
     window(ahead, 0, 0, {b"n%d" % i: i for i in range(W)}, 1.0)
+    ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unused
+    ahead.window_missed(DIR, 0, 5001, 3.0)
+    assert ahead.window_missed(DIR, 0, 5002, 3.0) == (5002, W)
+
+
+def test_a_small_window_filling_a_gap_that_went_unused_stops_nothing():
+    """A window that fills the gap before another holds only that gap; the
+    lookups may pass it before it lands, and the next walk's first misses come
+    before it expires (a tester found this backed the directory off, and the
+    next walk ran at statahead=0 speed)."""
+    ahead = big(entry_timeout=1.0)
+    began = ahead.window_started(DIR, 0)
+    ahead.window_ended(DIR, 0, began, Window({b"n%d" % i: i for i in range(68)}, 1.0, 0, DIR,
+                                             0, 100, 168, True))
+    for seq in range(200):
+        ahead.window_missed(DIR, 1, 10_000 + 1000 * seq, 1.5)  # elsewhere
     ahead.window_missed(DIR, 0, 5000, 3.0)  # retires it, unused
     ahead.window_missed(DIR, 0, 5001, 3.0)
     assert ahead.window_missed(DIR, 0, 5002, 3.0) == (5002, W)
