@@ -265,7 +265,9 @@ def test_a_chunk_corrupt_on_every_copy_is_not_healthy(repl):
         chunk = repl.chunk_path(osd_id, ino, 1)
         with open(chunk, "r+b") as fp:
             fp.seek(chunkfile.HEADER_SIZE + 777)
-            fp.write(b"\xff\x00\xff")
+            flipped = bytes(b ^ 0xFF for b in fp.read(3))  # never the same
+            fp.seek(chunkfile.HEADER_SIZE + 777)
+            fp.write(flipped)
     drop_page_cache()
     with pytest.raises(OSError) as info, open(path, "rb") as fp:
         fp.seek(1 << 20)

@@ -89,7 +89,9 @@ async def test_read_repairs_a_corrupt_copy_from_another_replica(rig):  # noqa: F
     path = os.path.join(rig.data_dir(0), "chunks", "2c", "2c", "0")
     with open(path, "r+b") as fp:
         fp.seek(chunkfile.HEADER_SIZE + 100)
-        fp.write(b"\xff\xfe")
+        flipped = bytes(b ^ 0xFF for b in fp.read(2))  # never the same
+        fp.seek(chunkfile.HEADER_SIZE + 100)
+        fp.write(flipped)
     rig.osds[0].store._drop_handle((44, 0))  # the cached header stays valid; data changed
     args = {"ino": 44, "chunk": 0, "offset": 0, "length": len(data), "replicas": [0, 1]}
     _, got = await rig.clients[0].call_payload("read", args)
