@@ -37,7 +37,7 @@ def wait_until(predicate, seconds: float, what: str):
     while not predicate():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.1)  # polls the predicate, up to the deadline above
 
 
 def cpu_seconds(pid: int) -> float:
@@ -87,7 +87,7 @@ def settle(seconds: float = 60.0, busy_below: float = 0.10,
     os.sync()
     while True:
         before = machine_ticks()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the span the busy share is measured over, not a wait for an event
         busy = machine_busy(before, machine_ticks())
         dirty = dirty_bytes()
         if busy < busy_below and dirty < dirty_below:
