@@ -4,11 +4,12 @@ one by one, so the lookups that follow need no round trip each.
 A program that stats or opens many files of one directory by name, without
 listing it first (a data loader walking a file list, `stat` of every path in an
 index, a cold cache after ``drop_caches``), costs one shard round trip per
-name: about 0.2-0.3 ms of Python on each end here.  A listing costs a few
-microseconds per entry.  So when TRIGGER_MISSES lookups of one directory reached
-a shard within TRIGGER_WINDOW seconds, its whole listing is fetched in the
-background (every shard's share, with attributes, as a readdir gets them), and
-lookups of names in it are answered here.  Lustre's statahead does the same
+name: about 0.2-0.3 ms of Python on each end here.  An entry of a listing
+costs both ends about a third of a lookup's RPC, and no round trip.  So when
+TRIGGER_MISSES lookups of one directory reached a shard within TRIGGER_WINDOW
+seconds, its whole listing is fetched in the background (every shard's share,
+with attributes, as a readdir gets them), and lookups of names in it are
+answered here.  Lustre's statahead does the same
 for ``ls -l``; here the kernel's readdirplus already covers listings, and this
 covers lookups by name.
 
@@ -43,10 +44,16 @@ What a lookup answered here promises is what the kernel's own caches promise:
 
 The cost is bounded: only directories of at most MAX_ENTRIES entries are
 fetched (one found bigger while fetched is dropped and backed off), at most
-MAX_FETCHING at once, at most MAX_LISTINGS listings are kept, and a listing
-that served fewer than a MIN_PAYOFF share of its entries (random lookups in a
-big directory) keeps its directory from being fetched again for BACKOFF
-seconds.  The per-inode records are capped at MAX_SERVED and MAX_STALE.
+MAX_FETCHING at once, at most MAX_LISTINGS listings holding at most
+MAX_LISTED names in all are kept, and a listing that served fewer than a
+MIN_PAYOFF share of its entries in its life (random lookups in a big
+directory) keeps its directory from being fetched again for BACKOFF seconds.
+A listing that paid off is fetched again at the first miss after it expired
+(`_paid`): the lookups that used it are likely still going on, and waiting
+for TRIGGER_MISSES more each time sent a few hundred lookups a second to the
+shards in a loader reading 16 directories at random.  A listing pushed out
+by newer ones is not judged (it did not live its life).  The per-inode
+records are capped at MAX_SERVED and MAX_STALE.
 
 Windows: a directory too big for a listing is read ahead in windows of the
 entries of one shard, when its names are looked up in the order that shard
@@ -72,7 +79,11 @@ from collections import OrderedDict
 TRIGGER_MISSES = 16
 TRIGGER_WINDOW = 1.0
 MAX_ENTRIES = 32_768
-MAX_LISTINGS = 8
+# Listings kept: a data loader reads many directories at once (fsbench's small
+# files are spread over 16), and with fewer kept they pushed each other out.
+# The names in all are bounded as the 8 listings of MAX_ENTRIES were before.
+MAX_LISTINGS = 64
+MAX_LISTED = 8 * MAX_ENTRIES
 MAX_FETCHING = 4  # listings being fetched at once
 MIN_PAYOFF = 1 / 8
 BACKOFF = 30.0
@@ -186,6 +197,9 @@ class StatAhead:
         self._removed: dict[int, _Removals] = {}
         self._misses: dict[int, tuple[int, float]] = {}  # dir -> (count, window start)
         self._backoff: dict[int, float] = {}  # dir -> until when not to fetch it
+        # dir -> when its last listing expired, having paid off: fetched again
+        # at the next miss within TRIGGER_WINDOW of that
+        self._paid: dict[int, float] = {}
         # ino -> (dir, name) a listing answered for it; see `served`
         self._served: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._stale: OrderedDict[int, float] = OrderedDict()  # ino -> when found stale
@@ -201,7 +215,7 @@ class StatAhead:
         listing = self.listings.get(parent)
         if listing is not None:
             if now - listing.fetched > self.entry_timeout - MIN_TIMEOUT:
-                self._retire(parent)
+                self._retire(parent, now)
             else:
                 ino = listing.names.get(name)
                 return None if ino is None else (ino, listing)
@@ -239,6 +253,9 @@ class StatAhead:
             return False
         if self._backoff.get(parent, -math.inf) > now:
             return False
+        if now - self._paid.pop(parent, -math.inf) <= TRIGGER_WINDOW:
+            self._misses.pop(parent, None)
+            return True  # its last listing paid off and just expired
         count, start = self._misses.get(parent, (0, now))
         if now - start > TRIGGER_WINDOW:
             count, start = 0, now
@@ -293,8 +310,10 @@ class StatAhead:
             return False
         self.listings[parent] = listing
         self.listings.move_to_end(parent)
-        while len(self.listings) > MAX_LISTINGS:
-            self._retire(next(iter(self.listings)))
+        listed = sum(len(kept.names) for kept in self.listings.values())
+        while len(self.listings) > 1 and (len(self.listings) > MAX_LISTINGS
+                                          or listed > MAX_LISTED):
+            listed -= len(self.listings.popitem(last=False)[1].names)  # not judged
         return True
 
     def too_big(self, parent: int, now: float) -> None:
@@ -500,12 +519,17 @@ class StatAhead:
         if self.wrong:
             self.wrong.pop(ino, None)
 
-    def _retire(self, parent: int) -> None:
+    def _retire(self, parent: int, now: float) -> None:
+        """`parent`'s listing expired at `now`: judge what it served."""
         listing = self.listings.pop(parent)
         if listing.hits < max(TRIGGER_MISSES, MIN_PAYOFF * len(listing.names)):
             self._backoff[parent] = listing.fetched + BACKOFF
             if len(self._backoff) > 4 * MAX_ENTRIES:
                 self._backoff.clear()
+        else:
+            self._paid[parent] = now
+            if len(self._paid) > 4 * MAX_LISTINGS:
+                self._paid = {d: t for d, t in self._paid.items() if now - t <= TRIGGER_WINDOW}
 
 
 def _drop_ino(listing: Listing, ino: int) -> None:

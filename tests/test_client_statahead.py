@@ -10,8 +10,12 @@ DIR = 7
 
 def triggered(ahead: StatAhead, now: float, entries: int = 100) -> int:
     """Misses until `ahead` asks for a fetch of DIR; returns how many it took."""
+    return triggered_for(ahead, DIR, now, entries)
+
+
+def triggered_for(ahead: StatAhead, parent: int, now: float, entries: int = 100) -> int:
     for count in range(1, 10 * TRIGGER_MISSES):
-        if ahead.missed(DIR, entries, now):
+        if ahead.missed(parent, entries, now):
             return count
     raise AssertionError("no fetch asked for")
 
@@ -124,7 +128,54 @@ def test_a_listing_that_served_little_backs_its_directory_off():
     listing = listed(ahead, 40.0, names)
     listing.hits = 500  # paid off: no back-off after this one
     assert ahead.find(DIR, b"n1", 41.5) is None
-    assert triggered(ahead, 41.6, entries=1000) == TRIGGER_MISSES
+    assert triggered(ahead, 41.6, entries=1000) == 1  # and fetched again at once
+
+
+def test_a_listing_that_paid_off_is_fetched_again_at_the_first_miss_after_it():
+    ahead = StatAhead(entry_timeout=1.0)
+    listing = listed(ahead, 1.0)
+    listing.hits = TRIGGER_MISSES
+    assert ahead.find(DIR, b"a", 2.0) is None  # expired: judged, and it paid off
+    assert ahead.missed(DIR, 100, 2.1)
+    listing = listed(ahead, 2.1)
+    listing.hits = TRIGGER_MISSES
+    assert ahead.find(DIR, b"a", 3.1) is None
+    # Lookups that stopped and came back later count from the start again.
+    assert triggered(ahead, 3.1 + statahead.TRIGGER_WINDOW + 0.1) == TRIGGER_MISSES
+    # One that served little is not fetched again at once.
+    listing = listed(ahead, 10.0)
+    assert ahead.find(DIR, b"a", 11.0) is None
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, 100, 11.1)
+
+
+def test_listings_pushed_out_by_newer_ones_are_not_backed_off():
+    """A loader reading more directories at once than listings are kept: the
+    oldest goes unjudged (with 8 kept and fsbench's 16 directories, each was
+    pushed out before it paid off, and its directory backed off for 30 s)."""
+    ahead = StatAhead(entry_timeout=1.0)
+    for parent in range(statahead.MAX_LISTINGS + 1):
+        began = ahead.fetch_started(parent)
+        assert ahead.fetch_ended(parent, began, Listing({b"a": parent}, 1.0, 0))
+    assert 0 not in ahead.listings and len(ahead.listings) == statahead.MAX_LISTINGS
+    assert triggered_for(ahead, 0, 1.1) == TRIGGER_MISSES
+
+
+def test_the_names_of_all_listings_are_bounded():
+    ahead = StatAhead(entry_timeout=1.0)
+    big = statahead.MAX_LISTED // 3 + 1
+    for parent in range(3):
+        began = ahead.fetch_started(parent)
+        names = {b"%d-%d" % (parent, i): i for i in range(big)}
+        assert ahead.fetch_ended(parent, began, Listing(names, 1.0, 0))
+    assert list(ahead.listings) == [1, 2]
+    # One listing alone is kept whatever its size (MAX_ENTRIES bounds it).
+    ahead = StatAhead(entry_timeout=1.0)
+    began = ahead.fetch_started(DIR)
+    names = {b"%d" % i: i for i in range(statahead.MAX_LISTED + 1)}
+    assert ahead.fetch_ended(DIR, began, Listing(names, 1.0, 0))
+    assert ahead.find(DIR, b"0", 1.1)[0] == 0
+
 
 
 def test_a_stale_inode_leaves_the_listings_and_any_listing_that_lands():
