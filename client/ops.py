@@ -355,6 +355,7 @@ class LoomOperations(pyfuse3.Operations):
         if entry_left < MIN_TIMEOUT or self.behind.stale(ino, listing.since):
             return None
         listing.hits += 1
+        listing.used = now
         self.statahead.served(ino, parent_inode, name)
         if isinstance(listing, Window):
             ahead = self.statahead.next_window(listing, now)

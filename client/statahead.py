@@ -5,7 +5,8 @@ A program that stats or opens many files of one directory by name, without
 listing it first (a data loader walking a file list, `stat` of every path in an
 index, a cold cache after ``drop_caches``), costs one shard round trip per
 name: about 0.2-0.3 ms of Python on each end here.  An entry of a listing
-costs both ends about a third of a lookup's RPC, and no round trip.  So when
+costs the shards what a twelfth to a nineteenth of a lookup costs them, and
+the client less (measured with scripts/listcost), and no round trip.  So when
 TRIGGER_MISSES lookups of one directory reached a shard within TRIGGER_WINDOW
 seconds, its whole listing is fetched in the background (every shard's share,
 with attributes, as a readdir gets them), and lookups of names in it are
@@ -45,15 +46,16 @@ What a lookup answered here promises is what the kernel's own caches promise:
 The cost is bounded: only directories of at most MAX_ENTRIES entries are
 fetched (one found bigger while fetched is dropped and backed off), at most
 MAX_FETCHING at once, at most MAX_LISTINGS listings holding at most
-MAX_LISTED names in all are kept, and a listing that served fewer than a
-MIN_PAYOFF share of its entries in its life (random lookups in a big
-directory) keeps its directory from being fetched again for BACKOFF seconds.
-A listing that paid off is fetched again at the first miss after it expired
-(`_paid`): the lookups that used it are likely still going on, and waiting
-for TRIGGER_MISSES more each time sent a few hundred lookups a second to the
-shards in a loader reading 16 directories at random.  A listing pushed out
-by newer ones is not judged (it did not live its life).  The per-inode
-records are capped at MAX_SERVED and MAX_STALE.
+MAX_LISTED names in all are kept, and a listing that answered at a pace
+that would serve fewer than a MIN_PAYOFF share of its entries in its life
+(random lookups in a big directory) keeps its directory from being fetched
+again for BACKOFF seconds (`_retire`; lookups that stopped early say nothing
+against the directory).  A listing that paid off is fetched again at the
+first miss within TRIGGER_WINDOW of its expiry (`_paid`): the lookups that
+used it are likely still going on, and waiting for TRIGGER_MISSES more each
+time sent a few hundred lookups a second to the shards in a loader reading 16
+directories at random.  The per-inode records are capped at MAX_SERVED and
+MAX_STALE.
 
 Windows: a directory too big for a listing is read ahead in windows of the
 entries of one shard, when its names are looked up in the order that shard
@@ -84,6 +86,7 @@ MAX_ENTRIES = 32_768
 # The names in all are bounded as the 8 listings of MAX_ENTRIES were before.
 MAX_LISTINGS = 64
 MAX_LISTED = 8 * MAX_ENTRIES
+MAX_BIG = 512  # directories known too big, kept until they are pruned
 MAX_FETCHING = 4  # listings being fetched at once
 MIN_PAYOFF = 1 / 8
 BACKOFF = 30.0
@@ -108,7 +111,8 @@ MAX_WINDOWS = 16
 
 
 class Listing:
-    __slots__ = ("names", "by_ino", "more_names", "fetched", "since", "hits", "gone")
+    __slots__ = ("names", "by_ino", "more_names", "fetched", "since", "hits", "used",
+                 "gone")
 
     def __init__(self, names: dict[bytes, int], fetched: float, since):
         self.names = names  # name -> ino
@@ -123,6 +127,7 @@ class Listing:
         self.fetched = fetched  # when the fetch began (monotonic): the names are this old
         self.since = since  # client.behind's `ends` when the fetch began
         self.hits = 0
+        self.used = fetched  # when it last answered (`hit`)
         self.gone = 0  # names found whose attributes the client no longer holds
 
 
@@ -313,7 +318,9 @@ class StatAhead:
         listed = sum(len(kept.names) for kept in self.listings.values())
         while len(self.listings) > 1 and (len(self.listings) > MAX_LISTINGS
                                           or listed > MAX_LISTED):
-            listed -= len(self.listings.popitem(last=False)[1].names)  # not judged
+            oldest = next(iter(self.listings))
+            listed -= len(self.listings[oldest].names)
+            self._retire(oldest, listing.fetched)  # (about now: its fetch just ended)
         return True
 
     def too_big(self, parent: int, now: float) -> None:
@@ -321,7 +328,7 @@ class StatAhead:
         fetch found them): no listing of it for BACKOFF seconds, windows instead."""
         self._backoff[parent] = now + BACKOFF
         self._big[parent] = now + BACKOFF
-        if len(self._big) > MAX_LISTINGS * 64:
+        if len(self._big) > MAX_BIG:
             self._big = {d: t for d, t in self._big.items() if t > now}
             self._window_misses = {d: n for d, n in self._window_misses.items()
                                    if d in self._big}
@@ -520,16 +527,33 @@ class StatAhead:
             self.wrong.pop(ino, None)
 
     def _retire(self, parent: int, now: float) -> None:
-        """`parent`'s listing expired at `now`: judge what it served."""
+        """`parent`'s listing leaves at `now`, expired or pushed out by newer
+        ones.  It paid off if it answered MIN_PAYOFF of its names (at least
+        TRIGGER_MISSES).  If not, it is judged at the pace it answered, over the
+        share of its life until its last answer: one that served too few names
+        while lookups went on (random lookups in a big directory) backs its
+        directory off; one whose lookups stopped early (the program ended, or
+        moved on) tells nothing, and the next program's lookups start afresh.
+        (A tester's second read of 16 directories was backed off for 30 s by
+        the listings fetched as the first read ended.)"""
         listing = self.listings.pop(parent)
-        if listing.hits < max(TRIGGER_MISSES, MIN_PAYOFF * len(listing.names)):
-            self._backoff[parent] = listing.fetched + BACKOFF
-            if len(self._backoff) > 4 * MAX_ENTRIES:
-                self._backoff.clear()
-        else:
-            self._paid[parent] = now
+        life = self.entry_timeout - MIN_TIMEOUT
+        due = max(TRIGGER_MISSES, MIN_PAYOFF * len(listing.names))
+        if listing.hits < due:
+            lived = min(1.0, max(0.0, listing.used - listing.fetched) / life)
+            if listing.hits < lived * due:
+                self._backoff[parent] = listing.fetched + BACKOFF
+                if len(self._backoff) > 4 * MAX_ENTRIES:
+                    self._backoff.clear()
+        elif now >= listing.fetched + life:
+            # Paid off and expired.  When it expired, not when a lookup found it
+            # so: lookups that come back after a pause start counting afresh.
+            expired = listing.fetched + life
+            self._paid[parent] = expired
             if len(self._paid) > 4 * MAX_LISTINGS:
                 self._paid = {d: t for d, t in self._paid.items() if now - t <= TRIGGER_WINDOW}
+                if len(self._paid) > 4 * MAX_LISTINGS:
+                    self._paid = {parent: expired}
 
 
 def _drop_ino(listing: Listing, ino: int) -> None:

@@ -121,6 +121,7 @@ def test_a_listing_that_served_little_backs_its_directory_off():
     names = {f"n{i}".encode(): i for i in range(1000)}
     listing = listed(ahead, 1.0, names)
     listing.hits = 20  # under 1/8 of 1,000: random lookups in a big directory
+    listing.used = 1.9  # (the last of them near its end)
     assert ahead.find(DIR, b"n1", 2.5) is None  # expired: retired
     for _ in range(3 * TRIGGER_MISSES):
         assert not ahead.missed(DIR, 1000, 3.0)
@@ -142,23 +143,57 @@ def test_a_listing_that_paid_off_is_fetched_again_at_the_first_miss_after_it():
     assert ahead.find(DIR, b"a", 3.1) is None
     # Lookups that stopped and came back later count from the start again.
     assert triggered(ahead, 3.1 + statahead.TRIGGER_WINDOW + 0.1) == TRIGGER_MISSES
+    # Also when the lookup that comes back is the one that finds it expired: it
+    # counts from the expiry, not from that lookup.
+    listing = listed(ahead, 5.0)
+    listing.hits = TRIGGER_MISSES
+    assert ahead.find(DIR, b"a", 60.0) is None
+    assert triggered(ahead, 60.0) == TRIGGER_MISSES
     # One that served little is not fetched again at once.
     listing = listed(ahead, 10.0)
+    listing.hits = TRIGGER_MISSES - 1
     assert ahead.find(DIR, b"a", 11.0) is None
-    for _ in range(3 * TRIGGER_MISSES):
-        assert not ahead.missed(DIR, 100, 11.1)
+    assert triggered(ahead, 11.1) == TRIGGER_MISSES
 
 
-def test_listings_pushed_out_by_newer_ones_are_not_backed_off():
-    """A loader reading more directories at once than listings are kept: the
-    oldest goes unjudged (with 8 kept and fsbench's 16 directories, each was
-    pushed out before it paid off, and its directory backed off for 30 s)."""
+def test_a_listing_whose_lookups_stopped_early_backs_nothing_off():
+    """The listings fetched as a program's lookups end serve few names: that
+    says nothing of the next program's lookups (a tester's second read of 16
+    directories was backed off for 30 s by them)."""
     ahead = StatAhead(entry_timeout=1.0)
-    for parent in range(statahead.MAX_LISTINGS + 1):
+    names = {f"n{i}".encode(): i for i in range(125)}
+    listing = listed(ahead, 1.0, names)
+    listing.hits, listing.used = 12, 1.2  # 12 in a fifth of its life, then nothing
+    assert ahead.find(DIR, b"n1", 6.0) is None  # the next program's first lookup
+    assert triggered(ahead, 6.0, entries=125) == TRIGGER_MISSES
+    # The same 12 answers spread over its whole life: too slow a pace to pay.
+    listing = listed(ahead, 7.0, names)
+    listing.hits, listing.used = 12, 7.9
+    assert ahead.find(DIR, b"n1", 8.0) is None
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(DIR, 125, 8.1)
+
+
+def test_listings_pushed_out_by_newer_ones_are_judged_on_the_life_they_lived():
+    """A loader reading more directories at once than listings are kept: the
+    oldest is pushed out before its time (with 8 kept and fsbench's 16
+    directories, each was, and judged as if it had lived its life, its
+    directory backed off for 30 s)."""
+    ahead = StatAhead(entry_timeout=1.0)
+    names = {f"n{i}".encode(): i for i in range(800)}  # pays off at 100 hits
+    for parent in range(statahead.MAX_LISTINGS + 2):
         began = ahead.fetch_started(parent)
-        assert ahead.fetch_ended(parent, began, Listing({b"a": parent}, 1.0, 0))
+        listing = Listing(dict(names), 1.0 if parent != 1 else 0.2, 0)
+        listing.hits = 30
+        listing.used = 1.0  # answering until it was pushed out
+        assert ahead.fetch_ended(parent, began, listing)
     assert 0 not in ahead.listings and len(ahead.listings) == statahead.MAX_LISTINGS
-    assert triggered_for(ahead, 0, 1.1) == TRIGGER_MISSES
+    # 30 hits in no time at all: not backed off, and counted afresh
+    assert triggered_for(ahead, 0, 1.1, entries=800) == TRIGGER_MISSES
+    # 30 hits in 80 % of its life, where 80 were due: backed off
+    assert 1 not in ahead.listings
+    for _ in range(3 * TRIGGER_MISSES):
+        assert not ahead.missed(1, 800, 1.1)
 
 
 def test_the_names_of_all_listings_are_bounded():

@@ -1,4 +1,5 @@
-"""scripts/nodecpu: CPU per unit of work of a cluster's recorded nodes around a command."""
+"""scripts/nodecpu: CPU per unit of work of a cluster's recorded nodes around a command;
+scripts/listcost: what a lookup costs against a listed entry."""
 
 import json
 import os
@@ -59,3 +60,17 @@ def test_needs_a_command_and_units(state):
     result = subprocess.run([sys.executable, NODECPU, "--state", str(state_dir), "--units",
                              "0", "--", "true"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--units above 0" in result.stderr
+
+
+def test_listcost_measures_lookups_and_listed_entries_on_a_live_cluster(cluster, workdir):
+    """scripts/listcost, which backs the cost figures client.statahead rests on."""
+    for i in range(40):
+        (workdir / f"f{i}").write_bytes(b"")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "listcost"),
+                             "--state", str(cluster.state), "--rounds", "2",
+                             str(workdir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("lookup") and " 80 done" in lines[0]
+    assert lines[1].startswith("listed entry") and " 80 done" in lines[1]
+    assert "listed entries" in lines[2]
