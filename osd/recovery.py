@@ -2,7 +2,9 @@
 
 OSD-driven, no central bookkeeping.  Each OSD runs a *pass* when the cluster
 map's epoch changes, when a degraded write happened here, and every
-`interval` seconds.  A pass walks the chunk index:
+`interval` seconds, or PASS_DUTY times as long as the last pass took if that
+is longer (`next_periodic`: a big store is walked no more than about a
+twentieth of the time).  A pass walks the chunk index:
 
 - per inode it asks the inode's metadata shard for its attributes
   (``getattr``): an inode that no longer exists has its chunks removed here
@@ -66,6 +68,7 @@ from loomproto.layout import Layout, osd_order, replicas_for_chunk
 log = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL = 10.0
+PASS_DUTY = 20  # periodic passes take at most about 1/PASS_DUTY of the time
 RECOVERY_RATE = 200 << 20  # bytes per second of pushes
 PUSH_PARALLEL = 2
 QUERY_BATCH = 1000
@@ -84,10 +87,12 @@ class Recovery:
         self.store = store
         self.replicator = replicator
         self.interval = interval
+        self.last_pass_seconds = 0.0  # wall time of the last pass (`next_periodic`)
         self.rate = rate
         self._mds = [rpc.RpcClient(nursery, addr, config.cluster_id, config.key,
                                    f"osd{osd_id}-recovery") for addr in config.mds]
         self._kick = trio.Event()
+        self._waiting: trio.CancelScope | None = None  # `run`'s wait for a reason to pass
         # This copy may have missed writes since generation `_stale_gen` (it
         # started, or lost touch with mds0 and may have been marked down).  A
         # pass that finds no member ahead of us on any chunk clears it.
@@ -105,7 +110,12 @@ class Recovery:
         replicator.locate = self.locate
 
     def kick(self) -> None:
+        """Run a pass as soon as the one running (if any) ends."""
         self._kick.set()
+        if self._waiting is not None:
+            # (Before, a kick while `run` waited took effect only at the next
+            # map change or periodic pass, up to `interval` later.)
+            self._waiting.cancel()
 
     def mark_suspect(self) -> None:
         """Writes may have gone past this OSD: reads check the peers until a pass
@@ -137,20 +147,34 @@ class Recovery:
     async def run(self):
         seen_epoch = -1
         while True:
-            with trio.move_on_after(self.interval):
+            with trio.move_on_after(self.next_periodic()) as self._waiting:
                 while self.maps.current.epoch == seen_epoch and not self._kick.is_set():
                     await self.maps.wait_changed()
+            self._waiting = None
             self._kick = trio.Event()
             seen_epoch = self.maps.current.epoch
             self.watch_up_since(self.maps.current)
+            started = trio.current_time()
             try:
                 pushed = await self.run_pass()
             except (errors.LoomError, trio.TooSlowError) as exc:
                 log.warning("recovery pass at epoch %d stopped: %s", seen_epoch,
                             exc or "timeout")
                 continue
+            finally:
+                self.last_pass_seconds = trio.current_time() - started
             if pushed:
                 self.kick()  # count again, so `degraded` reflects what was repaired
+
+    def next_periodic(self) -> float:
+        """Seconds until the next pass that nothing asked for: `interval`, or
+        PASS_DUTY times what the last pass took if that is longer.  A pass walks
+        every chunk held here (about 8 us each, and a shard's `peer_attrs` for
+        every inode): at 100,000 chunks it takes about a second, and past a
+        million, passes every `interval` would never stop.  Passes that
+        something asks for (a map change, a degraded write, `kick`) still
+        start at once."""
+        return max(self.interval, PASS_DUTY * self.last_pass_seconds)
 
     async def run_pass(self) -> int:
         """One walk over every chunk held here; returns how many copies were pushed."""

@@ -1,0 +1,81 @@
+"""osd.recovery: how often an OSD walks its chunks when nothing asks it to.
+
+Virtual time (trio's autojump clock), against a Recovery whose pass is a
+stand-in that takes a set time: the walk itself is tested through the
+replication tests on real OSDs (test_repl_*.py)."""
+
+import trio
+
+from osd import recovery as recovery_module
+from osd.recovery import PASS_DUTY, Recovery
+
+
+class _Maps:
+    """A map that never changes."""
+
+    class current:  # noqa: N801 (stands in for a ClusterMap)
+        epoch = 1
+
+    async def wait_changed(self):
+        await trio.sleep_forever()
+
+
+def _recovery(pass_seconds: list, starts: list) -> Recovery:
+    """A Recovery whose passes take pass_seconds[i] (the last one repeats)
+    and record when they start; nothing else of it is used by `run`."""
+    rec = Recovery.__new__(Recovery)
+    rec.interval = recovery_module.RECOVERY_INTERVAL
+    rec.last_pass_seconds = 0.0
+    rec._kick = trio.Event()
+    rec._waiting = None
+    rec.maps = _Maps()
+    rec.watch_up_since = lambda current: None
+
+    async def run_pass():
+        starts.append(trio.current_time())
+        await trio.sleep(pass_seconds[min(len(starts), len(pass_seconds)) - 1])
+        return 0
+
+    rec.run_pass = run_pass
+    return rec
+
+
+async def _passes(starts: list, count: int, within: float) -> None:
+    """Until `count` passes started, polled in virtual time under a deadline."""
+    with trio.fail_after(within):
+        while len(starts) < count:
+            await trio.sleep(0.01)
+
+
+async def test_periodic_passes_keep_to_a_share_of_the_time(autojump_clock):
+    starts = []
+    # A small store (0.1 s a pass), then a big one (5 s), then small again.
+    rec = _recovery([0.1, 0.1, 5.0, 5.0, 0.1, 0.1], starts)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 6, within=1000)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    interval = recovery_module.RECOVERY_INTERVAL
+    # (the first pass comes at once: the map's epoch is new to it)
+    assert abs(gaps[0] - (0.1 + interval)) < 0.01
+    assert abs(gaps[1] - (0.1 + interval)) < 0.01
+    assert abs(gaps[2] - (5.0 + PASS_DUTY * 5.0)) < 0.01  # after a 5 s pass: 100 s
+    assert abs(gaps[3] - (5.0 + PASS_DUTY * 5.0)) < 0.01
+    assert abs(gaps[4] - (0.1 + interval)) < 0.01  # small again: back to the interval
+
+
+async def test_a_pass_asked_for_starts_at_once_however_long_the_last_took(autojump_clock):
+    starts = []
+    rec = _recovery([30.0, 0.1], starts)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 1, within=1)
+        await trio.sleep(40)  # the 30 s pass ended; the next periodic one is 600 s off
+        assert len(starts) == 1
+        kicked_at = trio.current_time()
+        rec.kick()
+        await _passes(starts, 2, within=1)
+        nursery.cancel_scope.cancel()
+    # (Before, a kick while the loop waited waited for the periodic pass.)
+    assert starts[1] - kicked_at < 0.05
