@@ -1,9 +1,9 @@
 """Recovery: every OSD keeps the chunks it holds at R up-to-date copies.
 
 OSD-driven, no central bookkeeping.  Each OSD runs a *pass* when the cluster
-map's epoch changes, when a degraded write happened here, and every
-`interval` seconds, or PASS_DUTY times as long as the last pass took if that
-is longer (`next_periodic`: a big store is walked no more than about a
+map's epoch changes, within `interval` seconds of a degraded write here, and
+every `interval` seconds, or PASS_DUTY times as long as the last pass took if
+that is longer (`next_periodic`: a big store is walked no more than about a
 twentieth of the time).  A pass walks the chunk index:
 
 - per inode it asks the inode's metadata shard for its attributes
@@ -93,6 +93,8 @@ class Recovery:
                                    f"osd{osd_id}-recovery") for addr in config.mds]
         self._kick = trio.Event()
         self._waiting: trio.CancelScope | None = None  # `run`'s wait for a reason to pass
+        self._wait_began = 0.0
+        self._count_soon = False  # a degraded write since the last pass began
         # This copy may have missed writes since generation `_stale_gen` (it
         # started, or lost touch with mds0 and may have been marked down).  A
         # pass that finds no member ahead of us on any chunk clears it.
@@ -106,7 +108,7 @@ class Recovery:
         self.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
                       "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0,
                       "unrepairable": 0}
-        replicator.on_degraded = self.kick
+        replicator.on_degraded = self._degraded_write
         replicator.locate = self.locate
 
     def kick(self) -> None:
@@ -116,6 +118,16 @@ class Recovery:
             # (Before, a kick while `run` waited took effect only at the next
             # map change or periodic pass, up to `interval` later.)
             self._waiting.cancel()
+
+    def _degraded_write(self) -> None:
+        """A write here missed a replica: a pass should count it (`degraded`), but
+        within `interval` is soon enough.  Writes go on degraded until the
+        replica is back, and a pass can repair nothing meanwhile: a pass per
+        write would walk every chunk over and over while clients write."""
+        self._count_soon = True
+        if self._waiting is not None:
+            self._waiting.deadline = min(self._waiting.deadline,
+                                         self._wait_began + self.interval)
 
     def mark_suspect(self) -> None:
         """Writes may have gone past this OSD: reads check the peers until a pass
@@ -147,11 +159,13 @@ class Recovery:
     async def run(self):
         seen_epoch = -1
         while True:
+            self._wait_began = trio.current_time()
             with trio.move_on_after(self.next_periodic()) as self._waiting:
                 while self.maps.current.epoch == seen_epoch and not self._kick.is_set():
                     await self.maps.wait_changed()
             self._waiting = None
             self._kick = trio.Event()
+            self._count_soon = False
             seen_epoch = self.maps.current.epoch
             self.watch_up_since(self.maps.current)
             started = trio.current_time()
@@ -172,8 +186,10 @@ class Recovery:
         every chunk held here (about 8 us each, and a shard's `peer_attrs` for
         every inode): at 100,000 chunks it takes about a second, and past a
         million, passes every `interval` would never stop.  Passes that
-        something asks for (a map change, a degraded write, `kick`) still
-        start at once."""
+        something asks for (a map change, `kick`) still start at once, and
+        one after a degraded write within `interval`."""
+        if self._count_soon:
+            return self.interval
         return max(self.interval, PASS_DUTY * self.last_pass_seconds)
 
     async def run_pass(self) -> int:

@@ -28,6 +28,8 @@ def _recovery(pass_seconds: list, starts: list) -> Recovery:
     rec.last_pass_seconds = 0.0
     rec._kick = trio.Event()
     rec._waiting = None
+    rec._wait_began = 0.0
+    rec._count_soon = False
     rec.maps = _Maps()
     rec.watch_up_since = lambda current: None
 
@@ -79,3 +81,23 @@ async def test_a_pass_asked_for_starts_at_once_however_long_the_last_took(autoju
         nursery.cancel_scope.cancel()
     # (Before, a kick while the loop waited waited for the periodic pass.)
     assert starts[1] - kicked_at < 0.05
+
+
+async def test_a_degraded_write_brings_the_next_pass_within_the_interval(autojump_clock):
+    """Not at once: writes go on degraded while a replica is down, and a pass per
+    write would walk every chunk over and over."""
+    starts = []
+    rec = _recovery([30.0, 0.1, 0.1], starts)
+    interval = recovery_module.RECOVERY_INTERVAL
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 1, within=1)
+        await trio.sleep(35)  # the 30 s pass ended; the next periodic one is 600 s off
+        written_at = trio.current_time()
+        for _ in range(100):
+            rec._degraded_write()
+        await _passes(starts, 2, within=interval)
+        assert starts[1] - written_at < interval - 4  # counted from the wait's start
+        # ... and with nothing degraded since, the pace is the interval's (0.1 s pass).
+        await _passes(starts, 3, within=interval + 1)
+        nursery.cancel_scope.cancel()
