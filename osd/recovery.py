@@ -94,7 +94,9 @@ class Recovery:
         self._kick = trio.Event()
         self._waiting: trio.CancelScope | None = None  # `run`'s wait for a reason to pass
         self._wait_began = 0.0
-        self._count_soon = False  # a degraded write since the last pass began
+        # A degraded write since the last pass began, or the last pass failed:
+        # the next one comes within `interval`
+        self._count_soon = False
         # This copy may have missed writes since generation `_stale_gen` (it
         # started, or lost touch with mds0 and may have been marked down).  A
         # pass that finds no member ahead of us on any chunk clears it.
@@ -174,9 +176,9 @@ class Recovery:
             except (errors.LoomError, trio.TooSlowError) as exc:
                 log.warning("recovery pass at epoch %d stopped: %s", seen_epoch,
                             exc or "timeout")
+                self._count_soon = True  # tried again within `interval`, as before
                 continue
-            finally:
-                self.last_pass_seconds = trio.current_time() - started
+            self.last_pass_seconds = trio.current_time() - started
             if pushed:
                 self.kick()  # count again, so `degraded` reflects what was repaired
 
@@ -187,7 +189,7 @@ class Recovery:
         every inode): at 100,000 chunks it takes about a second, and past a
         million, passes every `interval` would never stop.  Passes that
         something asks for (a map change, `kick`) still start at once, and
-        one after a degraded write within `interval`."""
+        one after a degraded write or a failed pass within `interval`."""
         if self._count_soon:
             return self.interval
         return max(self.interval, PASS_DUTY * self.last_pass_seconds)

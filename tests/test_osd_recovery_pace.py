@@ -6,6 +6,7 @@ replication tests on real OSDs (test_repl_*.py)."""
 
 import trio
 
+from loomproto import errors
 from osd import recovery as recovery_module
 from osd.recovery import PASS_DUTY, Recovery
 
@@ -35,7 +36,11 @@ def _recovery(pass_seconds: list, starts: list) -> Recovery:
 
     async def run_pass():
         starts.append(trio.current_time())
-        await trio.sleep(pass_seconds[min(len(starts), len(pass_seconds)) - 1])
+        took = pass_seconds[min(len(starts), len(pass_seconds)) - 1]
+        if took is None:  # this one fails after 15 s (a shard that did not answer)
+            await trio.sleep(15)
+            raise errors.TransportError("no answer")
+        await trio.sleep(took)
         return 0
 
     rec.run_pass = run_pass
@@ -101,3 +106,17 @@ async def test_a_degraded_write_brings_the_next_pass_within_the_interval(autojum
         # ... and with nothing degraded since, the pace is the interval's (0.1 s pass).
         await _passes(starts, 3, within=interval + 1)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_pass_is_tried_again_within_the_interval(autojump_clock):
+    """However long it took to fail, and however long the pass before it took."""
+    starts = []
+    rec = _recovery([30.0, None, 0.1], starts)
+    interval = recovery_module.RECOVERY_INTERVAL
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 1, within=1)
+        rec.kick()  # the second pass: it fails after 15 s
+        await _passes(starts, 3, within=30 + 15 + interval + 1)
+        nursery.cancel_scope.cancel()
+    assert abs(starts[2] - (starts[1] + 15 + interval)) < 0.05
