@@ -94,8 +94,8 @@ class Recovery:
         self._kick = trio.Event()
         self._waiting: trio.CancelScope | None = None  # `run`'s wait for a reason to pass
         self._wait_began = 0.0
-        # A degraded write since the last pass began, or the last pass failed:
-        # the next one comes within `interval`
+        # A degraded write since the last pass began, or the last pass failed or
+        # left work: the next one comes within `interval`
         self._count_soon = False
         # This copy may have missed writes since generation `_stale_gen` (it
         # started, or lost touch with mds0 and may have been marked down).  A
@@ -179,8 +179,20 @@ class Recovery:
                 self._count_soon = True  # tried again within `interval`, as before
                 continue
             self.last_pass_seconds = trio.current_time() - started
+            if self._work_left(pushed):
+                self._count_soon = True  # the next pass within `interval`, as before
             if pushed:
                 self.kick()  # count again, so `degraded` reflects what was repaired
+
+    def _work_left(self, pushed: int) -> bool:
+        """Whether the pass just ended left work that a later one does: this copy
+        still suspect, copies outside their sets (removed once every member
+        holds the chunk, which a member's push brings), chunks degraded, or
+        pushes that failed.  (A reviewer found the pace of big stores put these
+        off to 20 times a pass, and `loomfs rebalance` waited for them.)"""
+        stats = self.stats
+        return (self.suspect or stats["misplaced"] > 0 or stats["degraded"] > 0
+                or stats["recovering"] > pushed)
 
     def next_periodic(self) -> float:
         """Seconds until the next pass that nothing asked for: `interval`, or
@@ -189,7 +201,8 @@ class Recovery:
         every inode): at 100,000 chunks it takes about a second, and past a
         million, passes every `interval` would never stop.  Passes that
         something asks for (a map change, `kick`) still start at once, and
-        one after a degraded write or a failed pass within `interval`."""
+        one after a degraded write, a failed pass or a pass that left work
+        (`_work_left`) within `interval`."""
         if self._count_soon:
             return self.interval
         return max(self.interval, PASS_DUTY * self.last_pass_seconds)

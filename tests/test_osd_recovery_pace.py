@@ -32,6 +32,8 @@ def _recovery(pass_seconds: list, starts: list) -> Recovery:
     rec._wait_began = 0.0
     rec._count_soon = False
     rec.maps = _Maps()
+    rec.stats = {"degraded": 0, "misplaced": 0, "recovering": 0}
+    rec._clean_gen = rec._stale_gen = 1  # not suspect
     rec.watch_up_since = lambda current: None
 
     async def run_pass():
@@ -120,3 +122,51 @@ async def test_a_failed_pass_is_tried_again_within_the_interval(autojump_clock):
         await _passes(starts, 3, within=30 + 15 + interval + 1)
         nursery.cancel_scope.cancel()
     assert abs(starts[2] - (starts[1] + 15 + interval)) < 0.05
+
+
+async def test_a_pass_that_left_work_is_followed_within_the_interval(autojump_clock):
+    """Copies left outside their sets (after a rebalance), degraded chunks, failed
+    pushes or a copy still suspect: the next pass within the interval, however
+    long this one took."""
+    interval = recovery_module.RECOVERY_INTERVAL
+    for left in ({"misplaced": 3}, {"degraded": 1}, {"recovering": 2}, {"suspect": True}):
+        starts = []
+        rec = _recovery([30.0, 0.1], starts)
+        first_pass = rec.run_pass
+
+        async def run_pass(left=left, first_pass=first_pass, rec=rec):
+            pushed = await first_pass()
+            if len(starts) == 1:
+                if left.get("suspect"):
+                    rec._stale_gen += 1
+                else:
+                    rec.stats.update(left)
+            else:
+                rec.stats.update(degraded=0, misplaced=0, recovering=0)
+                rec._clean_gen = rec._stale_gen
+            return pushed
+
+        rec.run_pass = run_pass
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rec.run)
+            await _passes(starts, 2, within=30 + interval + 1)
+            nursery.cancel_scope.cancel()
+        assert abs(starts[1] - starts[0] - (30 + interval)) < 0.05, left
+
+
+async def test_a_kick_or_degraded_write_during_a_pass_is_not_lost(autojump_clock):
+    interval = recovery_module.RECOVERY_INTERVAL
+    starts = []
+    rec = _recovery([30.0, 30.0, 0.1], starts)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 1, within=1)
+        await trio.sleep(5)
+        rec.kick()  # during the first pass: the next starts as it ends
+        await _passes(starts, 2, within=30)
+        await trio.sleep(5)
+        rec._degraded_write()  # during the second: the next within the interval
+        await _passes(starts, 3, within=30 + interval)
+        nursery.cancel_scope.cancel()
+    assert abs(starts[1] - starts[0] - 30) < 0.05
+    assert abs(starts[2] - starts[1] - (30 + interval)) < 0.05
