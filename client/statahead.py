@@ -5,8 +5,8 @@ A program that stats or opens many files of one directory by name, without
 listing it first (a data loader walking a file list, `stat` of every path in an
 index, a cold cache after ``drop_caches``), costs one shard round trip per
 name: about 0.2-0.3 ms of Python on each end here.  An entry of a listing
-costs the shards what a twelfth to a nineteenth of a lookup costs them, and
-the client less (measured with scripts/listcost), and no round trip.  So when
+costs the shards what a thirteenth to a seventeenth of a lookup costs them,
+and the client less (measured with scripts/listcost), and no round trip.  So when
 TRIGGER_MISSES lookups of one directory reached a shard within TRIGGER_WINDOW
 seconds, its whole listing is fetched in the background (every shard's share,
 with attributes, as a readdir gets them), and lookups of names in it are

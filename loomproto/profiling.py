@@ -35,7 +35,10 @@ def run(*args):
     import cProfile
     import time
 
-    if os.environ.get("LOOMFS_PROFILE_CLOCK") == "cpu":
+    clock = os.environ.get("LOOMFS_PROFILE_CLOCK", "wall")
+    if clock not in ("cpu", "wall"):
+        log.warning("LOOMFS_PROFILE_CLOCK=%s: not cpu or wall; profiling by wall clock", clock)
+    if clock == "cpu":
         profiler = cProfile.Profile(time.thread_time)
     else:
         profiler = cProfile.Profile()

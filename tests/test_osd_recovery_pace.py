@@ -32,8 +32,7 @@ def _recovery(pass_seconds: list, starts: list) -> Recovery:
     rec._wait_began = 0.0
     rec._count_soon = False
     rec.maps = _Maps()
-    rec.stats = {"degraded": 0, "misplaced": 0, "recovering": 0}
-    rec._clean_gen = rec._stale_gen = 1  # not suspect
+    rec._work_left = False
     rec.watch_up_since = lambda current: None
 
     async def run_pass():
@@ -104,7 +103,8 @@ async def test_a_degraded_write_brings_the_next_pass_within_the_interval(autojum
         for _ in range(100):
             rec._degraded_write()
         await _passes(starts, 2, within=interval)
-        assert starts[1] - written_at < interval - 4  # counted from the wait's start
+        # Not at once, and counted from the wait's start (at 30 s): at 40 s.
+        assert 4 < starts[1] - written_at < interval - 4
         # ... and with nothing degraded since, the pace is the interval's (0.1 s pass).
         await _passes(starts, 3, within=interval + 1)
         nursery.cancel_scope.cancel()
@@ -125,33 +125,28 @@ async def test_a_failed_pass_is_tried_again_within_the_interval(autojump_clock):
 
 
 async def test_a_pass_that_left_work_is_followed_within_the_interval(autojump_clock):
-    """Copies left outside their sets (after a rebalance), degraded chunks, failed
-    pushes or a copy still suspect: the next pass within the interval, however
-    long this one took."""
+    """Work a pass can do before the map changes (osd.recovery `run_pass` sets
+    `_work_left`: failed pushes, copies outside their sets whose members are
+    all up, this copy behind a member that is up): the next pass within the
+    interval, however long this one took."""
     interval = recovery_module.RECOVERY_INTERVAL
-    for left in ({"misplaced": 3}, {"degraded": 1}, {"recovering": 2}, {"suspect": True}):
-        starts = []
-        rec = _recovery([30.0, 0.1], starts)
-        first_pass = rec.run_pass
+    starts = []
+    rec = _recovery([30.0, 30.0, 0.1], starts)
+    first_pass = rec.run_pass
 
-        async def run_pass(left=left, first_pass=first_pass, rec=rec):
-            pushed = await first_pass()
-            if len(starts) == 1:
-                if left.get("suspect"):
-                    rec._stale_gen += 1
-                else:
-                    rec.stats.update(left)
-            else:
-                rec.stats.update(degraded=0, misplaced=0, recovering=0)
-                rec._clean_gen = rec._stale_gen
-            return pushed
+    async def run_pass():
+        pushed = await first_pass()
+        rec._work_left = len(starts) == 1  # the first pass leaves work, the second none
+        return pushed
 
-        rec.run_pass = run_pass
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(rec.run)
-            await _passes(starts, 2, within=30 + interval + 1)
-            nursery.cancel_scope.cancel()
-        assert abs(starts[1] - starts[0] - (30 + interval)) < 0.05, left
+    rec.run_pass = run_pass
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        await _passes(starts, 3, within=30 + interval + 30 + PASS_DUTY * 30 + 1)
+        nursery.cancel_scope.cancel()
+    assert abs(starts[1] - starts[0] - (30 + interval)) < 0.05
+    # The second left nothing: the pace of a 30 s pass again.
+    assert abs(starts[2] - starts[1] - (30 + PASS_DUTY * 30)) < 0.05
 
 
 async def test_a_kick_or_degraded_write_during_a_pass_is_not_lost(autojump_clock):
@@ -170,3 +165,123 @@ async def test_a_kick_or_degraded_write_during_a_pass_is_not_lost(autojump_clock
         nursery.cancel_scope.cancel()
     assert abs(starts[1] - starts[0] - 30) < 0.05
     assert abs(starts[2] - starts[1] - (30 + interval)) < 0.05
+
+
+# -- what a pass counts as work left ------------------------------------------
+
+class _Meta:
+    def __init__(self, version):
+        self.version, self.corrupt, self.length = version, False, 10
+
+
+class _Store:
+    def __init__(self, chunks):
+        self.index = {ino: {c: None for c in cs} for ino, cs in chunks.items()}
+        self.removed = []
+
+    def meta(self, ino, chunk):
+        return _Meta(1) if chunk in self.index.get(ino, {}) else None
+
+    async def remove_chunk(self, ino, chunk):
+        self.removed.append((ino, chunk))
+        del self.index[ino][chunk]
+
+
+def _pass_rig(osd_id, down=(), versions=None, push_fails=False, chunks=range(8)):
+    """A Recovery of OSD `osd_id` in a map of 4 OSDs (those in `down` down),
+    holding `chunks` of inode 5 at R=2, whose peers answer `versions`
+    ({(osd, (ino, chunk)): version}; default: every up member at version 1)."""
+    from loomproto.clustermap import ClusterMap, OsdInfo
+    from loomproto.layout import Layout
+
+    current = ClusterMap(3, {o: OsdInfo(o, f"127.0.0.1:{9000 + o}", f"h{o}", up=o not in down)
+                             for o in range(4)})
+    rec = Recovery.__new__(Recovery)
+    rec.osd_id = osd_id
+    rec.maps = type("Maps", (), {"current": current})()
+    rec.store = _Store({5: chunks})
+    rec.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
+                 "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0,
+                 "unrepairable": 0}
+    rec._stale_gen, rec._clean_gen = 2, 1  # suspect, as after a start
+    rec._work_left = False
+    layout = Layout(replicas=2).to_wire()
+
+    async def attrs(inos):
+        return {ino: {"layout": layout} for ino in inos}
+
+    async def peer_versions(plans, current):
+        if versions is not None:
+            return versions
+        return {(o, key): 1 for key, members in plans for o in members
+                if o != osd_id and current.is_up(o)}
+
+    async def nothing(*args):
+        return None
+
+    async def push_all(pushes):
+        return 0 if push_fails else len(pushes)
+
+    rec._attrs, rec._peer_versions = attrs, peer_versions
+    rec._clear_missed, rec._push_all = nothing, push_all
+    return rec
+
+
+def _members(rec):
+    from loomproto.layout import Layout, osd_order, replicas_for_chunk
+    current = rec.maps.current
+    order = osd_order(5, current.in_osds())
+    return {c: replicas_for_chunk(Layout(replicas=2), 5, c, order, current.hosts())
+            for c in range(8)}
+
+
+async def test_a_pass_with_every_member_up_and_current_leaves_no_work():
+    # An OSD that is a member of some chunks and holds copies of all 8: the
+    # others are outside their sets and go, since every member has them.
+    rec = _pass_rig(0)
+    await rec.run_pass()
+    assert not rec._work_left and not rec.suspect
+    outside = [c for c, members in _members(rec).items() if 0 not in members]
+    assert sorted(c for _, c in rec.store.removed) == outside
+
+
+async def test_copies_outside_their_sets_are_work_left_while_their_members_are_up():
+    # Members that lack the chunk: a member's push brings it, the next pass here
+    # drops the copy.  With a member down, that waits for the map.
+    members = _members(_pass_rig(0))
+    outside = [c for c, m in members.items() if 0 not in m]
+    assert outside
+    # Every member answers, with no copy yet: this OSD pushes its copies (they
+    # succeed) and is behind nobody, so only the copies outside count.
+    none_there = {(o, (5, c)): 0 for c, m in members.items() for o in m if o != 0}
+    rec = _pass_rig(0, versions=none_there)
+    await rec.run_pass()
+    assert rec.stats["misplaced"] == len(outside) and rec._work_left
+    down = {o for c in outside for o in members[c]}  # every such chunk has a member down
+    answered = {k: v for k, v in none_there.items() if k[0] not in down}
+    rec = _pass_rig(0, down=down, versions=answered)
+    await rec.run_pass()
+    assert rec.stats["misplaced"] == len(outside) and not rec._work_left
+
+
+async def test_behind_a_member_that_is_up_is_work_left_and_behind_a_down_one_not():
+    rec = _pass_rig(1, versions={})  # no up member answered: maybe ahead of us
+    await rec.run_pass()
+    assert rec.suspect and rec._work_left
+    others = [o for o in range(4) if o != 1]
+    rec = _pass_rig(1, down=others, versions={})
+    await rec.run_pass()
+    assert rec.suspect and not rec._work_left  # the map bringing them back starts a pass
+
+
+async def test_failed_pushes_are_work_left():
+    # OSD 2 holds only chunks it is a member of; the other members answer that
+    # they have no copy, so OSD 2 is responsible and pushes to them.
+    members = _members(_pass_rig(2))
+    mine = [c for c, m in members.items() if 2 in m]
+    none_there = {(o, (5, c)): 0 for c in mine for o in members[c] if o != 2}
+    for fails in (True, False):
+        rec = _pass_rig(2, versions=none_there, push_fails=fails, chunks=mine)
+        await rec.run_pass()
+        assert rec.stats["degraded"] == len(mine) and not rec.suspect
+        assert rec._work_left == fails
