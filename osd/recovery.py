@@ -236,9 +236,10 @@ class Recovery:
 
         if not self._behind(plans, versions):
             self._clean_gen = stale_gen
-            behind_up = False
-        else:  # behind a member that is up: a push from it clears that, or the next pass
-            behind_up = self._behind(plans, versions, up_only=current)
+        # Still suspect, behind a member that is up: its push and the next pass
+        # clear that.  (Not suspect, being behind is the responsible member's
+        # work, and a write on its way between the copies makes it look so.)
+        behind_up = self.suspect and self._behind(plans, versions, up_only=current)
         await self._clear_missed(plans, versions)
         degraded = misplaced = unrepairable = movable = 0
         pushes, removals = [], []
@@ -286,10 +287,11 @@ class Recovery:
         pushed = await self._push_all(pushes)
         # Work left that a pass can do before the map changes: pushes that failed,
         # copies here outside their sets whose members are all up, this copy
-        # behind a member that is up.  (A reviewer found the pace of big stores
-        # put these off to 20 times a pass, and `loomfs rebalance` waited for
-        # them.)  What waits for a member that is down, or for more OSDs in,
-        # waits for the map change that brings them, which starts a pass.
+        # still suspect and behind a member that is up.  (A reviewer found the
+        # pace of big stores put these off to 20 times a pass, and `loomfs
+        # rebalance` waited for them.)  What waits for a member that is down, or
+        # for more OSDs in, waits for the map change that brings them, which
+        # starts a pass.
         self._work_left = pushed < len(pushes) or movable > 0 or behind_up
         self.stats["scan_epoch"] = epoch
         self.stats["passes"] += 1
