@@ -1,14 +1,21 @@
 """osd.recovery: how often an OSD walks its chunks when nothing asks it to.
 
-Virtual time (trio's autojump clock), against a Recovery whose pass is a
-stand-in that takes a set time: the walk itself is tested through the
-replication tests on real OSDs (test_repl_*.py)."""
+The pace tests run `Recovery.run` against stand-in passes that the test itself
+ends, on trio's MockClock with no rate and no autojump: virtual time moves
+only when the test jumps it, and every step lets the loop run until all its
+tasks block (`wait_all_tasks_blocked`) and then looks.  No step waits for a
+time it guessed.  The walk itself is tested further down over stub peers,
+and through the replication tests on real OSDs (test_repl_*.py)."""
 
+import pytest
 import trio
+import trio.testing
 
 from loomproto import errors
 from osd import recovery as recovery_module
 from osd.recovery import PASS_DUTY, Recovery
+
+INTERVAL = recovery_module.RECOVERY_INTERVAL
 
 
 class _Maps:
@@ -21,150 +28,157 @@ class _Maps:
         await trio.sleep_forever()
 
 
-def _recovery(pass_seconds: list, starts: list) -> Recovery:
-    """A Recovery whose passes take pass_seconds[i] (the last one repeats)
-    and record when they start; nothing else of it is used by `run`."""
-    rec = Recovery.__new__(Recovery)
-    rec.interval = recovery_module.RECOVERY_INTERVAL
-    rec.last_pass_seconds = 0.0
-    rec._kick = trio.Event()
-    rec._waiting = None
-    rec._wait_began = 0.0
-    rec._count_soon = False
-    rec.maps = _Maps()
-    rec._work_left = False
-    rec.watch_up_since = lambda current: None
+class _Rig:
+    """A Recovery whose passes record when they start and run until the test
+    ends them (`end_pass`); nothing else of it is used by `run`."""
 
-    async def run_pass():
-        starts.append(trio.current_time())
-        took = pass_seconds[min(len(starts), len(pass_seconds)) - 1]
-        if took is None:  # this one fails after 15 s (a shard that did not answer)
-            await trio.sleep(15)
-            raise errors.TransportError("no answer")
-        await trio.sleep(took)
+    def __init__(self, clock):
+        self.clock = clock
+        self.starts = []
+        self._end = None
+        self._fail = False
+        rec = self.rec = Recovery.__new__(Recovery)
+        rec.interval = INTERVAL
+        rec.last_pass_seconds = 0.0
+        rec._kick = trio.Event()
+        rec._waiting = None
+        rec._wait_began = 0.0
+        rec._count_soon = False
+        rec._work_left = False
+        rec.maps = _Maps()
+        rec.watch_up_since = lambda current: None
+        rec.run_pass = self._run_pass
+
+    async def _run_pass(self):
+        self.starts.append(trio.current_time())
+        self._end = trio.Event()
+        await self._end.wait()
+        self._end = None
+        if self._fail:
+            raise errors.TransportError("no answer")  # a shard that did not answer
         return 0
 
-    rec.run_pass = run_pass
-    return rec
+    @staticmethod
+    async def settle():
+        """Until every task of the test blocks."""
+        await trio.testing.wait_all_tasks_blocked()
+
+    async def end_pass(self, took: float, fail: bool = False, work_left: bool = False):
+        """End the running pass `took` virtual seconds after it began, having
+        failed or left work (what osd.recovery's `run_pass` would find)."""
+        assert self._end is not None, "no pass is running"
+        self.clock.jump(self.starts[-1] + took - trio.current_time())
+        self._fail = fail
+        self.rec._work_left = work_left
+        self._end.set()
+        await self.settle()
+
+    async def next_wait(self) -> float:
+        """Run out the loop's wait for a reason to pass; check that a pass began
+        at its end, and return how long the wait was."""
+        assert self.rec._waiting is not None, "the loop is not waiting"
+        began, count = trio.current_time(), len(self.starts)
+        deadline = self.rec._waiting.deadline
+        self.clock.jump(deadline - began)
+        await self.settle()
+        assert len(self.starts) == count + 1 and self.starts[-1] == deadline
+        return deadline - began
+
+    async def start(self, nursery):
+        nursery.start_soon(self.rec.run)
+        await self.settle()
+        assert self.starts == [0.0]  # at once: the map's epoch is new to the loop
 
 
-async def _passes(starts: list, count: int, within: float) -> None:
-    """Until `count` passes started, polled in virtual time under a deadline."""
-    with trio.fail_after(within):
-        while len(starts) < count:
-            await trio.sleep(0.01)
-
-
-async def test_periodic_passes_keep_to_a_share_of_the_time(autojump_clock):
-    starts = []
-    # A small store (0.1 s a pass), then a big one (5 s), then small again.
-    rec = _recovery([0.1, 0.1, 5.0, 5.0, 0.1, 0.1], starts)
+async def test_periodic_passes_keep_to_a_share_of_the_time(mock_clock):
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 6, within=1000)
+        await rig.start(nursery)
+        waits = []
+        # A small store (0.1 s a pass), then a big one (5 s), then small again.
+        for took in (0.1, 0.1, 5.0, 5.0, 0.1):
+            await rig.end_pass(took)
+            waits.append(await rig.next_wait())
         nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    interval = recovery_module.RECOVERY_INTERVAL
-    # (the first pass comes at once: the map's epoch is new to it)
-    assert abs(gaps[0] - (0.1 + interval)) < 0.01
-    assert abs(gaps[1] - (0.1 + interval)) < 0.01
-    assert abs(gaps[2] - (5.0 + PASS_DUTY * 5.0)) < 0.01  # after a 5 s pass: 100 s
-    assert abs(gaps[3] - (5.0 + PASS_DUTY * 5.0)) < 0.01
-    assert abs(gaps[4] - (0.1 + interval)) < 0.01  # small again: back to the interval
+    assert waits == pytest.approx([INTERVAL, INTERVAL, PASS_DUTY * 5.0, PASS_DUTY * 5.0,
+                                   INTERVAL])
 
 
-async def test_a_pass_asked_for_starts_at_once_however_long_the_last_took(autojump_clock):
-    starts = []
-    rec = _recovery([30.0, 0.1], starts)
+async def test_a_pass_asked_for_starts_at_once_however_long_the_last_took(mock_clock):
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 1, within=1)
-        await trio.sleep(40)  # the 30 s pass ended; the next periodic one is 600 s off
-        assert len(starts) == 1
+        await rig.start(nursery)
+        await rig.end_pass(30.0)  # the next periodic pass is 600 s off
+        mock_clock.jump(10)
+        await rig.settle()
+        assert len(rig.starts) == 1
         kicked_at = trio.current_time()
-        rec.kick()
-        await _passes(starts, 2, within=1)
+        rig.rec.kick()
+        await rig.settle()
+        # (Before, a kick while the loop waited waited for the periodic pass.)
+        assert rig.starts == [0.0, kicked_at]
         nursery.cancel_scope.cancel()
-    # (Before, a kick while the loop waited waited for the periodic pass.)
-    assert starts[1] - kicked_at < 0.05
 
 
-async def test_a_degraded_write_brings_the_next_pass_within_the_interval(autojump_clock):
+async def test_a_degraded_write_brings_the_next_pass_within_the_interval(mock_clock):
     """Not at once: writes go on degraded while a replica is down, and a pass per
     write would walk every chunk over and over."""
-    starts = []
-    rec = _recovery([30.0, 0.1, 0.1], starts)
-    interval = recovery_module.RECOVERY_INTERVAL
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 1, within=1)
-        await trio.sleep(35)  # the 30 s pass ended; the next periodic one is 600 s off
-        written_at = trio.current_time()
+        await rig.start(nursery)
+        await rig.end_pass(30.0)  # the wait begins at 30 s; 600 s by the pace
+        mock_clock.jump(5)
         for _ in range(100):
-            rec._degraded_write()
-        await _passes(starts, 2, within=interval)
-        # Not at once, and counted from the wait's start (at 30 s): at 40 s.
-        assert 4 < starts[1] - written_at < interval - 4
-        # ... and with nothing degraded since, the pace is the interval's (0.1 s pass).
-        await _passes(starts, 3, within=interval + 1)
+            rig.rec._degraded_write()
+        await rig.settle()
+        assert len(rig.starts) == 1  # not at once
+        assert await rig.next_wait() == pytest.approx(INTERVAL - 5)  # from the wait's start
+        # With nothing degraded since, the pace is that of a 0.1 s pass.
+        await rig.end_pass(0.1)
+        assert await rig.next_wait() == pytest.approx(INTERVAL)
         nursery.cancel_scope.cancel()
 
 
-async def test_a_failed_pass_is_tried_again_within_the_interval(autojump_clock):
+async def test_a_failed_pass_is_tried_again_within_the_interval(mock_clock):
     """However long it took to fail, and however long the pass before it took."""
-    starts = []
-    rec = _recovery([30.0, None, 0.1], starts)
-    interval = recovery_module.RECOVERY_INTERVAL
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 1, within=1)
-        rec.kick()  # the second pass: it fails after 15 s
-        await _passes(starts, 3, within=30 + 15 + interval + 1)
+        await rig.start(nursery)
+        await rig.end_pass(30.0)
+        rig.rec.kick()
+        await rig.settle()
+        assert len(rig.starts) == 2
+        await rig.end_pass(15.0, fail=True)
+        assert await rig.next_wait() == pytest.approx(INTERVAL)
         nursery.cancel_scope.cancel()
-    assert abs(starts[2] - (starts[1] + 15 + interval)) < 0.05
 
 
-async def test_a_pass_that_left_work_is_followed_within_the_interval(autojump_clock):
+async def test_a_pass_that_left_work_is_followed_within_the_interval(mock_clock):
     """Work a pass can do before the map changes (osd.recovery `run_pass` sets
     `_work_left`: failed pushes, copies outside their sets whose members are
-    all up, this copy behind a member that is up): the next pass within the
-    interval, however long this one took."""
-    interval = recovery_module.RECOVERY_INTERVAL
-    starts = []
-    rec = _recovery([30.0, 30.0, 0.1], starts)
-    first_pass = rec.run_pass
-
-    async def run_pass():
-        pushed = await first_pass()
-        rec._work_left = len(starts) == 1  # the first pass leaves work, the second none
-        return pushed
-
-    rec.run_pass = run_pass
+    all up, this copy still suspect and behind a member that is up): the next
+    pass within the interval, however long this one took."""
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 3, within=30 + interval + 30 + PASS_DUTY * 30 + 1)
+        await rig.start(nursery)
+        await rig.end_pass(30.0, work_left=True)
+        assert await rig.next_wait() == pytest.approx(INTERVAL)
+        await rig.end_pass(30.0)  # it left nothing: the pace of a 30 s pass again
+        assert await rig.next_wait() == pytest.approx(PASS_DUTY * 30.0)
         nursery.cancel_scope.cancel()
-    assert abs(starts[1] - starts[0] - (30 + interval)) < 0.05
-    # The second left nothing: the pace of a 30 s pass again.
-    assert abs(starts[2] - starts[1] - (30 + PASS_DUTY * 30)) < 0.05
 
 
-async def test_a_kick_or_degraded_write_during_a_pass_is_not_lost(autojump_clock):
-    interval = recovery_module.RECOVERY_INTERVAL
-    starts = []
-    rec = _recovery([30.0, 30.0, 0.1], starts)
+async def test_a_kick_or_degraded_write_during_a_pass_is_not_lost(mock_clock):
+    rig = _Rig(mock_clock)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(rec.run)
-        await _passes(starts, 1, within=1)
-        await trio.sleep(5)
-        rec.kick()  # during the first pass: the next starts as it ends
-        await _passes(starts, 2, within=30)
-        await trio.sleep(5)
-        rec._degraded_write()  # during the second: the next within the interval
-        await _passes(starts, 3, within=30 + interval)
+        await rig.start(nursery)
+        rig.rec.kick()  # during the first pass: the next starts as it ends
+        await rig.end_pass(30.0)
+        assert rig.starts == [0.0, 30.0]
+        rig.rec._degraded_write()  # during the second: the next within the interval
+        await rig.end_pass(30.0)
+        assert await rig.next_wait() == pytest.approx(INTERVAL)
         nursery.cancel_scope.cancel()
-    assert abs(starts[1] - starts[0] - 30) < 0.05
-    assert abs(starts[2] - starts[1] - (30 + interval)) < 0.05
 
 
 # -- what a pass counts as work left ------------------------------------------
