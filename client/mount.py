@@ -21,7 +21,9 @@ many names of one directory are no longer answered from a listing fetched
 ahead; on by default, see client.statahead), ``writeback_cache`` (the
 kernel's writeback cache: write() returns once the bytes are in the page
 cache and the kernel sends them in the background; off by default, see
-README "Kernel writeback cache" for the trade-off).  With LOOMFS_PROFILE=FILE in
+README "Kernel writeback cache" for the trade-off), ``fast_wait=0`` (pyfuse3's
+workers wait for every request as pyfuse3 has them do; on by default, see
+client.fuseloop).  With LOOMFS_PROFILE=FILE in
 its environment the client runs under cProfile and writes the stats to FILE
 at unmount (loomproto.profiling).  Everything else (allow_other,
 default_permissions, ro, ...) is passed to FUSE.  The defaults used by
@@ -41,6 +43,7 @@ from loomproto import config as cluster_config
 from loomproto import errors, profiling
 from loomproto.memory import keep_freed_memory
 
+from . import fuseloop
 from .cluster import Cluster
 from .data import DataPath
 from .meta import Meta
@@ -57,7 +60,7 @@ DEFAULT_OPTIONS = "allow_other,default_permissions"
 _OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
                 "debug_faults": bool, "writeback_cache": bool, "unlink_window": int,
-                "create_window": int, "statahead": bool}
+                "create_window": int, "statahead": bool, "fast_wait": bool}
 # Below these a setting makes no sense: every call would time out at once, or
 # nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
 _LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
@@ -76,7 +79,7 @@ def parse_options(text: str) -> tuple[dict, set]:
     own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
            "debug_faults": False, "writeback_cache": False, "unlink_window": 64,
-           "create_window": 64, "statahead": True}
+           "create_window": 64, "statahead": True, "fast_wait": True}
     fuse = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
@@ -222,12 +225,15 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         _report(ready_fd, "ok")
         serving = {"fuse": True}
         nursery.start_soon(_stop_on_signal, serving, ops.behind)
+        fast_wait = fuseloop.install() if own["fast_wait"] else None
         try:
             await pyfuse3.main(min_tasks=4, max_tasks=128)
         finally:
             serving["fuse"] = False  # no pyfuse3.terminate() after close: it has no session
             pyfuse3.close(unmount=True)
-            log.info("unmounted %s", mountpoint)
+            fuseloop.uninstall(fast_wait)
+            log.info("unmounted %s%s", mountpoint,
+                     f" ({fast_wait.summary()})" if fast_wait else "")
             with trio.CancelScope(shield=True):
                 await _drain_unlinks(ops.behind)
                 with trio.move_on_after(UNMOUNT_CLOSES_SECONDS):

@@ -31,6 +31,7 @@ def test_parse_options_splits_own_from_fuse():
     assert own["attr_timeout"] == 5.0 and own["write_window"] == 0
     assert own["unlink_window"] == 0 and parse_options("")[0]["unlink_window"] == 64
     assert parse_options("")[0]["statahead"] and not parse_options("statahead=0")[0]["statahead"]
+    assert parse_options("")[0]["fast_wait"] and not parse_options("fast_wait=0")[0]["fast_wait"]
     assert fuse == {"allow_other", "default_permissions"}
     with pytest.raises(MountError, match="needs a number"):
         parse_options("attr_timeout=soon")
