@@ -12,15 +12,27 @@ those turns buy nothing.
 `install` wraps pyfuse3's wait (``pyfuse3._wait_fuse_readable``, which its
 worker loop looks up by name on every request) with a check first: a
 zero-timeout ``poll`` of the device.  If it shows a request queued, the worker
-reads it at once, without yielding.  That is safe because nothing runs between
-the wait's return and the worker's read (no ``await`` between them): no other
-worker can take the request meanwhile.  Otherwise pyfuse3's own wait runs.
+reads it at once, without yielding.  No other worker can take the request
+first: nothing runs between the wait's return and the worker's read (no
+``await`` between them).  Otherwise pyfuse3's own wait runs.
 
-Two cases need care:
+The device is opened blocking (neither libfuse nor pyfuse3 sets O_NONBLOCK),
+so a worker that reads with nothing queued does not fail: it blocks the whole
+event loop (every reply from the servers, every timer) until the kernel queues
+the next request.  Hence:
 - A worker parked in pyfuse3's wait may be woken for a request that another
-  worker then took without waiting.  Reading then would fail with EAGAIN,
-  which pyfuse3 treats as fatal.  So after pyfuse3's wait the device is polled
-  again, and the worker waits once more if it finds nothing.
+  worker then took without waiting (or for an interrupt the kernel dropped
+  once the request it named was answered).  After pyfuse3's wait the device
+  is polled again, and the worker waits once more if it finds nothing.  A
+  reviewer's build without that second poll sat in the kernel's read most of
+  the time under a storm of cached requests, and one readdir took 18.5 s.
+- The kernel itself may still withdraw a queued request between the poll and
+  the read: one whose program is killed before the request is read.  If that
+  was the only one queued, the read blocks until the next request.  pyfuse3's
+  own wait has the same window, longer (epoll, a scheduler turn, then the
+  read); the poll here narrows it to microseconds.  Closing it needs a
+  non-blocking device in pyfuse3, which would then have to take EAGAIN as it
+  takes EINTR.
 - An error or hang-up on the device (the filesystem was unmounted) goes to
   pyfuse3's read as before, which ends the loop.
 
@@ -29,21 +41,20 @@ from the client's caches never yields, so an unbroken run of them would keep
 every other task (replies from the servers, write-back) waiting.  After
 FAST_STREAK of them, the next goes through pyfuse3's wait, which yields.
 
-What it gained (README, "Reading queued FUSE requests at once"): md.create and
-md.unlink 6-43 % in three fsbench runs beside a mount without it, the other
-metadata and small-file rows in most runs, sequential reads nothing.
+What it gained is in the README ("Reading queued FUSE requests at once").
 """
 
 import logging
 import os
 import select
+import stat
 
 import pyfuse3
 
 log = logging.getLogger(__name__)
 
 FAST_STREAK = 16
-FUSE_DEVICE = "/dev/fuse"
+FUSE_DEVICE = os.makedev(10, 229)  # /dev/fuse
 
 
 class FastWait:
@@ -55,7 +66,7 @@ class FastWait:
         self._poller.register(fd, select.POLLIN)
         self._streak = 0
         self.at_once = 0     # requests read without a scheduler turn
-        self.waited = 0      # requests read after pyfuse3's wait
+        self.waited = 0      # reads after pyfuse3's wait (the last: the unmount's hang-up)
         self.taken = 0       # wake-ups for a request another worker took first
 
     def _events(self) -> int:
@@ -82,13 +93,20 @@ class FastWait:
 
 
 def _device_fds() -> list[int]:
+    """This process's descriptors of the FUSE device (character device 10, 229),
+    whatever path it was opened under."""
     fds = []
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return fds
+    for name in names:
         try:
-            if os.readlink(f"/proc/self/fd/{name}") == FUSE_DEVICE:
-                fds.append(int(name))
+            st = os.fstat(int(name))
         except OSError:
-            pass  # the listing's own descriptor, closed by now
+            continue  # the listing's own descriptor, closed by now
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEVICE:
+            fds.append(int(name))
     return fds
 
 
@@ -103,8 +121,8 @@ def install() -> FastWait | None:
         return None
     fds = _device_fds()
     if len(fds) != 1:
-        log.info("%d descriptors of %s: pyfuse3's reads are left as they are",
-                 len(fds), FUSE_DEVICE)
+        log.info("%d descriptors of /dev/fuse: pyfuse3's reads are left as they are",
+                 len(fds))
         return None
     fast = FastWait(fds[0], wait)
     pyfuse3._wait_fuse_readable = fast

@@ -225,8 +225,10 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
         _report(ready_fd, "ok")
         serving = {"fuse": True}
         nursery.start_soon(_stop_on_signal, serving, ops.behind)
-        fast_wait = fuseloop.install() if own["fast_wait"] else None
+        fast_wait = None
         try:
+            if own["fast_wait"]:
+                fast_wait = fuseloop.install()
             await pyfuse3.main(min_tasks=4, max_tasks=128)
         finally:
             serving["fuse"] = False  # no pyfuse3.terminate() after close: it has no session

@@ -7,7 +7,10 @@ import trio
 
 class KeyedLocks:
     """One `trio.Lock` per key (a chunk, an inode), created on first use and
-    dropped when its last holder or waiter leaves, so the table stays small."""
+    dropped when its last holder or waiter leaves, so the table stays small.
+
+    `hold` is a checkpoint only when it has to wait: a free key is taken at
+    once, so a caller that must yield (or be cancellable) there does so itself."""
 
     def __init__(self):
         self._entries: dict = {}  # key -> [lock, holders and waiters]
@@ -18,9 +21,18 @@ class KeyedLocks:
         if entry is None:
             entry = self._entries[key] = [trio.Lock(), 0]
         entry[1] += 1
+        lock = entry[0]
         try:
-            async with entry[0]:
+            try:
+                # Uncontended (the common case): taken without the scheduler turn
+                # that trio's acquire() always costs.
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             entry[1] -= 1
             if entry[1] == 0:

@@ -175,10 +175,13 @@ class Replicator:
             except (errors.LoomError, trio.TooSlowError) as exc:
                 failures[osd_id] = exc
 
+        if not targets:  # R = 1, or every other member skipped: no task to start
+            await local()
+            return failures, answers
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(local)
             for osd_id, addr in targets:
                 nursery.start_soon(forward, osd_id, addr)
+            await local()  # in this task, beside the forwards
         return failures, answers
 
     async def _unless_marked_down(self, osd_id: int, fn, *args):

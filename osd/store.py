@@ -377,6 +377,10 @@ class ChunkStore:
             start = chunk_index * unit
             if start + unit > size:
                 version = await self._cut_chunk(ino, chunk_index, max(0, size - start))
+                if version is None:
+                    # Cut before: no I/O, and a free chunk lock is no checkpoint
+                    # (osd.locks), so yield here on a file of many chunks.
+                    await trio.lowlevel.checkpoint()
                 if version is None and every:
                     meta = self.meta(ino, chunk_index)
                     version = None if meta is None else meta.version

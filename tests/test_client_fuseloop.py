@@ -21,12 +21,13 @@ from client.fuseloop import FAST_STREAK, FastWait
 
 
 class Device:
-    """A pipe as the FUSE device, and pyfuse3's wait as it behaves: it blocks
-    until the descriptor is readable (or the test says it wakes anyway)."""
+    """A pipe as the FUSE device, blocking as /dev/fuse is opened (a read with
+    nothing queued would stop the test, as it would stop the mount's event
+    loop), and pyfuse3's wait as it behaves: it parks until the descriptor is
+    readable (or the test says it wakes anyway)."""
 
     def __init__(self):
         self.read_end, self.write_end = os.pipe()
-        os.set_blocking(self.read_end, False)
         self.calls = 0
         self.spurious = 0     # wake-ups to hand out without a request queued
         self.ends = False     # the session ended: the wait returns False
@@ -107,8 +108,8 @@ async def test_a_streak_of_requests_read_at_once_ends_in_the_wait(device):
 
 
 async def test_a_wake_up_for_a_request_already_taken_waits_again(device):
-    """pyfuse3 raises on EAGAIN: a worker woken for a request another took
-    must not go on to read."""
+    """A worker woken for a request another took must not go on to read: on
+    the blocking device that read would stop the event loop."""
     fast = FastWait(device.read_end, device.wait)
     device.spurious = 2
     async with trio.open_nursery() as nursery:
@@ -133,6 +134,25 @@ async def test_the_end_of_the_session_ends_the_wait(device):
     fast = FastWait(device.read_end, device.wait)
     device.ends = True
     assert await fast() is False
+
+
+def test_the_device_is_found_by_its_number_not_its_path(tmp_path):
+    """Only a character device 10,229 counts, whatever its name; this process
+    has none (pyfuse3.init is what opens one)."""
+    assert fuseloop._device_fds() == []
+    link = tmp_path / "fuse-link"
+    link.symlink_to("/dev/null")
+    fd = os.open(link, os.O_RDONLY)
+    try:
+        assert fd not in fuseloop._device_fds()
+    finally:
+        os.close(fd)
+    if os.path.exists("/dev/fuse"):
+        fd = os.open("/dev/fuse", os.O_RDWR)  # an unmounted session: nothing is read
+        try:
+            assert fuseloop._device_fds() == [fd]
+        finally:
+            os.close(fd)
 
 
 def test_install_leaves_pyfuse3_alone_without_one_device(monkeypatch):
