@@ -77,6 +77,14 @@ class _Handle:
     path: str
 
 
+async def _nothing_to_do() -> None:
+    """The checkpoint of an operation that found nothing to do (no I/O).  A free
+    chunk lock is taken without one (osd.locks), and loops over many chunks
+    (a scrub, a delete, a truncate of chunks cut before, recovery's removals)
+    must still let the other tasks run between them."""
+    await trio.lowlevel.checkpoint()
+
+
 def _where(ino: int, chunk_index: int) -> chunkfile.ChunkName:
     return chunkfile.ChunkName(ino, chunk_index)
 
@@ -216,6 +224,7 @@ class ChunkStore:
             handle = self._handles.get(key)
             if handle is None:
                 if self.meta(ino, chunk_index) is None:
+                    await _nothing_to_do()
                     return b"", 0
                 # Opened and read in one trip to an I/O thread: a cold small
                 # file's read would otherwise take two.
@@ -377,10 +386,6 @@ class ChunkStore:
             start = chunk_index * unit
             if start + unit > size:
                 version = await self._cut_chunk(ino, chunk_index, max(0, size - start))
-                if version is None:
-                    # Cut before: no I/O, and a free chunk lock is no checkpoint
-                    # (osd.locks), so yield here on a file of many chunks.
-                    await trio.lowlevel.checkpoint()
                 if version is None and every:
                     meta = self.meta(ino, chunk_index)
                     version = None if meta is None else meta.version
@@ -392,6 +397,7 @@ class ChunkStore:
         async with self._locks.hold((ino, chunk_index)):
             meta = self.meta(ino, chunk_index)
             if meta is None or meta.length <= size:
+                await _nothing_to_do()
                 return None
             handle = await self._handle(ino, chunk_index, create=False)
             version = handle.header.version + 1
@@ -407,6 +413,7 @@ class ChunkStore:
     async def _remove_chunk(self, ino: int, chunk_index: int) -> None:
         async with self._locks.hold((ino, chunk_index)):
             if self.meta(ino, chunk_index) is None:
+                await _nothing_to_do()
                 return
             key = (ino, chunk_index)
             path = self.chunk_path(ino, chunk_index)

@@ -64,13 +64,29 @@ async def test_other_keys_do_not_wait_and_a_cancelled_waiter_leaves_no_entry():
     assert not locks.busy("k") and not locks.busy("other")
 
 
-async def test_an_error_inside_releases_the_key():
+async def test_an_error_inside_hands_the_key_to_the_waiter():
+    """The key is released on an error even while another task waits for it
+    (the entry, and so its lock, stays: only release lets the waiter in)."""
     locks = KeyedLocks()
-    try:
+    entered = trio.Event()
+    waiter_in = trio.Event()
+
+    async def failing_holder():
+        try:
+            async with locks.hold("k"):
+                entered.set()
+                await trio.testing.wait_all_tasks_blocked()   # the waiter has queued
+                raise KeyError("inside")
+        except KeyError:
+            pass
+
+    async def waiter():
+        await entered.wait()
         async with locks.hold("k"):
-            raise KeyError("inside")
-    except KeyError:
-        pass
-    async with locks.hold("k"):
-        pass
-    assert not locks.busy("k")
+            waiter_in.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(failing_holder)
+            nursery.start_soon(waiter)
+    assert waiter_in.is_set() and not locks.busy("k")

@@ -5,6 +5,7 @@ writes at once."""
 import os
 
 import pytest
+import trio.testing
 
 from loomproto import errors
 from osd import chunkfile, store as store_module, writeback
@@ -222,3 +223,20 @@ async def test_verify_of_a_chunk_that_cannot_be_read_neither_passes_nor_condemns
         assert not store.meta(5, 0).corrupt
     finally:
         os.rmdir(path)
+
+
+async def test_operations_that_find_nothing_to_do_still_yield(store):
+    """A free chunk lock is no checkpoint (osd.locks): the operations that then
+    do no I/O yield themselves, so that a loop over many of them (a scrub, a
+    delete, recovery's removals, a truncate of chunks cut before) lets the
+    other tasks run."""
+    unit = 4096
+    await store.write(6, 0, 0, b"x" * 100)
+    await store.write(6, 1, 0, b"y" * 100)
+    assert await store.truncate_file(6, unit + 10, unit) == {1: 2}
+    with trio.testing.assert_checkpoints():
+        assert await store.read(7, 0, 0, 4096) == (b"", 0)      # an absent chunk
+    with trio.testing.assert_checkpoints():
+        await store.remove_chunk(7, 0)                           # already gone
+    with trio.testing.assert_checkpoints():
+        assert await store.truncate_file(6, unit + 10, unit) == {}   # cut before
