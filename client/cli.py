@@ -250,8 +250,7 @@ async def _status(cluster, args) -> int:
         counts = f"{s.get('inodes', '?')} inodes" if s["up"] else ""
         print(f"  mds{s['shard']:<3} {s['addr']:<22} {state:<6} {counts}")
     for o in osds:
-        state = (("up" if o["up"] else "DOWN")
-                 + ("" if o["in"] else ",out(auto)" if o.get("auto_out") else ",out"))
+        state = ("up" if o["up"] else "DOWN") + ("" if o["in"] else ",out")
         st = o.get("stats", {})
         print(f"  osd{o['id']:<3} {o['addr']:<22} {state:<8} "
               f"{_size(o['used'])} used of {_size(o['capacity'])}  host {o['host']}  "

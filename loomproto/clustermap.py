@@ -8,11 +8,8 @@ the other daemons fetch the map with ``get_map`` and wait for a newer one with
 
 States: an OSD is *up* while its heartbeats arrive (down after
 ``down_after`` seconds of silence) and *in* while it takes part in placement.
-An OSD that is down stays in for a while (its chunks are served by the other
-replicas and it catches up when it returns); an operator marks it out with
-``loomfs osd out``, and metadata server 0 does so itself once it has been down
-for ``down_out`` seconds (`auto_out`, mdsd.clustermap), so that recovery
-copies its chunks elsewhere, and marks it in again when it comes back.
+An OSD that is down stays in (its chunks are served by the other replicas and
+it catches up when it returns); an operator marks it out with ``loomfs osd out``.
 The metadata server list is fixed at cluster creation and lives in the config.
 """
 
@@ -41,15 +38,12 @@ class OsdInfo:
     fs: str = ""
     fs_size: int = 0
     fs_free: int = 0
-    # Marked out by metadata server 0 because it stayed down (not by an
-    # operator): it is marked in again when it comes back.
-    auto_out: bool = False
 
     def to_wire(self) -> dict:
         return {"id": self.osd_id, "addr": self.addr, "host": self.host, "up": self.up,
                 "in": self.in_, "capacity": self.capacity, "used": self.used,
                 "stats": self.stats, "up_since": self.up_since, "fs": self.fs,
-                "fs_size": self.fs_size, "fs_free": self.fs_free, "auto_out": self.auto_out}
+                "fs_size": self.fs_size, "fs_free": self.fs_free}
 
     @classmethod
     def from_wire(cls, value: dict) -> "OsdInfo":
@@ -58,8 +52,7 @@ class OsdInfo:
                    bool(value["up"]), bool(value["in"]), int(value.get("capacity", 0)),
                    int(value.get("used", 0)), dict(stats) if isinstance(stats, dict) else {},
                    int(value.get("up_since", 0)), str(value.get("fs", "")),
-                   int(value.get("fs_size", 0)), int(value.get("fs_free", 0)),
-                   bool(value.get("auto_out", False)))
+                   int(value.get("fs_size", 0)), int(value.get("fs_free", 0)))
 
 
 @dataclass

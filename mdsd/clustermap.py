@@ -5,24 +5,9 @@ Every change of membership or state raises the epoch by one and is written to
 LMDB (``sys`` key ``map``) before it is answered; capacity figures change in
 memory only.  After a restart every OSD starts down (keeping in/out) until it
 heartbeats again.
-
-An OSD down for `down_out` seconds (``--down-out``, 600 by default, as Ceph's
-``mon_osd_down_out_interval``; 0 never) is marked out here, flagged
-``auto_out``: placement leaves it, and the other OSDs' recovery passes copy
-each of its chunks to the new member of the chunk's set, so a disk that died
-does not leave its chunks one copy short for good.  When it heartbeats again
-it is marked in (it still holds its chunks, and they move back), unless an
-operator marked it in or out meanwhile, whose choice stands.  The time counts
-from when this process saw it go down, or started (a restart of mds 0 gives
-every OSD the full `down_out` again).  Two guards keep a bad moment from
-emptying the cluster: no OSD is marked out while that would leave fewer in
-than the cluster's default replica count, or fewer than `min_in_ratio` (0.75)
-of all OSDs, so a rack or a switch that drops many OSDs at once leaves them
-in, logged, for an operator to decide.
 """
 
 import logging
-import math
 from functools import partial
 
 import trio
@@ -36,22 +21,14 @@ from . import schema
 log = logging.getLogger(__name__)
 
 WATCH_MAX = 30.0
-DOWN_OUT = 600.0
-MIN_IN_RATIO = 0.75
 
 
 class MapKeeper:
-    def __init__(self, store, down_after: float, *, down_out: float = DOWN_OUT,
-                 min_in: int = 1, min_in_ratio: float = MIN_IN_RATIO):
+    def __init__(self, store, down_after: float):
         self.store = store
         self.down_after = down_after
-        self.down_out = down_out  # seconds down before an OSD is marked out; 0 never
-        self.min_in = min_in  # OSDs that must stay in (the default replica count)
-        self.min_in_ratio = min_in_ratio
         self.map = ClusterMap()
         self.last_seen: dict[int, float] = {}
-        self.down_since: dict[int, float] = {}  # osd id -> when seen down (trio clock)
-        self._held_in: set[int] = set()  # down past down_out, kept in by a guard (logged)
         self._changed = trio.Event()
 
     async def load(self):
@@ -59,9 +36,6 @@ class MapKeeper:
         if raw is None:
             return
         self.map = ClusterMap.from_wire(schema.unpack(raw))
-        now = trio.current_time()
-        for osd in self.map.osds.values():
-            self.down_since[osd.osd_id] = now
         if any(osd.up for osd in self.map.osds.values()):
             for osd in self.map.osds.values():
                 osd.up = False
@@ -106,11 +80,6 @@ class MapKeeper:
             log.info("osd %d up at %s", osd_id, addr)
         if changed:
             osd.up_since = self.map.epoch + 1  # the epoch _bump is about to make
-            self.down_since.pop(osd_id, None)
-            self._held_in.discard(osd_id)
-            if osd.auto_out:
-                osd.in_, osd.auto_out = True, False
-                log.warning("osd %d marked in again: it was marked out while down", osd_id)
         osd.addr, osd.host, osd.up = addr, host, True
         osd.capacity, osd.used = capacity, used
         osd.fs, osd.fs_size, osd.fs_free = fs, fs_size, fs_free
@@ -128,11 +97,6 @@ class MapKeeper:
         if osd is None:
             raise errors.NotFound(f"no osd {osd_id} in the cluster map")
         osd.in_ = want
-        osd.auto_out = False  # an operator's choice: it stays when the OSD comes back
-        if want and not osd.up:
-            # Put back in while down: another whole down_out before it goes out again.
-            self.down_since[osd_id] = trio.current_time()
-            self._held_in.discard(osd_id)
         await self._bump()
         log.info("osd %d marked %s", osd_id, "in" if want else "out")
         return self.map.to_wire()
@@ -155,38 +119,8 @@ class MapKeeper:
                 seen = self.last_seen.get(osd.osd_id, float("-inf"))
                 if osd.up and now - seen > self.down_after:
                     osd.up = False
-                    self.down_since[osd.osd_id] = now
                     log.warning("osd %d marked down: silent for %.1fs", osd.osd_id, now - seen)
                     await self._bump()
-            await self.mark_out_long_down(trio.current_time())
-
-    async def mark_out_long_down(self, now: float) -> None:
-        """Mark out, one at a time, the OSDs that are in and have been down for
-        `down_out` seconds, as far as the guards allow (see the module docstring)."""
-        if self.down_out <= 0:
-            return
-        for osd in sorted(self.map.osds.values(), key=lambda o: o.osd_id):
-            since = self.down_since.get(osd.osd_id)
-            if osd.up or not osd.in_ or since is None or now - since < self.down_out:
-                continue
-            total = len(self.map.osds)
-            staying = sum(o.in_ for o in self.map.osds.values()) - 1
-            floor = max(self.min_in, math.ceil(self.min_in_ratio * total))
-            if staying < floor:
-                if osd.osd_id not in self._held_in:
-                    self._held_in.add(osd.osd_id)
-                    log.error("osd %d down for %.0fs stays in: marking it out would leave "
-                              "%d of %d OSDs in, fewer than %d (the default replica count "
-                              "and %.0f%% of all OSDs); mark it out with `loomfs osd out` "
-                              "if it is gone", osd.osd_id, now - since, staying, total,
-                              floor, 100 * self.min_in_ratio)
-                continue
-            osd.in_, osd.auto_out = False, True
-            self._held_in.discard(osd.osd_id)
-            log.warning("osd %d marked out: down for %.0fs (recovery copies its chunks to "
-                        "the other OSDs; it is marked in again when it comes back)",
-                        osd.osd_id, now - since)
-            await self._bump()
 
 
 def _stats(raw) -> dict:

@@ -1,8 +1,7 @@
 """``loomfs-mdsd``: run one metadata shard.
 
     loomfs-mdsd --cluster CFG --id N --data DIR [--listen HOST:PORT]
-                [--down-after SECONDS] [--down-out SECONDS] [--session-timeout SECONDS]
-                [--log-level info]
+                [--down-after SECONDS] [--session-timeout SECONDS] [--log-level info]
 
 In-process (tests): ``await nursery.start(serve_shard, config, mds_id, data_dir)``
 starts a shard and returns a `ShardHandle`; cancelling the nursery stops it
@@ -21,7 +20,6 @@ import trio
 from loomproto import config as cluster_config
 from loomproto import profiling, rpc
 
-from .clustermap import DOWN_OUT
 from .service import MdsService
 from .shard import Shard, claim_identity, next_boot
 from .store import Store, StoreError
@@ -37,7 +35,7 @@ class ShardHandle:
 
 async def serve_shard(config, mds_id: int, data_dir: str, *, listen: str | None = None,
                       down_after: float = 4.0, session_timeout: float = 30.0,
-                      reclaim_grace: float | None = None, down_out: float = DOWN_OUT,
+                      reclaim_grace: float | None = None,
                       task_status=trio.TASK_STATUS_IGNORED):
     """Serve shard `mds_id` from `data_dir` until cancelled."""
     if not 0 <= mds_id < config.nshards:
@@ -49,7 +47,7 @@ async def serve_shard(config, mds_id: int, data_dir: str, *, listen: str | None 
         boot = await store.write(partial(next_boot, store.dbs))
         async with trio.open_nursery() as nursery:
             shard = Shard(config, mds_id, store, nursery, down_after=down_after,
-                          session_timeout=session_timeout, boot=boot, down_out=down_out)
+                          session_timeout=session_timeout, boot=boot)
             await shard.prepare()
             addr = await _listen(nursery, shard, listen or config.mds[mds_id])
             shard.start_tasks(reclaim_grace)
@@ -75,11 +73,7 @@ def _parse(argv):
     parser.add_argument("--id", type=int, required=True, help="shard number N (mds[N])")
     parser.add_argument("--data", required=True, help="data directory (LMDB)")
     parser.add_argument("--listen", help="HOST:PORT instead of mds[N] of the config")
-    parser.add_argument("--down-after", type=float, default=4.0,
-                        help="seconds without a heartbeat before an OSD is marked down")
-    parser.add_argument("--down-out", type=float, default=DOWN_OUT,
-                        help="seconds an OSD stays down before mds 0 marks it out, so its "
-                             "chunks are copied elsewhere (0: never; default %(default)g)")
+    parser.add_argument("--down-after", type=float, default=4.0)
     parser.add_argument("--session-timeout", type=float, default=30.0)
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -95,8 +89,7 @@ async def _run(opts, config):
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve_shard, config, opts.id, opts.data,
                                         listen=opts.listen, down_after=opts.down_after,
-                                        session_timeout=opts.session_timeout,
-                                        down_out=opts.down_out))
+                                        session_timeout=opts.session_timeout))
             async for signum in signals:
                 log.info("signal %d: shutting down", signum)
                 nursery.cancel_scope.cancel()

@@ -9,7 +9,7 @@ from loomproto.layout import ROOT_INO
 
 from . import recovery, schema
 from .attrs import AttrReader
-from .clustermap import DOWN_OUT, MapFollower, MapKeeper
+from .clustermap import MapFollower, MapKeeper
 from .namespace import Namespace
 from .peers import Peers
 from .recovery import Participant
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class Shard:
     def __init__(self, config, mds_id: int, store, nursery, *, down_after: float,
-                 session_timeout: float, boot: int, down_out: float = DOWN_OUT):
+                 session_timeout: float, boot: int):
         self.config = config
         self.mds_id = mds_id
         self.store = store
@@ -37,8 +37,7 @@ class Shard:
         self.ns = Namespace(config, mds_id, store, self.peers, self.engine, self.attrs,
                             self.sessions)
         self.participant = Participant(store, self.peers, self.engine)
-        self.keeper = (MapKeeper(store, down_after, down_out=down_out,
-                                 min_in=config.layout.replicas) if mds_id == 0 else None)
+        self.keeper = MapKeeper(store, down_after) if mds_id == 0 else None
         self.follower = MapFollower(self.peers) if mds_id != 0 else None
         self.reclaimer = Reclaimer(store, self.sessions, self.current_map, nursery, config,
                                    f"mds{mds_id}")

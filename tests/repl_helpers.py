@@ -28,20 +28,18 @@ BLOCK = 1 << 20
 class ReplCluster(Harness):
     """A cluster run by scripts/cluster whose OSDs the test may kill."""
 
-    def __init__(self, base, osds=4, replicas=2, env=None, down_out=None):
+    def __init__(self, base, osds=4, replicas=2, env=None):
         super().__init__(base / "state")
         self.base = base
         self.mnt = base / "mnt"
         self.osds = osds
         self.replicas = replicas
-        self.down_out = down_out  # loomfs-mdsd --down-out; None: its default
         # Extra environment of every daemon (e.g. LOOMFS_RECOVERY_RATE), None: ours.
         self.env = dict(os.environ, **env) if env else None
 
     def up(self):
-        extra = () if self.down_out is None else ("--down-out", self.down_out)
         self.run("up", "--mds", 2, "--osd", self.osds, "--replicas", self.replicas,
-                 "--down-after", DOWN_AFTER, *extra, "--mount", self.mnt, "--mount-opts",
+                 "--down-after", DOWN_AFTER, "--mount", self.mnt, "--mount-opts",
                  f"allow_other,default_permissions,io_timeout={IO_TIMEOUT}", env=self.env)
 
     def loomfs(self, *args, timeout=120, check=True):
