@@ -287,6 +287,10 @@ class DataPath:
                         "replicas": acting, "epoch": self.cluster.map.epoch}
                 if fd.born_placement == self.cluster.placement_changes:
                     args["fresh"] = True  # the OSD need not look for it elsewhere
+                elif chunk_index in fd.chunks_written:
+                    # Not in the inode's record yet: if no up OSD has it, it is out
+                    # of reach, not a hole to start anew (osd.replication).
+                    args["written"] = True
                 await self._call_osd(acting[0], "write", args, piece, deadline=deadline)
                 fd.written_osds.update(replicas)
                 fd.chunks_written.add(chunk_index)

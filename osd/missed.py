@@ -52,6 +52,19 @@ class MissedLog:
 
     # -- the writer's side ----------------------------------------------------
 
+    async def was_written(self, ino: int, chunk_index: int) -> bool:
+        """Whether the inode's record (loomproto.chunkset) says the chunk was ever
+        written; False for an inode that is gone.  Raises `TryAgain` when the
+        shard does not answer."""
+        try:
+            ranges = await self._call(ino, "chunk_record", {"ino": ino})
+        except errors.NotFound:
+            return False
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            raise errors.TryAgain(f"ino {ino} chunk {chunk_index}: cannot ask its shard "
+                                  f"whether it was written: {exc or 'timeout'}") from None
+        return any(start <= chunk_index < end for start, end in ranges)
+
     async def record(self, ino: int, chunk_index: int, osd_ids, version: int) -> None:
         """Durably record that `osd_ids` missed this chunk's write at `version`.
 

@@ -549,23 +549,28 @@ class Recovery:
                 nursery.start_soon(ask, osd_id)
         return found
 
-    async def locate(self, ino: int, chunk_index: int, replicas: list[int]) -> None:
-        """A chunk no member of its set has: look for it on every other up OSD (a
-        placement change moved the set and recovery has not copied it yet) and copy
-        it here.  Costs a round of small calls, so only for absent chunks."""
+    async def locate(self, ino: int, chunk_index: int, replicas: list[int],
+                     members: bool = False) -> bool:
+        """A chunk absent here: look for it on every other up OSD outside its set
+        (a placement change moved the set and recovery has not copied it yet), and
+        on the other members too with `members`, and copy the newest copy found
+        here.  Returns whether one was found.  Costs a round of small calls, so
+        only for absent chunks."""
         current = self.maps.current
-        others = [o for o in sorted(current.osds) if o != self.osd_id and o not in replicas
-                  and current.is_up(o)]
+        others = [o for o in sorted(current.osds) if o != self.osd_id and current.is_up(o)
+                  and (members or o not in replicas)]
         found = await self._versions_of(ino, chunk_index, others)
         best = max(found.items(), key=lambda item: item[1], default=(None, 0))
-        if best[1] > 0:
-            client = self.replicator.peer(best[0])
-            if client is None or not await self.replicator.pull(ino, chunk_index, best[0],
-                                                                client.addr):
-                raise errors.IOFailure(f"ino {ino} chunk {chunk_index} is on osd {best[0]} "
-                                       f"outside its set {replicas} and cannot be copied")
-            log.info("ino %d chunk %d: copied from osd %d outside its set %s", ino,
-                     chunk_index, best[0], replicas)
+        if best[1] <= 0:
+            return False
+        client = self.replicator.peer(best[0])
+        if client is None or not await self.replicator.pull(ino, chunk_index, best[0],
+                                                            client.addr):
+            raise errors.IOFailure(f"ino {ino} chunk {chunk_index} is on osd {best[0]} "
+                                   f"and cannot be copied here (its set {replicas})")
+        log.info("ino %d chunk %d: copied from osd %d (its set %s)", ino, chunk_index,
+                 best[0], replicas)
+        return True
 
     async def repair(self, ino: int, chunk_index: int, replicas: list[int]) -> bool:
         """Replace a copy that failed its checksums with another replica's."""

@@ -71,17 +71,24 @@ class Replicator:
         self._peers: dict[int, rpc.RpcClient] = {}
 
     async def write(self, ino: int, chunk_index: int, offset: int, data,
-                    replicas: list[int], epoch: int, fresh: bool = False) -> int:
+                    replicas: list[int], epoch: int, fresh: bool = False,
+                    written: bool = False) -> int:
         """Apply a write as primary; returns the chunk's new version.  `fresh`:
-        the client made the inode under the placement of its current map."""
+        the client made the inode under the placement of its current map;
+        `written`: the client wrote this chunk since its last size commit."""
         await self.catch_up_map(epoch)
         async with self.order.hold((ino, chunk_index)):
-            if len(replicas) == 1 and not fresh and self.store.meta(ino, chunk_index) is None \
+            if not fresh and self.store.meta(ino, chunk_index) is None \
                     and self.locate is not None:
-                # R = 1 and new here: after a placement change the only copy may
-                # still sit on another OSD (with R > 1 a member has it and answers).
-                # A fresh inode's chunks were all placed as now: no copy elsewhere.
-                await self.locate(ino, chunk_index, replicas)
+                # Not here.  After a placement change its copies may sit on any
+                # other OSDs: one OSD in or out can move a chunk's whole set, and
+                # recovery copies it over only later.  Written on top of nothing,
+                # the chunk would start anew at version 1, and the old copies (a
+                # higher version) would replace it once recovery got to it, or once
+                # their OSD came back (a tester lost fsynced writes so after a plain
+                # `osd out`).  A fresh inode's chunks were all placed as now.
+                if not await self.locate(ino, chunk_index, replicas, members=True):
+                    await self._never_written(ino, chunk_index, written)
             for attempt in range(MAX_ROUNDS):
                 targets = self._reachable(replicas[1:], ino, chunk_index)
                 if len(targets) < len(replicas) - 1:
@@ -101,6 +108,20 @@ class Replicator:
                     return version
         raise errors.TryAgain(f"ino {ino} chunk {chunk_index}: replicas kept moving ahead "
                               f"of primary osd {self.osd_id}")
+
+    async def _never_written(self, ino: int, chunk_index: int, written: bool) -> None:
+        """No up OSD has the chunk: return if it may start from nothing here (a
+        hole, or past the file's end); `TryAgain` if it was written, so its copies
+        are on OSDs that are down (the client tries again until its io_timeout,
+        then fails the write with EIO, as a read of it fails).  Known from the
+        client (`written`) or the inode's record (loomproto.chunkset), which may
+        lack chunks (an old inode, past MAX_RANGES ranges): those start anew, as
+        every absent chunk did before."""
+        if not written and self.missed is not None:
+            written = await self.missed.was_written(ino, chunk_index)
+        if written:
+            raise errors.TryAgain(f"ino {ino} chunk {chunk_index} was written, and no up "
+                                  f"OSD has a copy")
 
     async def record_missed(self, ino: int, chunk_index: int, osd_ids, version: int) -> None:
         """Record on the inode's shard that `osd_ids` missed this version of the

@@ -37,8 +37,9 @@ class OsdService:
         log.debug("write ino %d chunk %d [%d, +%d) replicas %s from %s", ino, chunk_index,
                   offset, len(payload), replicas, peer)
         fresh = args.get("fresh") is True
+        written = args.get("written") is True
         version = await self.replicator.write(ino, chunk_index, offset, payload, replicas, epoch,
-                                              fresh)
+                                              fresh, written)
         return {"version": version}
 
     async def rpc_replicate(self, args, payload, peer):

@@ -1,8 +1,9 @@
 """OSD services in-process over loopback, beside a stand-in for mdsd 0.
 
-`FakeMds` answers only ``osd_heartbeat``, ``get_map`` and the missed-write
-record (``missed_*``): just enough of mdsd 0 for OSDs to register, find each
-other and write past a down replica.  These tests exercise osd/, not the
+`FakeMds` answers only ``osd_heartbeat``, ``get_map``, the missed-write
+record (``missed_*``) and ``chunk_record``: just enough of mdsd 0 for OSDs to
+register, find each other, write past a down replica and tell a hole from a
+chunk out of reach.  These tests exercise osd/, not the
 metadata server.
 """
 
@@ -33,6 +34,7 @@ class FakeMds:
         self.heartbeats: dict[int, dict] = {}
         self.frozen: set[int] = set()  # ids whose heartbeats no longer revive them
         self.missed: set[tuple] = set()  # (ino, chunk, osd_id) recorded as missed
+        self.records: dict[int, list] = {}  # ino -> chunk ranges recorded as written
 
     def _bump(self):
         self.map = ClusterMap(self.map.epoch + 1, dict(self.map.osds))
@@ -63,6 +65,9 @@ class FakeMds:
         gone = {(ino, chunk, args["osd"]) for ino, chunk, _ in args["keys"]} & self.missed
         self.missed -= gone
         return {"cleared": len(gone)}
+
+    async def rpc_chunk_record(self, args, payload, peer):
+        return self.records.get(args["ino"], [])
 
     async def rpc_missed_list(self, args, payload, peer):
         keys = sorted([ino, chunk] for ino, chunk, osd_id in self.missed if osd_id == args["osd"])
@@ -178,6 +183,37 @@ async def test_single_copy_write_looks_elsewhere_unless_fresh(rig):
     await rig.clients[0].call("write", args, b"fresh")
     assert rpc.SERVED["chunk_versions"] == asked + 2
     assert await rig.read(0, 10, 0) == (b"fresh", 1)
+
+
+async def test_a_write_takes_the_copy_a_moved_set_left_behind_first(rig):
+    """A placement change can move a chunk's whole set: the new primary, which
+    lacks the chunk, finds it outside the set and copies it before writing on
+    top.  (Started from nothing, the chunk got version 1 with zeros around the
+    write, and the old copy beat it later: fsynced writes lost after `osd out`.)"""
+    old = os.urandom(200_000)
+    await rig.write(2, 21, 0, 0, old, [2])  # what the earlier set left on osd 2
+    assert await rig.write(0, 21, 0, 1000, b"patch", [0, 1]) == {"version": 2}
+    expect = old[:1000] + b"patch" + old[1005:]
+    for osd_id in (0, 1):
+        assert await rig.read(osd_id, 21, 0) == (expect, 2)
+
+
+async def test_a_written_chunk_no_up_osd_has_is_not_started_anew(rig):
+    """No up OSD has the chunk: a hole (not in the inode's record) starts from
+    nothing; a chunk the record lists, or the client says it wrote, waits for
+    its copies (TryAgain) and nothing is written."""
+    rig.mds.records[22] = [[0, 1]]
+    with pytest.raises(errors.TryAgain, match="was written, and no up OSD has a copy"):
+        await rig.write(0, 22, 0, 1000, b"patch", [0, 1])
+    args = {"ino": 23, "chunk": 0, "offset": 0, "replicas": [0, 1],
+            "epoch": rig.mds.map.epoch, "written": True}
+    with pytest.raises(errors.TryAgain):
+        await rig.clients[0].call("write", args, b"patch")
+    for osd_id in (0, 1, 2):
+        assert await rig.read(osd_id, 22, 0) == (b"", 0)
+        assert await rig.read(osd_id, 23, 0) == (b"", 0)
+    assert await rig.write(0, 24, 0, 10, b"hole", [0, 1]) == {"version": 1}
+    assert await rig.read(1, 24, 0) == (bytes(10) + b"hole", 1)
 
 
 def test_placement_ignores_up_state_and_follows_in_and_hosts():
