@@ -72,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["in", "out"])
     p.add_argument("osd_id", type=int)
     p.add_argument("--force", action="store_true",
-                   help="mark out even if fewer OSDs than the default replica count stay in")
+                   help="mark out even if fewer OSDs than the default replica count stay "
+                        "in; mark in an OSD that is down or still holds old copies")
+    p.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                   help="in: how long to wait for the OSD to drop the copies it holds "
+                        "from before (default %(default)g)")
     _add_fsck_backup(sub)
 
     for p in sub.choices.values():
@@ -445,9 +449,46 @@ async def _osd(cluster, args) -> int:
                   f"fewer than the {replicas} replicas files get by default; "
                   "add OSDs first, or give --force", file=sys.stderr)
             return 1
+    if args.action == "in" and not args.force and not await _ready_to_come_in(cluster, args):
+        return 1
     await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
     print(f"osd{args.osd_id} marked {args.action}")
     return 0
+
+
+async def _ready_to_come_in(cluster, args) -> bool:
+    """Whether an OSD that is out may be marked in: up, and without copies of
+    chunks outside their sets, which its own recovery pass removes once the
+    members hold the newest version.  Those copies are from before it was out
+    and may be older than the members'; marked in, it would be a member again
+    with them, serve them and push them to the others (a tester lost fsynced
+    writes so), since its peers compare versions among members only.  Waits
+    up to ``--wait`` seconds for a pass since it came up that found none."""
+    deadline = trio.current_time() + args.wait
+    said = None
+    while True:
+        cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))
+        osd = cluster.map.osds.get(args.osd_id)
+        if osd is None or osd.in_:
+            return True  # osd_set answers for an unknown id; in already: nothing changes
+        stats = osd.stats
+        if not osd.up:
+            why = "is down: mark it in once it is up and has dropped its old copies"
+        elif stats.get("scan_epoch", 0) < osd.up_since:
+            why = "has not finished a recovery pass since it came up"
+        elif stats.get("misplaced", 0):
+            why = (f"still holds {stats['misplaced']} copies outside their sets, from "
+                   "before it was out")
+        else:
+            return True
+        if trio.current_time() >= deadline or not osd.up:
+            print(f"loomfs osd: osd{args.osd_id} {why}; not marked in (--force marks it "
+                  "in anyway)", file=sys.stderr)
+            return False
+        if why != said:
+            print(f"waiting: osd{args.osd_id} {why}", file=sys.stderr)
+            said = why
+        await trio.sleep(0.5)
 
 
 def _bench(args) -> int:

@@ -7,7 +7,7 @@ the written bytes); recovery then kept the old copies, a higher version, and
 the fsynced write was gone for good, with status HEALTHY and fsck clean.  The
 primary now copies the chunk from wherever it is first (osd.replication).
 
-A live cluster: 2 shards, 4 OSDs, R=2, recovery throttled to 1 MB/s per OSD
+A live cluster: 2 shards, 4 OSDs, R=2, recovery throttled to 4 MB/s per OSD
 so that the writes come before recovery has moved the chunks.
 """
 
@@ -22,14 +22,14 @@ from repl_helpers import drop_page_cache, running_cluster, write_synced
 pytestmark = pytest.mark.mount
 
 MIB = 1 << 20
-FILES = 12
+MOVED = 3  # chunks whose whole set moves that the first test writes files until it has
 CHUNKS = 4  # per file, of 1 MiB: one per slot of the default layout
 VICTIM = 3
 
 
 @pytest.fixture(scope="module")
 def repl(tmp_path_factory):
-    yield from running_cluster(tmp_path_factory, env={"LOOMFS_RECOVERY_RATE": "1000000"})
+    yield from running_cluster(tmp_path_factory, env={"LOOMFS_RECOVERY_RATE": "4000000"})
 
 
 def read_direct(path) -> bytes:
@@ -68,34 +68,37 @@ def wrong_chunks(files: dict) -> list:
     return wrong
 
 
-def moved_whole(files: dict, osds: list[int]) -> list:
-    """Chunks whose replica set shares no OSD with what it is once VICTIM is out."""
+def moved_whole(path, osds: list[int]) -> list[int]:
+    """Chunks of `path` whose replica set shares no OSD with what it is once
+    VICTIM is out."""
     layout = Layout(MIB, CHUNKS, 2)
     hosts = {o: "h" for o in osds}  # one host: the hosts rule changes nothing here
     rest = [o for o in osds if o != VICTIM]
-    moved = []
-    for path in files:
-        ino = os.stat(path).st_ino
-        for chunk in range(CHUNKS):
-            before = replicas_for_chunk(layout, ino, chunk, osd_order(ino, osds), hosts)
-            after = replicas_for_chunk(layout, ino, chunk, osd_order(ino, rest), hosts)
-            if not set(before) & set(after):
-                moved.append((path.name, chunk))
-    return moved
+    ino = os.stat(path).st_ino
+    return [chunk for chunk in range(CHUNKS)
+            if not set(replicas_for_chunk(layout, ino, chunk, osd_order(ino, osds), hosts))
+            & set(replicas_for_chunk(layout, ino, chunk, osd_order(ino, rest), hosts))]
+
+
+def new_files(repl, prefix: str, count: int) -> dict:
+    files = {}
+    for i in range(count):
+        path = repl.mnt / f"{prefix}{i}"
+        data = os.urandom(CHUNKS * MIB)
+        write_synced(path, data)
+        files[path] = bytearray(data)
+    return files
 
 
 def test_writes_after_osd_out_and_in_keep_the_chunks_old_bytes(repl):
     repl.wait_healthy(60)
-    files = {}
-    for i in range(FILES):
-        path = repl.mnt / f"moved{i}"
-        data = os.urandom(CHUNKS * MIB)
-        write_synced(path, data)
-        files[path] = bytearray(data)
     osds = sorted(o["id"] for o in repl.status()["osds"])
-    moved = moved_whole(files, osds)
-    assert moved, "no chunk's whole set moves: the test would prove nothing"
-    print(f"{len(moved)} chunks change their whole replica set with osd{VICTIM} out")
+    files, moved = {}, 0
+    while moved < MOVED and len(files) < 16:  # about 2 in 5 files have one
+        (path, data), = new_files(repl, f"moved{len(files)}-", 1).items()
+        files[path] = data
+        moved += len(moved_whole(path, osds))
+    assert moved >= MOVED, "too few chunks' whole set moves: the test would prove little"
 
     for action in ("out", "in"):
         drop_page_cache()
@@ -104,4 +107,31 @@ def test_writes_after_osd_out_and_in_keep_the_chunks_old_bytes(repl):
         assert wrong_chunks(files) == [], f"right after osd {action}"
         repl.wait_healthy(180)
         assert wrong_chunks(files) == [], f"once recovery moved the chunks (osd {action})"
+    for path in files:
+        path.unlink()  # less for the next test's placement changes to move
+    assert not repl.tracebacks(), repl.tracebacks()
+
+
+def test_an_osd_back_from_an_outage_comes_in_only_without_its_old_copies(repl):
+    """Out while down, it kept copies that the writes since have made old: `osd in`
+    waits until its own recovery pass dropped them (the members hold the newest),
+    and refuses while it is down or with no time to wait."""
+    repl.wait_healthy(60)
+    files = new_files(repl, "outage", 3)
+    repl.kill(VICTIM)
+    repl.wait_osd(VICTIM, False)
+    repl.loomfs("osd", "out", VICTIM)
+    refused = repl.loomfs("osd", "in", VICTIM, check=False)
+    assert refused.returncode == 1 and "is down" in refused.stderr, refused.stderr
+    repl.wait_healthy(180)
+    patch_every_chunk(files)  # the copies left on the victim are old now
+
+    repl.restart(VICTIM)
+    refused = repl.loomfs("osd", "in", VICTIM, "--wait", 0, check=False)
+    assert refused.returncode == 1 and "not marked in" in refused.stderr, refused.stderr
+    repl.loomfs("osd", "in", VICTIM)
+    patch_every_chunk(files)
+    assert wrong_chunks(files) == [], "right after osd in"
+    repl.wait_healthy(180)
+    assert wrong_chunks(files) == [], "once recovery moved the chunks back"
     assert not repl.tracebacks(), repl.tracebacks()
