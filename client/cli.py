@@ -73,10 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("osd_id", type=int)
     p.add_argument("--force", action="store_true",
                    help="mark out even if fewer OSDs than the default replica count stay "
-                        "in; mark in an OSD that is down or still holds old copies")
+                        "in; mark in or out while recovery still moves copies, or mark "
+                        "in an OSD that is down")
     p.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
-                   help="in: how long to wait for the OSD to drop the copies it holds "
-                        "from before (default %(default)g)")
+                   help="how long to wait for recovery to finish moving copies from the "
+                        "last placement change (default %(default)g)")
     _add_fsck_backup(sub)
 
     for p in sub.choices.values():
@@ -449,46 +450,60 @@ async def _osd(cluster, args) -> int:
                   f"fewer than the {replicas} replicas files get by default; "
                   "add OSDs first, or give --force", file=sys.stderr)
             return 1
-    if args.action == "in" and not args.force and not await _ready_to_come_in(cluster, args):
+    if not args.force and not await _placement_settled(cluster, args):
         return 1
     await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
     print(f"osd{args.osd_id} marked {args.action}")
     return 0
 
 
-async def _ready_to_come_in(cluster, args) -> bool:
-    """Whether an OSD that is out may be marked in: up, and without copies of
-    chunks outside their sets, which its own recovery pass removes once the
-    members hold the newest version.  Those copies are from before it was out
-    and may be older than the members'; marked in, it would be a member again
-    with them, serve them and push them to the others (a tester lost fsynced
-    writes so), since its peers compare versions among members only.  Waits
-    up to ``--wait`` seconds for a pass since it came up that found none."""
+async def _placement_settled(cluster, args) -> bool:
+    """Whether the placement may change now: the OSD to mark in is up, and every
+    up OSD finished a recovery pass at the current map with no copy outside its
+    set.  Versions are compared among a chunk's current members only, so copies
+    left over from an earlier placement must be gone before the placement moves
+    again: marked in or out before that, a set can come back to OSDs that still
+    hold its old copies, which then serve old bytes, and a write on top gives
+    them the version the newest copy has elsewhere, which recovery removes as
+    misplaced (a tester lost fsynced writes so, both ways).  Waits up to
+    ``--wait`` seconds."""
     deadline = trio.current_time() + args.wait
     said = None
     while True:
         cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))
         osd = cluster.map.osds.get(args.osd_id)
-        if osd is None or osd.in_:
-            return True  # osd_set answers for an unknown id; in already: nothing changes
-        stats = osd.stats
-        if not osd.up:
-            why = "is down: mark it in once it is up and has dropped its old copies"
-        elif stats.get("scan_epoch", 0) < osd.up_since:
-            why = "has not finished a recovery pass since it came up"
-        elif stats.get("misplaced", 0):
-            why = (f"still holds {stats['misplaced']} copies outside their sets, from "
-                   "before it was out")
-        else:
+        if osd is None or osd.in_ == (args.action == "in"):
+            return True  # osd_set answers for an unknown id; nothing moves otherwise
+        why = _unsettled(cluster.map, args)
+        if why is None:
             return True
-        if trio.current_time() >= deadline or not osd.up:
-            print(f"loomfs osd: osd{args.osd_id} {why}; not marked in (--force marks it "
-                  "in anyway)", file=sys.stderr)
+        final = trio.current_time() >= deadline or (args.action == "in" and not osd.up)
+        if final:
+            print(f"loomfs osd: {why}; osd{args.osd_id} not marked {args.action} "
+                  "(--force does it anyway)", file=sys.stderr)
             return False
         if why != said:
-            print(f"waiting: osd{args.osd_id} {why}", file=sys.stderr)
+            print(f"waiting: {why}", file=sys.stderr)
             said = why
         await trio.sleep(0.5)
+
+
+def _unsettled(current, args) -> str | None:
+    """Why the placement should not change yet, or None."""
+    osd = current.osds[args.osd_id]
+    if args.action == "in" and not osd.up:
+        return (f"osd{args.osd_id} is down: mark it in once it is up and has dropped "
+                "its old copies")
+    for other in sorted(current.osds.values(), key=lambda o: o.osd_id):
+        if not other.up:
+            continue
+        stats = other.stats
+        if stats.get("scan_epoch", 0) < current.epoch:
+            return f"osd{other.osd_id} has not finished a recovery pass at map epoch {current.epoch}"
+        if stats.get("misplaced", 0):
+            return (f"osd{other.osd_id} still holds {stats['misplaced']} copies outside their "
+                    "sets (recovery is moving them)")
+    return None
 
 
 def _bench(args) -> int:
