@@ -127,7 +127,14 @@ class FileData:
         self.idle = trio.Event()
         self.idle.set()
         self.progress = trio.Event()  # set (and replaced) whenever a chunk write ends
-        self.error: errors.LoomError | None = None
+        self.error: errors.LoomError | None = None  # for the next flush, fsync or read
+        # Every failed write counts here, and each open handle reports the failures
+        # counted since it last reported one at its own flush or fsync (client.ops),
+        # as Linux reports a writeback error once to every open file: `error` alone
+        # went to whichever handle flushed first, and another writer's fsync then
+        # succeeded over bytes that were never stored (a tester's report).
+        self.error_count = 0
+        self.last_error: errors.LoomError | None = None
         self.written_osds: set[int] = set()
         self.chunks_written: set[int] = set()  # since the last commit_size (loomproto.chunkset)
         self.size_dirty = False
@@ -154,6 +161,14 @@ class FileData:
         # writes, fsync and close of this open file fail with it.
         self.create_error: errors.LoomError | None = None
         self.reading_ahead: set[trio.CancelScope] = set()  # see DataPath.closed
+
+
+    def failed(self, error: errors.LoomError) -> None:
+        """A write of this file failed: the next flush, fsync or read fails with the
+        first such error, and every handle's next flush or fsync with one."""
+        self.error = self.error or error
+        self.error_count += 1
+        self.last_error = error
 
 
 class Prefetch:
@@ -255,12 +270,11 @@ class DataPath:
         except errors.LoomError as exc:
             log.error("write of ino %d chunk %d failed: %s", fd.ino, chunk_index, exc)
             # ENOSPC stays ENOSPC for the application; everything else is EIO.
-            kept = exc if isinstance(exc, errors.NoSpace) else errors.IOFailure(str(exc))
-            fd.error = fd.error or kept
+            fd.failed(exc if isinstance(exc, errors.NoSpace) else errors.IOFailure(str(exc)))
         except Exception:
             # A bug here must fail this file's next flush, not the whole mount.
             log.exception("write of ino %d chunk %d failed unexpectedly", fd.ino, chunk_index)
-            fd.error = fd.error or errors.IOFailure(f"internal error writing ino {fd.ino}")
+            fd.failed(errors.IOFailure(f"internal error writing ino {fd.ino}"))
         finally:
             # The chunk changed on the OSDs: a copy fetched before (or while) it
             # landed is stale, and so is any fetch still running.

@@ -139,12 +139,13 @@ def _uncookie(cookie: int) -> tuple[int, int]:
 
 
 class Handle:
-    __slots__ = ("ino", "fd", "flags")
+    __slots__ = ("ino", "fd", "flags", "errors_seen")
 
     def __init__(self, ino, fd, flags):
         self.ino = ino
         self.fd = fd
         self.flags = flags
+        self.errors_seen = fd.error_count  # failed writes reported (FileData.failed)
 
 
 @_guard_all
@@ -1177,22 +1178,33 @@ class LoomOperations(pyfuse3.Operations):
         return await self.data.write(handle.fd, off, buf, time.time_ns())
 
     async def flush(self, fh):
-        await self._flush(self.handles[fh].fd)
+        handle = self.handles[fh]
+        await self._flush(handle.fd, handle)
 
     async def fsync(self, fh, datasync):
-        fd = self.handles[fh].fd
+        handle = self.handles[fh]
+        fd = handle.fd
         await self._settle_create(fd)
-        await self._flush(fd)
+        await self._flush(fd, handle)
         try:
             await self.data.sync(fd)
         except BaseException:
             self._page_gens.pop(fd.ino, None)  # as in _flush: the pages may not be stored
             raise
 
-    async def _flush(self, fd: FileData):
+    async def _flush(self, fd: FileData, handle: Handle | None = None):
+        """Send the file's writes and commit its size; raises the error of a failed
+        write, and to `handle` any failed write it has not been told of."""
         await self._settle_create(fd, wait=False)
         await self.data.drain(fd)
         error = self.data.take_error(fd)
+        missed = handle is not None and fd.error_count > handle.errors_seen
+        if handle is not None:
+            handle.errors_seen = fd.error_count
+        if error is None and missed:
+            # Another handle's flush, or a read, took the error first and did what
+            # follows; this one's caller must hear of it too.
+            raise fd.last_error
         if error is not None:
             # The size those writes would have given the file is not recorded:
             # a failed write must not leave a file that reads as zeros.

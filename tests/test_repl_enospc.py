@@ -73,6 +73,27 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
             os.fsync(fp.fileno())
     assert info.value.errno == errno.ENOSPC, info.value
 
+    # Two handles of one file: a failed write is reported at each one's fsync, not
+    # only at the first flush or fsync of either (a tester's report: the other
+    # fsync succeeded over bytes that were never stored).
+    shared = live.mnt / "shared"
+    first = os.open(shared, os.O_WRONLY | os.O_CREAT, 0o644)
+    second = os.open(shared, os.O_WRONLY)
+    try:
+        slot = next(s for s, osds in sorted(live.getstripe(shared).items()) if 2 in osds)
+        os.pwrite(second, b"x", 0)
+        # A whole chunk, sent at once: the write returns before osd2 refuses it.
+        os.pwrite(first, next(seeded_blocks(SEED + 3, 1)), slot * MiB)
+        for fd in (second, first):
+            with pytest.raises(OSError) as failed:
+                os.fsync(fd)
+            assert failed.value.errno in (errno.ENOSPC, errno.EIO), failed.value
+        os.fsync(second)  # reported once to each
+    finally:
+        os.close(second)
+        os.close(first)
+    shared.unlink()
+
     # A file written while the full osd2 was down: back up, osd2 has no room to catch
     # up on its chunks, and reads of those go to the other copy, not fail with
     # ENOSPC (a tester's report; getstripe names the chunks osd2 is primary of).
