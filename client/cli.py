@@ -474,11 +474,10 @@ async def _placement_settled(cluster, args) -> bool:
         osd = cluster.map.osds.get(args.osd_id)
         if osd is None or osd.in_ == (args.action == "in"):
             return True  # osd_set answers for an unknown id; nothing moves otherwise
-        why = _unsettled(cluster.map, args)
+        why, hopeless = _unsettled(cluster.map, args)
         if why is None:
             return True
-        final = trio.current_time() >= deadline or (args.action == "in" and not osd.up)
-        if final:
+        if hopeless or trio.current_time() >= deadline:
             print(f"loomfs osd: {why}; osd{args.osd_id} not marked {args.action} "
                   "(--force does it anyway)", file=sys.stderr)
             return False
@@ -488,22 +487,31 @@ async def _placement_settled(cluster, args) -> bool:
         await trio.sleep(0.5)
 
 
-def _unsettled(current, args) -> str | None:
-    """Why the placement should not change yet, or None."""
+def _unsettled(current, args) -> tuple[str | None, bool]:
+    """Why the placement should not change yet (None: it may), and whether
+    waiting cannot help."""
     osd = current.osds[args.osd_id]
     if args.action == "in" and not osd.up:
         return (f"osd{args.osd_id} is down: mark it in once it is up and has dropped "
-                "its old copies")
+                "its old copies"), True
+    down_in = sorted(o.osd_id for o in current.osds.values() if o.in_ and not o.up)
     for other in sorted(current.osds.values(), key=lambda o: o.osd_id):
         if not other.up:
             continue
         stats = other.stats
         if stats.get("scan_epoch", 0) < current.epoch:
-            return f"osd{other.osd_id} has not finished a recovery pass at map epoch {current.epoch}"
+            return (f"osd{other.osd_id} has not finished a recovery pass at map epoch "
+                    f"{current.epoch}"), False
         if stats.get("misplaced", 0):
-            return (f"osd{other.osd_id} still holds {stats['misplaced']} copies outside their "
-                    "sets (recovery is moving them)")
-    return None
+            why = (f"osd{other.osd_id} still holds {stats['misplaced']} copies outside "
+                   "their sets")
+            if down_in:
+                # A copy outside its set goes only once every member holds it: those
+                # of sets with a member down stay until it is up, or out (--force).
+                return (f"{why}; osds {down_in} are down and in, and copies whose set "
+                        "has them stay until they are up"), False
+            return f"{why} (recovery is moving them)", False
+    return None, False
 
 
 def _bench(args) -> int:

@@ -412,9 +412,10 @@ class DataPath:
         touched = {ci for ci, _, _ in fd.layout.chunks(offset, end - offset)}
         if touched & fd.dirty.keys() or fd.in_flight:
             await self.drain(fd, touched)
-            error = self.take_error(fd)
-            if error is not None:
-                raise error
+            if fd.error is not None:
+                # Left for the next flush or fsync, which reports it to the writer
+                # and does what follows a failed write (client.ops `_flush`).
+                raise fd.error
         # Kernel read-ahead sends several requests at once, so "sequential"
         # tolerates a little reordering around the previous end: a few requests
         # of this one's size, at most two chunks.  A window of whole chunks for

@@ -20,6 +20,7 @@ the mount.
 
 import collections
 import contextlib
+import copy
 import errno
 import functools
 import inspect
@@ -1202,9 +1203,9 @@ class LoomOperations(pyfuse3.Operations):
         if handle is not None:
             handle.errors_seen = fd.error_count
         if error is None and missed:
-            # Another handle's flush, or a read, took the error first and did what
+            # Another handle's flush or fsync took the error first and did what
             # follows; this one's caller must hear of it too.
-            raise fd.last_error
+            raise copy.copy(fd.last_error)
         if error is not None:
             # The size those writes would have given the file is not recorded:
             # a failed write must not leave a file that reads as zeros.

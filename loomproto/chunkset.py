@@ -1,15 +1,18 @@
 """Sets of chunk indices kept as sorted, disjoint half-open ranges.
 
 A regular file's inode records which chunk indices were ever written (field
-``chunks``: ``[[start, end], ...]``), so that ``loomfs fsck`` can tell a chunk
-lost from every replica from a hole of a sparse file.  The client sends the
-indices it flushed with each ``commit_size``; the metadata server merges them,
-and a truncate trims the ranges past the new end.
+``chunks``: ``[[start, end], ...]``), so that ``loomfs fsck``, a reader and a
+write's primary (osd.replication) can tell a chunk lost or out of reach from a
+hole of a sparse file.  The client sends the indices it flushed with each
+``commit_size``; the metadata server merges them.  A truncate keeps them: a
+chunk past the new end still has copies (empty, at a higher version), and fsck
+trims to the size itself.
 
 The record may be a subset of what was written, never a superset: inodes from
 before the record existed have none, and past `MAX_RANGES` ranges (a file
-written in a scattered pattern) the highest ranges are dropped.  A subset only
-means fsck checks fewer chunks.
+written in a scattered pattern) the highest ranges are dropped.  A subset
+means fsck checks fewer chunks, and a write may start such a chunk anew when
+no up OSD has a copy.
 """
 
 MAX_RANGES = 512

@@ -12,7 +12,7 @@ import logging
 import stat
 
 from loomproto import chunkset, errors
-from loomproto.layout import ROOT_INO, Layout
+from loomproto.layout import ROOT_INO
 
 from . import args as check
 from . import schema
@@ -136,7 +136,10 @@ def apply_setattr(inode: dict, fields: dict, caller_uid: int, caller_gids: set, 
         inode["mtime"] = now
         if inode["size"]:
             inode["had_data"] = True
-        _trim_chunks(inode)
+        # The record of written chunks is not trimmed: a chunk past the new end
+        # keeps an empty copy at a higher version on its OSDs, and a write that
+        # started it anew elsewhere while those are down would lose to it once
+        # they return (osd.replication `_never_written`; a reviewer's finding).
     for key in ("atime", "mtime"):
         if key in fields:
             inode[key] = fields[key]
@@ -177,13 +180,6 @@ def refuse_unlinked(ino: int, inode: dict) -> None:
     kernel looks the name up again and the change lands on the file there now."""
     if inode["nlink"] == 0 and not is_dir(inode):
         raise errors.NotFound(f"inode {ino} has no name left")
-
-
-def _trim_chunks(inode: dict):
-    """A size change drops the record of chunks past the new end (see loomproto.chunkset)."""
-    if inode.get("chunks") and inode.get("layout") is not None:
-        count = Layout.from_wire(inode["layout"]).chunk_count(inode["size"])
-        inode["chunks"] = chunkset.trim(inode["chunks"], count)
 
 
 def _chunk_ranges(args: dict) -> list:

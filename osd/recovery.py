@@ -256,7 +256,7 @@ class Recovery:
             if self.osd_id not in members:
                 # A copy outside the set goes once every member has the newest version.
                 if best > 0 and good == len(members):
-                    removals.append(key)
+                    removals.append((key, meta.version))
                     continue
                 misplaced += 1
                 if all(current.is_up(o) for o in members):
@@ -279,11 +279,8 @@ class Recovery:
             for osd_id in members:
                 if osd_id in have and have[osd_id] < best:
                     pushes.append((key, osd_id, newest))
-        self.stats.update(degraded=degraded, misplaced=misplaced, recovering=len(pushes),
-                          unrepairable=unrepairable)
-        for key in removals:
-            await self.store.remove_chunk(*key)
-            self.stats["removed"] += 1
+        self.stats.update(degraded=degraded, recovering=len(pushes), unrepairable=unrepairable)
+        removed = await self._remove_moved(removals, epoch)
         pushed = await self._push_all(pushes)
         # Work left that a pass can do before the map changes: pushes that failed,
         # copies here outside their sets whose members are all up, this copy
@@ -292,14 +289,38 @@ class Recovery:
         # rebalance` waited for them.)  What waits for a member that is down, or
         # for more OSDs in, waits for the map change that brings them, which
         # starts a pass.
-        self._work_left = pushed < len(pushes) or movable > 0 or behind_up
-        self.stats["scan_epoch"] = epoch
+        self._work_left = (pushed < len(pushes) or movable > 0 or behind_up
+                           or removed < len(removals))
+        # `misplaced` goes out with `scan_epoch`, after the removals: `loomfs osd
+        # in|out` takes both at this epoch, with no misplaced copy, as the sign that
+        # the last placement change is over (a reviewer saw a second pass report
+        # misplaced 0 beside the first one's epoch while its removals still ran).
+        misplaced += len(removals) - removed
+        self.stats.update(misplaced=misplaced, scan_epoch=epoch)
         self.stats["passes"] += 1
         if pushes or removals or degraded:
             log.info("recovery pass at epoch %d: %d chunks, %d degraded, %d pushed, "
                      "%d misplaced, %d moved away", epoch, len(plans), degraded, pushed,
-                     misplaced, len(removals))
+                     misplaced, removed)
         return pushed
+
+    async def _remove_moved(self, removals, epoch: int) -> int:
+        """Remove copies outside their sets that every member holds at the newest
+        version; returns how many went.  Each is checked again under the chunk's
+        lock: unchanged since the pass looked, and the map still that of the pass
+        (a copy outside its set then may be a member's now)."""
+        removed = 0
+        for key, version in removals:
+            if self.maps.current.epoch != epoch:
+                break  # the next pass decides with the new map
+            async with self.replicator.order.hold(key):
+                meta = self.store.meta(*key)
+                if meta is None or meta.version != version:
+                    continue
+                await self.store.remove_chunk(*key)
+            removed += 1
+            self.stats["removed"] += 1
+        return removed
 
     def _behind(self, plans, versions, up_only=None) -> bool:
         """Whether some member may hold a newer copy than ours of some chunk; with
@@ -553,21 +574,29 @@ class Recovery:
                      members: bool = False) -> bool:
         """A chunk absent here: look for it on every other up OSD outside its set
         (a placement change moved the set and recovery has not copied it yet), and
-        on the other members too with `members`, and copy the newest copy found
-        here.  Returns whether one was found.  Costs a round of small calls, so
-        only for absent chunks."""
+        on the other members too with `members` (a write's primary), and copy the
+        newest copy found here.  Returns whether one was found.  Costs a round of
+        small calls, so only for absent chunks.  For a write (`members`) an OSD
+        that does not answer, or a copy that cannot be taken, is `TryAgain`: the
+        newest copy may be the one out of reach, and a write on an older one (or
+        on none) would lose to it later."""
         current = self.maps.current
         others = [o for o in sorted(current.osds) if o != self.osd_id and current.is_up(o)
                   and (members or o not in replicas)]
         found = await self._versions_of(ino, chunk_index, others)
+        failure = errors.TryAgain if members else errors.IOFailure
+        silent = [o for o in others if o not in found]
+        if members and silent:
+            raise failure(f"ino {ino} chunk {chunk_index}: osds {silent} did not say "
+                          "whether they hold it")
         best = max(found.items(), key=lambda item: item[1], default=(None, 0))
         if best[1] <= 0:
             return False
         client = self.replicator.peer(best[0])
         if client is None or not await self.replicator.pull(ino, chunk_index, best[0],
                                                             client.addr):
-            raise errors.IOFailure(f"ino {ino} chunk {chunk_index} is on osd {best[0]} "
-                                   f"and cannot be copied here (its set {replicas})")
+            raise failure(f"ino {ino} chunk {chunk_index} is on osd {best[0]} "
+                          f"and cannot be copied here (its set {replicas})")
         log.info("ino %d chunk %d: copied from osd %d (its set %s)", ino, chunk_index,
                  best[0], replicas)
         return True

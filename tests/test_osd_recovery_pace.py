@@ -13,6 +13,7 @@ import trio.testing
 
 from loomproto import errors
 from osd import recovery as recovery_module
+from osd.locks import KeyedLocks
 from osd.recovery import PASS_DUTY, Recovery
 
 INTERVAL = recovery_module.RECOVERY_INTERVAL
@@ -214,6 +215,7 @@ def _pass_rig(osd_id, down=(), versions=None, push_fails=False, chunks=range(8))
     rec.osd_id = osd_id
     rec.maps = type("Maps", (), {"current": current})()
     rec.store = _Store({5: chunks})
+    rec.replicator = type("Replicator", (), {"order": KeyedLocks()})()
     rec.stats = {"degraded": 0, "recovering": 0, "recovered": 0, "misplaced": 0,
                  "removed": 0, "scan_epoch": 0, "passes": 0, "repaired": 0,
                  "unrepairable": 0}

@@ -393,14 +393,20 @@ async def test_dead_replica_still_up_in_map_asks_the_client_to_retry(rig):
     rig.osds[2].stop()
     rig.mds.frozen.add(2)  # mdsd 0 has not noticed yet: osd 2 stays up in the map
     # TryAgain: the client waits for a newer map (osd 2 down) and sends it again.
+    args = {"ino": 21, "chunk": 0, "offset": 0, "replicas": [0, 2],
+            "epoch": rig.mds.map.epoch, "fresh": True}
     with pytest.raises(errors.TryAgain, match="replica osd 2"):
-        await rig.write(0, 21, 0, 0, b"x", [0, 2])
+        await rig.clients[0].call("write", args, b"x")
+    # Not fresh, the chunk is looked for first: osd 2 does not answer that either.
+    with pytest.raises(errors.TryAgain, match=r"osds \[2\] did not say"):
+        await rig.write(0, 22, 0, 0, b"x", [0, 2])
 
 
 async def test_dead_replica_marked_down_during_write_degrades(rig):
     rig.osds[2].stop()
     rig.mds.mark_down(2)  # the primary has not fetched this map yet
-    args = {"ino": 22, "chunk": 0, "offset": 0, "replicas": [0, 2], "epoch": 0}
+    args = {"ino": 22, "chunk": 0, "offset": 0, "replicas": [0, 2], "epoch": 0,
+            "fresh": True}  # (not fresh, the search for the chunk would ask osd 2 first)
     assert await rig.clients[0].call("write", args, b"x") == {"version": 1}
 
 
