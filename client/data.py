@@ -162,7 +162,6 @@ class FileData:
         self.create_error: errors.LoomError | None = None
         self.reading_ahead: set[trio.CancelScope] = set()  # see DataPath.closed
 
-
     def failed(self, error: errors.LoomError) -> None:
         """A write of this file failed: the next flush, fsync or read fails with the
         first such error, and every handle's next flush or fsync with one."""
