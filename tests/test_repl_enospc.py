@@ -79,6 +79,7 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
     shared = live.mnt / "shared"
     first = os.open(shared, os.O_WRONLY | os.O_CREAT, 0o644)
     second = os.open(shared, os.O_WRONLY)
+    reader = os.open(shared, os.O_RDONLY)
     try:
         slot = next(s for s, osds in sorted(live.getstripe(shared).items()) if 2 in osds)
         os.pwrite(second, b"x", 0)
@@ -89,7 +90,11 @@ def test_full_osd_gives_enospc_and_keeps_serving(full_cluster):
                 os.fsync(fd)
             assert failed.value.errno in (errno.ENOSPC, errno.EIO), failed.value
         os.fsync(second)  # reported once to each
+        closing, reader = reader, None  # (close releases the descriptor even when it fails)
+        os.close(closing)  # a reader's close is not failed for another's write
     finally:
+        if reader is not None:
+            os.close(reader)
         os.close(second)
         os.close(first)
     shared.unlink()
