@@ -1,9 +1,10 @@
 """Sets of chunk indices kept as sorted, disjoint half-open ranges.
 
 A regular file's inode records which chunk indices were ever written (field
-``chunks``: ``[[start, end], ...]``), so that ``loomfs fsck``, a reader and a
-write's primary (osd.replication) can tell a chunk lost or out of reach from a
-hole of a sparse file.  The client sends the indices it flushed with each
+``chunks``: ``[[start, end], ...]``), so that ``loomfs fsck``, a reader whose
+replicas answer without a copy, and a write's primary (osd.replication) can tell
+a chunk lost or out of reach from a hole of a sparse file.  (A read that no
+replica answers fails with EIO after ``io_timeout``, hole or not.)  The client sends the indices it flushed with each
 ``commit_size``; the metadata server merges them.  A truncate keeps them: a
 chunk past the new end still has copies (empty, at a higher version), and fsck
 trims to the size itself.
