@@ -78,15 +78,17 @@ class Replicator:
         `written`: the client wrote this chunk since its last size commit."""
         await self.catch_up_map(epoch)
         async with self.order.hold((ino, chunk_index)):
-            if not fresh and self.store.meta(ino, chunk_index) is None \
-                    and self.locate is not None:
-                # Not here.  After a placement change its copies may sit on any
-                # other OSDs: one OSD in or out can move a chunk's whole set, and
-                # recovery copies it over only later.  Written on top of nothing,
-                # the chunk would start anew at version 1, and the old copies (a
-                # higher version) would replace it once recovery got to it, or once
-                # their OSD came back (a tester lost fsynced writes so after a plain
-                # `osd out`).  A fresh inode's chunks were all placed as now.
+            here = self.store.meta(ino, chunk_index)
+            if not fresh and (here is None or here.corrupt) and self.locate is not None:
+                # Not here, or only a copy that failed its checksums (its version
+                # cannot be trusted, so it counts as none).  After a placement
+                # change the chunk's copies may sit on any other OSDs: one OSD in
+                # or out can move a chunk's whole set, and recovery copies it over
+                # only later.  Written on top of nothing, the chunk would start
+                # anew at version 1, and the old copies (a higher version) would
+                # replace it once recovery got to it, or once their OSD came back
+                # (a tester lost fsynced writes so after a plain `osd out`).  A
+                # fresh inode's chunks were all placed as now.
                 if not await self.locate(ino, chunk_index, replicas, members=True):
                     await self._never_written(ino, chunk_index, written)
             for attempt in range(MAX_ROUNDS):

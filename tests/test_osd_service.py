@@ -198,6 +198,31 @@ async def test_a_write_takes_the_copy_a_moved_set_left_behind_first(rig):
         assert await rig.read(osd_id, 21, 0) == (expect, 2)
 
 
+async def test_a_corrupt_copy_on_a_moved_sets_primary_does_not_start_the_chunk_anew(rig):
+    """The new primary holds a copy that failed its checksums (a stale one from
+    long ago): it looks for the chunk as if it had none, and copies the newest
+    before writing.  (Its version counted as 0, so the write landed at version 1
+    on top of the bad copy, and the moved set's old copy, at a higher version,
+    beat it later.)"""
+    old = os.urandom(3 * chunkfile.BLOCK_SIZE)
+    for _ in range(3):
+        await rig.write(2, 25, 0, 0, old, [2])  # the earlier set's copy, version 3
+    args = {"ino": 25, "chunk": 0, "offset": 0, "replicas": [0], "fresh": True,
+            "epoch": rig.mds.map.epoch}
+    await rig.clients[0].call("write", args, os.urandom(3 * chunkfile.BLOCK_SIZE))
+    path = os.path.join(rig.data_dir(0), "chunks", "19", "19", "0")
+    with open(path, "r+b") as fp:  # block 1 of osd 0's copy goes bad
+        fp.seek(chunkfile.HEADER_SIZE + chunkfile.BLOCK_SIZE + 5)
+        fp.write(b"\xff\x00\xff")
+    rig.osds[0].store.close()
+    with pytest.raises(errors.Corrupt):
+        await rig.read(0, 25, 0)
+    assert await rig.write(0, 25, 0, 1000, b"patch", [0, 1]) == {"version": 4}
+    expect = old[:1000] + b"patch" + old[1005:]
+    for osd_id in (0, 1):
+        assert await rig.read(osd_id, 25, 0) == (expect, 4)
+
+
 async def test_a_written_chunk_no_up_osd_has_is_not_started_anew(rig):
     """No up OSD has the chunk: a hole (not in the inode's record) starts from
     nothing; a chunk the record lists, or the client says it wrote, waits for
