@@ -103,6 +103,8 @@ class ChunkStore:
         self._handles: OrderedDict[tuple, _Handle] = OrderedDict()
         self._dirty: dict[int, set[int]] = {}  # ino -> chunk indexes written since sync
         self._dirty_dirs: dict[int, set[str]] = {}  # ino -> directories with new entries
+        # ino -> chunks whose fsync failed here, until a copy replaces them (sync_file)
+        self._sync_failed: dict[int, set[int]] = {}
 
     # -- paths and lifecycle --------------------------------------------------
 
@@ -138,6 +140,8 @@ class ChunkStore:
             self.used -= old.length
             self.chunk_count -= 1
         if meta is not None:
+            if chunk_index in self._sync_failed.get(ino, ()):
+                meta.corrupt = True  # written on top: still not known to be on disk
             chunks[chunk_index] = meta
             self.used += meta.length
             self.chunk_count += 1
@@ -329,6 +333,7 @@ class ChunkStore:
 
             # No checkpoint from here on: the index follows the disk at once.
             self._handles[key] = _Handle(fd, header, path)
+            self._sync_cleared(ino, chunk_index)  # the copy was fsynced before its rename
             self._set_meta(ino, chunk_index, ChunkMeta(header.length, header.version))
             self._dirty_dirs.setdefault(ino, set()).update(new_dirs)
             self._evict()
@@ -339,6 +344,13 @@ class ChunkStore:
         await self._remove_chunk(ino, chunk_index)
         if ino not in self.index:
             await self._io(self.ino_dir(ino), _rmdir_quietly, self.ino_dir(ino))
+
+    def _sync_cleared(self, ino: int, chunk_index: int) -> None:
+        failed = self._sync_failed.get(ino)
+        if failed is not None:
+            failed.discard(chunk_index)
+            if not failed:
+                del self._sync_failed[ino]
 
     def mark_corrupt(self, ino: int, chunk_index: int) -> None:
         meta = self.meta(ino, chunk_index)
@@ -354,6 +366,9 @@ class ChunkStore:
             self._drop_handle(key)  # the file as it is now, not one kept open
         try:
             await self.read(ino, chunk_index, 0, chunkfile.MAX_CHUNK)
+            if chunk_index in self._sync_failed.get(ino, ()):
+                # It reads back from the page cache; what its disk holds is unknown.
+                raise errors.Corrupt(f"ino {ino} chunk {chunk_index}: its fsync failed")
         except errors.Corrupt as exc:
             log.error("scrub: %s", exc)
         except errors.IOFailure as exc:
@@ -419,6 +434,7 @@ class ChunkStore:
             path = self.chunk_path(ino, chunk_index)
             self._drop_handle(key)
             await self._io(path, _unlink_quietly, path)
+            self._sync_cleared(ino, chunk_index)
             self._set_meta(ino, chunk_index, None)
             self._dirty.get(ino, set()).discard(chunk_index)
 
@@ -443,17 +459,36 @@ class ChunkStore:
 
     async def sync_file(self, ino: int) -> None:
         """fsync every chunk of `ino` written since its last sync, then the new
-        directory entries, deepest first."""
+        directory entries, deepest first.
+
+        A failed fsync fails every later sync of the inode too, until each chunk
+        it covered is replaced by a copy from another replica (`replace`, which
+        fsyncs before it renames) or removed.  Linux reports a writeback error
+        to one fsync only and marks the pages clean, so trying again would
+        return success over data that may never have reached the disk.  The
+        chunks are also marked corrupt: their version counts for nothing, so
+        recovery, scrub and the next read or write through them copy a
+        replica's (with one replica there is none, and the page cache's bytes
+        are served as they are).
+        """
         async with self._sync_locks.hold(ino):
+            failed = self._sync_failed.get(ino)
+            if failed:
+                raise errors.IOFailure(f"ino {ino}: an fsync of chunks {sorted(failed)} "
+                                       f"failed on this osd, and no copy replaced them yet")
             chunks = self._dirty.pop(ino, set())
             dirs = self._dirty_dirs.pop(ino, set())
             paths = [self.chunk_path(ino, c) for c in sorted(chunks)]
             ordered_dirs = sorted(dirs, key=len, reverse=True)
             try:
                 await self._io(self.ino_dir(ino), _fsync_paths, paths, ordered_dirs)
-            except errors.LoomError:
-                self._dirty.setdefault(ino, set()).update(chunks)
-                self._dirty_dirs.setdefault(ino, set()).update(dirs)
+            except errors.LoomError as exc:
+                log.error("fsync of ino %d chunks %s failed: %s", ino, sorted(chunks), exc)
+                gone = {c for c in chunks if self.meta(ino, c) is None}
+                if chunks - gone:
+                    self._sync_failed.setdefault(ino, set()).update(chunks - gone)
+                for chunk_index in chunks - gone:
+                    self.mark_corrupt(ino, chunk_index)
                 raise
         log.debug("synced ino %d: %d chunks, %d directories", ino, len(paths), len(dirs))
 

@@ -368,6 +368,47 @@ async def test_sync_file_fsyncs_written_chunks_and_new_dirs(rig, monkeypatch):
     assert synced == [f"{root}/2a/2a/5"]
 
 
+async def test_a_failed_fsync_fails_every_sync_until_a_replica_replaces_the_copy(
+        rig, monkeypatch):
+    """Linux reports a writeback error to one fsync only: the next one returns 0
+    although the bytes may never have reached the disk.  So the OSD keeps
+    failing the file's syncs until the chunk is copied from another replica
+    (which the next write, read or recovery pass does, as for a corrupt copy)."""
+    data = os.urandom(200_000)
+    await rig.write(0, 44, 0, 0, data, [0, 1])
+    bad = os.path.realpath(rig.osds[0].store.chunk_path(44, 0))
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(errors.IOFailure, match="Input/output error"):
+        await rig.clients[0].call("sync_file", {"ino": 44})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    for _ in range(2):  # the disk works again; its pages were marked clean anyway
+        with pytest.raises(errors.IOFailure, match=r"an fsync of chunks \[0\] failed"):
+            await rig.clients[0].call("sync_file", {"ino": 44})
+    assert await rig.clients[1].call("sync_file", {"ino": 44}) == {}  # the replica's is fine
+
+    # The next write takes osd 1's copy first (osd 0's version counts for nothing).
+    assert await rig.write(0, 44, 0, 10, b"patch", [0, 1]) == {"version": 2}
+    assert await rig.clients[0].call("sync_file", {"ino": 44}) == {}
+    expect = data[:10] + b"patch" + data[15:]
+    for osd_id in (0, 1):
+        assert await rig.read(osd_id, 44, 0) == (expect, 2)
+
+    # Failed again: a scrub's check fails the copy, although it reads back fine.
+    await rig.write(0, 44, 0, 0, b"again", [0, 1])
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(errors.IOFailure):
+        await rig.clients[0].call("sync_file", {"ino": 44})
+    assert await rig.osds[0].store.verify(44, 0) is False
+    assert await rig.osds[1].store.verify(44, 0) is True
+
+
 @pytest.mark.parametrize("op, args", [
     ("read", {"ino": 0, "chunk": 0, "offset": 0, "length": 1}),
     ("read", {"ino": "1", "chunk": 0, "offset": 0, "length": 1}),
