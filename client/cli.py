@@ -450,14 +450,29 @@ async def _osd(cluster, args) -> int:
                   f"fewer than the {replicas} replicas files get by default; "
                   "add OSDs first, or give --force", file=sys.stderr)
             return 1
-    if not args.force and not await _placement_settled(cluster, args):
-        return 1
-    await cluster.mds(0, "osd_set", {"id": args.osd_id, "in": args.action == "in"})
-    print(f"osd{args.osd_id} marked {args.action}")
-    return 0
+    request = {"id": args.osd_id, "in": args.action == "in"}
+    deadline = trio.current_time() + args.wait
+    while True:
+        if not args.force:
+            if not await _placement_settled(cluster, args, deadline):
+                return 1
+            # Refused if the placement changed since the check (another osd in or
+            # out meanwhile): check and change are one step on mdsd 0.
+            request["placement"] = [list(pair) for pair in cluster.map.placement()]
+        try:
+            await cluster.mds(0, "osd_set", request)
+        except errors.TryAgain as exc:
+            if trio.current_time() >= deadline:
+                print(f"loomfs osd: {exc.message}; osd{args.osd_id} not marked "
+                      f"{args.action} (--force does it anyway)", file=sys.stderr)
+                return 1
+            print(f"waiting: {exc.message}", file=sys.stderr)
+            continue
+        print(f"osd{args.osd_id} marked {args.action}")
+        return 0
 
 
-async def _placement_settled(cluster, args) -> bool:
+async def _placement_settled(cluster, args, deadline: float) -> bool:
     """Whether the placement may change now: the OSD to mark in is up, and every
     up OSD finished a recovery pass at the current map with no copy outside its
     set.  Versions are compared among a chunk's current members only, so copies
@@ -466,8 +481,7 @@ async def _placement_settled(cluster, args) -> bool:
     hold its old copies, which then serve old bytes, and a write on top gives
     them the version the newest copy has elsewhere, which recovery removes as
     misplaced (a tester lost fsynced writes so, both ways).  Waits up to
-    ``--wait`` seconds."""
-    deadline = trio.current_time() + args.wait
+    ``--wait`` seconds in all (`deadline`)."""
     said = None
     while True:
         cluster._set_map(ClusterMap.from_wire(await cluster.mds(0, "get_map", {})))

@@ -93,9 +93,18 @@ class MapKeeper:
         want = args.get("in")
         if not isinstance(want, bool):
             raise errors.BadRequest("argument 'in' must be a boolean")
+        checked = args.get("placement")
+        if checked is not None and not _placement_arg_ok(checked):
+            raise errors.BadRequest("argument 'placement' must be a list of [osd id, host]")
         osd = self.map.osds.get(osd_id)
         if osd is None:
             raise errors.NotFound(f"no osd {osd_id} in the cluster map")
+        if checked is not None and tuple(map(tuple, checked)) != self.map.placement():
+            # `loomfs osd in|out` checked that the last placement change was over,
+            # and another change came since (a second operator's): that one must
+            # settle first.  No await between this check and the change below.
+            raise errors.TryAgain(f"the placement changed since it was checked (now osds "
+                                  f"{self.map.in_osds()} in)")
         osd.in_ = want
         await self._bump()
         log.info("osd %d marked %s", osd_id, "in" if want else "out")
@@ -155,3 +164,9 @@ class MapFollower:
             return await self.peers.call(0, "get_map", {})
         args = {"epoch": self.map.epoch, "timeout": 20.0}
         return await self.peers.call(0, "watch_map", args, timeout=30.0)
+
+
+def _placement_arg_ok(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
+        and not isinstance(pair[0], bool) and isinstance(pair[1], str) for pair in value)

@@ -90,6 +90,27 @@ async def test_cluster_map_heartbeats_and_down(mds):
     assert not again["osds"][0]["up"] and not again["osds"][0]["in"]
 
 
+async def test_osd_set_refuses_a_placement_that_changed_since_it_was_checked(mds):
+    """`loomfs osd in|out` sends the placement it found settled: a change that came
+    between its check and its own (another operator's) refuses it, so two
+    placement changes never overlap.  A malformed placement is refused as such."""
+    mds0 = mds.client(0)
+    for osd_id, host in ((3, "a"), (4, "b")):
+        await mds0.call("osd_heartbeat", {"id": osd_id, "addr": f"127.0.0.1:{9 + osd_id}",
+                                          "host": host, "capacity": 1000, "used": 0})
+    checked = [[3, "a"], [4, "b"]]
+    out = await mds0.call("osd_set", {"id": 4, "in": False, "placement": checked})
+    assert [o["in"] for o in out["osds"]] == [True, False]
+    with pytest.raises(errors.TryAgain, match=r"placement changed .* osds \[3\] in"):
+        await mds0.call("osd_set", {"id": 3, "in": False, "placement": checked})
+    for bad in ([[3]], [["3", "a"]], [[True, "a"]], "3a", [[3, 4]]):
+        with pytest.raises(errors.BadRequest):
+            await mds0.call("osd_set", {"id": 3, "in": False, "placement": bad})
+    after = await mds0.call("get_map", {})
+    assert [o["in"] for o in after["osds"]] == [True, False]
+    await mds0.call("osd_set", {"id": 3, "in": False, "placement": [[3, "a"]]})
+
+
 @pytest.mark.parametrize("addr", ["garbage", "127.0.0.1:", ":9", "127.0.0.1:0",
                                   "127.0.0.1:70000", "127.0.0.1:9x", "a..b:7000",
                                   "x" * 64 + ":7000"])
