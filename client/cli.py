@@ -219,6 +219,22 @@ def recovery_summary(cluster_map) -> dict:
     return total
 
 
+def data_state(recovery: dict) -> str:
+    """The one word `loomfs status` gives the data (`recovery_summary` figures)."""
+    if recovery["healthy"]:
+        return "HEALTHY"
+    wrong = (recovery["down_in"] or recovery["degraded"] or recovery["recovering"]
+             or recovery["unrepairable"])
+    if wrong:
+        return "DEGRADED"
+    if recovery["misplaced"]:
+        # No set short of copies (a copy outside its set whose members lack it is
+        # counted degraded by the OSD that holds it): what is left are old copies,
+        # removed as recovery confirms their members hold the newest.
+        return "REBALANCING"
+    return "CHECKING"  # nothing known wrong: OSDs have yet to scan at this map epoch
+
+
 async def _wait_healthy(cluster, seconds: float) -> bool:
     deadline = trio.current_time() + seconds
     while True:
@@ -261,14 +277,7 @@ async def _status(cluster, args) -> int:
               f"{_size(o['used'])} used of {_size(o['capacity'])}  host {o['host']}  "
               f"degraded {st.get('degraded', 0)} recovering {st.get('recovering', 0)} "
               f"recovered {st.get('recovered', 0)}")
-    if recovery["healthy"]:
-        state = "HEALTHY"
-    elif recovery["scanning"] and not (recovery["down_in"] or recovery["degraded"]
-                                       or recovery["recovering"] or recovery["misplaced"]
-                                       or recovery["unrepairable"]):
-        state = "CHECKING"  # nothing known wrong: OSDs have yet to scan at this map epoch
-    else:
-        state = "DEGRADED"
+    state = data_state(recovery)
     print(f"data: {state}: {recovery['degraded']} degraded, {recovery['recovering']} "
           f"recovering, {recovery['misplaced']} misplaced chunks; {recovery['recovered']} "
           f"copies recovered, {recovery['repaired']} repaired"

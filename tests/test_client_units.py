@@ -336,3 +336,17 @@ def test_a_hand_edited_config_is_a_config_error(tmp_path, change):
         json.dump(raw, fp)
     with pytest.raises(cluster_config.ConfigError, match=str(path)):
         cluster_config.load(path)
+
+
+def test_status_names_the_data_state_from_the_recovery_figures():
+    from client.cli import data_state
+    quiet = {"healthy": False, "down_in": [], "degraded": 0, "recovering": 0,
+             "unrepairable": 0, "misplaced": 0, "scanning": [2]}
+    assert data_state({**quiet, "healthy": True, "scanning": []}) == "HEALTHY"
+    assert data_state(quiet) == "CHECKING"
+    # Only old copies outside their sets left: every set is full (a copy whose set
+    # lacks it counts as degraded on its holder), so not DEGRADED.
+    assert data_state({**quiet, "misplaced": 3, "scanning": []}) == "REBALANCING"
+    for wrong in ({"down_in": [1]}, {"degraded": 1}, {"recovering": 1},
+                  {"unrepairable": 1}):
+        assert data_state({**quiet, "misplaced": 3, **wrong}) == "DEGRADED"
