@@ -23,6 +23,7 @@ from loomproto.clustermap import ClusterMap
 log = logging.getLogger(__name__)
 
 MAP_WATCH_SECONDS = 25
+MAP_FETCH_SECONDS = 2.0  # a fetch asked for by a stale-map answer
 SESSION_RENEW_SECONDS = 10
 SLOW_CALL = 5.0  # a metadata call slower than this (retries included) is logged
 
@@ -149,6 +150,15 @@ class Cluster:
                      len(new_map.osds), sum(o.up for o in new_map.osds.values()))
             self.map_changed.set()
             self.map_changed = trio.Event()
+
+    async def refresh_map(self) -> None:
+        """Fetch the map now (an OSD said ours is stale) instead of waiting for the
+        watch to bring it; best effort, the watch still does."""
+        try:
+            with trio.fail_after(MAP_FETCH_SECONDS):
+                self._set_map(ClusterMap.from_wire(await self._mds[0].call("get_map", {})))
+        except (errors.LoomError, trio.TooSlowError) as exc:
+            log.debug("map fetch failed: %s", exc or "timeout")
 
     async def _watch_map(self):
         while True:

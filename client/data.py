@@ -317,6 +317,15 @@ class DataPath:
                     raise errors.IOFailure(
                         f"no replica of ino {fd.ino} chunk {chunk_index} took the write "
                         f"(osds {replicas}): {exc or 'timeout'}") from None
+                if isinstance(exc, errors.StaleMap):
+                    # The placement changed and our map is behind: fetch it and go
+                    # to the chunk's primary under it (the old one refuses).  The
+                    # file then no longer counts as made under the current placement.
+                    log.info("write of ino %d chunk %d: %s", fd.ino, chunk_index, exc)
+                    epoch = self.cluster.map.epoch
+                    await self.cluster.refresh_map()
+                    if self.cluster.map.epoch > epoch:
+                        continue
                 log.warning("write of ino %d chunk %d to osd %s failed, retrying: %s",
                             fd.ino, chunk_index, acting[0] if acting else "-", exc or "timeout")
                 await self._wait_for_map(min(1.0, max(0.0, deadline - trio.current_time())))

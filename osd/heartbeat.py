@@ -25,6 +25,10 @@ class MapKeeper:
 
     def __init__(self, mds_client):
         self.current = ClusterMap()
+        # The epoch of the first map seen with the current placement (or a later
+        # one, when maps in between were missed): writes placed with an older
+        # map may go to a set that is no longer the chunk's (osd.replication).
+        self.placement_since = 0
         self._client = mds_client
         self._fetch_lock = trio.Lock()
         self._changed = trio.Event()
@@ -48,6 +52,8 @@ class MapKeeper:
     def update(self, new_map: ClusterMap) -> None:
         if new_map.epoch <= self.current.epoch:
             return
+        if new_map.placement() != self.current.placement():
+            self.placement_since = new_map.epoch
         self.current = new_map
         self._changed.set()
         self._changed = trio.Event()

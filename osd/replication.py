@@ -77,6 +77,13 @@ class Replicator:
         the client made the inode under the placement of its current map;
         `written`: the client wrote this chunk since its last size commit."""
         await self.catch_up_map(epoch)
+        since = self.maps.placement_since
+        if 0 < epoch < since:
+            # Placed with a map from before the last placement change: this OSD
+            # may no longer be the chunk's primary, and the write would make a copy
+            # outside its set, at a version the set's own copies may also reach.
+            raise errors.StaleMap(f"write of ino {ino} chunk {chunk_index} placed with map "
+                                  f"epoch {epoch}; the placement changed at epoch {since}")
         async with self.order.hold((ino, chunk_index)):
             here = self.store.meta(ino, chunk_index)
             if not fresh and (here is None or here.corrupt) and self.locate is not None:

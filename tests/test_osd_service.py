@@ -223,6 +223,30 @@ async def test_a_corrupt_copy_on_a_moved_sets_primary_does_not_start_the_chunk_a
         assert await rig.read(osd_id, 25, 0) == (expect, 4)
 
 
+async def test_a_write_placed_with_a_map_from_before_the_placement_changed_is_stale(rig):
+    """A client whose map lags a placement change would write through a primary
+    that may no longer be the chunk's, making a copy outside its set: StaleMap,
+    so that it fetches the map and asks the right primary.  Epochs that changed
+    only up/down states, and maps newer than the OSD's, are taken."""
+    before = rig.mds.map.epoch
+    assert await rig.write(0, 26, 0, 0, b"one", [0, 1]) == {"version": 1}
+    rig.mds.mark_down(2)  # not a placement change
+    await wait_for(lambda: rig.osds[0].maps.current.epoch == rig.mds.map.epoch)
+    args = {"ino": 26, "chunk": 0, "offset": 3, "replicas": [0, 1], "epoch": before}
+    assert await rig.clients[0].call("write", args, b"two") == {"version": 2}
+
+    old = rig.mds.map.osds[2]
+    rig.mds.map.osds[2] = OsdInfo(2, old.addr, old.host, up=False, in_=False)
+    rig.mds._bump()  # osd 2 out: the placement changed
+    changed = rig.mds.map.epoch
+    await wait_for(lambda: rig.osds[0].maps.current.epoch == changed)
+    with pytest.raises(errors.StaleMap, match=f"placement changed at epoch {changed}"):
+        await rig.clients[0].call("write", {**args, "epoch": changed - 1}, b"three")
+    assert await rig.read(0, 26, 0) == (b"onetwo", 2)
+    assert await rig.clients[0].call("write", {**args, "epoch": changed}, b"three") \
+        == {"version": 3}
+
+
 async def test_a_written_chunk_no_up_osd_has_is_not_started_anew(rig):
     """No up OSD has the chunk: a hole (not in the inode's record) starts from
     nothing; a chunk the record lists, or the client says it wrote, waits for
