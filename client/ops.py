@@ -140,12 +140,13 @@ def _uncookie(cookie: int) -> tuple[int, int]:
 
 
 class Handle:
-    __slots__ = ("ino", "fd", "flags", "errors_seen")
+    __slots__ = ("ino", "fd", "flags", "appends", "errors_seen")
 
-    def __init__(self, ino, fd, flags):
+    def __init__(self, ino, fd, flags, appends=False):
         self.ino = ino
         self.fd = fd
         self.flags = flags
+        self.appends = appends  # O_APPEND, placed by us (LoomOperations.write)
         self.errors_seen = fd.error_count  # failed writes reported (FileData.failed)
 
 
@@ -1166,8 +1167,17 @@ class LoomOperations(pyfuse3.Operations):
         fd.handles += 1
         self.meta.cluster.open_inos[ino] += 1
         fh = next(self._fhs)
-        self.handles[fh] = Handle(ino, fd, flags)
-        return pyfuse3.FileInfo(fh=fh)
+        # O_APPEND: the kernel puts each write at the end of file it has cached,
+        # which an append or truncate by another mount since may have moved (it
+        # asks again before a read, never before an append): two mounts appending
+        # in turn wrote over each other's lines (a tester's report).  So we put
+        # the write at the end we know from the open and our own writes, and the
+        # handle skips the page cache (direct_io), where the kernel would keep the
+        # bytes at its own offset.  With the writeback cache the kernel asks for
+        # the size before each write itself.
+        appends = bool(flags & os.O_APPEND) and not self.enable_writeback_cache
+        self.handles[fh] = Handle(ino, fd, flags, appends)
+        return pyfuse3.FileInfo(fh=fh, direct_io=appends)
 
     async def read(self, fh, off, size):
         handle = self.handles[fh]
@@ -1176,6 +1186,9 @@ class LoomOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
         await self._settle_create(handle.fd)
+        if handle.appends:
+            # (The kernel sends the pieces of one direct write one at a time.)
+            off = handle.fd.size
         return await self.data.write(handle.fd, off, buf, time.time_ns())
 
     async def flush(self, fh):

@@ -39,3 +39,36 @@ def test_an_open_reads_what_another_mount_wrote_in_place(cluster, statahead):
         # A file shrunk elsewhere reads as its new, shorter self too.
         os.truncate(writer / "grows", 50)
         assert (reader / "grows").read_bytes() == b"a" * 50
+
+
+def _append(path, data: bytes) -> None:
+    """What a shell's `>>` does: O_APPEND and a write, no lseek (Python's "ab"
+    seeks to the end first, which refreshes the kernel's size and hid this)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_appends_from_two_mounts_in_turn_keep_every_line(cluster):
+    """An O_APPEND write went to the end of file this mount's kernel had cached,
+    over what another mount had appended and closed meanwhile (a tester lost
+    half the lines of `echo >> f` from two mounts in turn).  Appends now go to
+    the end the client knows from the open, and a shrink elsewhere counts too."""
+    with extra_mount(cluster, READER) as one_root, extra_mount(cluster, READER) as two_root:
+        os.mkdir(one_root / "appends")
+        one, two = one_root / "appends" / "log", two_root / "appends" / "log"
+        _append(one, b"line1\n")
+        assert os.stat(two).st_size == 6  # both kernels cache the size now
+        expect = b"line1\n"
+        for i in range(4):
+            for name, path in (("one", one), ("two", two)):
+                line = f"{name} {i}\n".encode()
+                _append(path, line)
+                expect += line
+        assert one.read_bytes() == expect and two.read_bytes() == expect
+        os.truncate(one, 6)
+        _append(two, b"after the cut\n")  # two's kernel still says the longer size
+        assert one.read_bytes() == b"line1\nafter the cut\n"
+        assert os.stat(two).st_size == os.stat(one).st_size == 20
