@@ -39,6 +39,7 @@ from loomproto.layout import Layout
 from .behind import CREATE, UnlinksBehind
 from .data import FileData
 from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
+from .filenames import FileNames
 from .meta import check_name
 from .statahead import MAX_ENTRIES as STATAHEAD_MAX_ENTRIES
 from .statahead import MIN_TIMEOUT, Listing, StatAhead, Window
@@ -175,6 +176,7 @@ class LoomOperations(pyfuse3.Operations):
         self._fhs = itertools.count(1)
         self._resizing = collections.Counter()  # ino -> our size changes in flight
         self.dir_names = DirNames()  # where the kernel knows each directory (client.dirnames)
+        self.file_names = FileNames()  # the files' names it holds (client.filenames)
         # Unlinks answered before their commit, and the waits for them (client.behind).
         nursery = getattr(meta.cluster, "nursery", None)
         self.behind = UnlinksBehind(nursery, unlink_window if nursery is not None else 0,
@@ -184,7 +186,7 @@ class LoomOperations(pyfuse3.Operations):
         # (client.statahead); none without a nursery to fetch them in.
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
-        self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_listed` check
+        self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_name` check
         # (ino, pid) -> when a change by name was refused (_by_name)
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
@@ -329,7 +331,7 @@ class LoomOperations(pyfuse3.Operations):
                 raise
         elif name not in (b".", b".."):
             self._statahead_missed(parent_inode, name, seq)
-        self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        self._gave_name(parent_inode, name, attr)
         return entry
 
     def _statahead_hit(self, parent_inode: int, name: bytes):
@@ -464,17 +466,22 @@ class LoomOperations(pyfuse3.Operations):
         self.statahead.stale_ino(ino, time.monotonic())
         return pyfuse3.FUSEError(errno.ESTALE)
 
-    async def _verify_listed(self, ino: int) -> None:
-        """Before a change of `ino` by a name that a listing fetched ahead gave the
-        kernel (chmod, chown, truncate, utime, setxattr, removexattr, link, an open
-        for writing): that the name still leads there.  Another mount may have
-        replaced it or moved it aside since the listing was read, and the old
-        inode may live on: the change would land on it and be lost.  ESTALE makes
-        the kernel look the name up again.  Once per listed name, and concurrent
-        calls wait for the one check; a file open here is past this.  Reads
-        (readlink, getxattr, a read-only open) are not checked first: they answer
-        ESTALE if the inode is gone, and may read a moved-aside file, as through
-        the kernel's own dentry cache."""
+    async def _verify_name(self, ino: int) -> None:
+        """Before a change of `ino` by a name (chmod, chown, truncate, utime,
+        setxattr, removexattr, link, an open for writing): that the names the
+        kernel may have walked still lead there.  Those are a name a listing
+        fetched ahead gave it (client.statahead), and the names this mount gave it
+        more than `FRESH` seconds ago (client.filenames): another mount may have
+        replaced a name or moved the file aside since, and the old inode may live
+        on, under another name too (`mv cfg cfg.bak` and a new `cfg`): the change
+        would land on it (a tester's `> cfg` emptied the backup).  ESTALE makes
+        the kernel look the name up again; a wrong name is also dropped from the
+        kernel, which may hold several for the inode, and every later call on the
+        inode answers ESTALE until a shard gives it again.  Concurrent calls wait
+        for the one check; a file open here is past this.  Reads (readlink,
+        getxattr, a read-only open) are not checked first: they answer ESTALE if
+        the inode is gone, and may read a moved-aside file, as through the
+        kernel's own dentry cache."""
         if ino in self.files:
             self.statahead.take_served(ino)
             return
@@ -486,25 +493,51 @@ class LoomOperations(pyfuse3.Operations):
             # ESTALE from a getxattr it asks for itself (truncate's check of
             # security.capability), and its setattr must not land either.
             raise pyfuse3.FUSEError(errno.ESTALE)
-        place = self.statahead.take_served(ino)
-        if place is None:
+        listed = self.statahead.take_served(ino)
+        places = [] if listed is None else [listed]
+        places += [p for p in self.file_names.to_check(ino, time.monotonic()) if p != listed]
+        if not places:
             return
-        parent, name = place
         self._verifying[ino] = done = trio.Event()
         try:
-            try:
-                now = await self.meta.lookup(parent, name)
-            except errors.NotFound:
-                now = None
-            except BaseException:
-                self.statahead.served(ino, parent, name)  # not checked: the next call does
-                raise
-            if now is None or now["ino"] != ino:
+            wrong = []
+            for parent, name in places:
+                try:
+                    found = await self.meta.lookup(parent, name)
+                except errors.NotFound:
+                    found = None
+                except BaseException:
+                    if listed is not None:  # not checked: the next call does
+                        self.statahead.served(ino, *listed)
+                    raise
+                if found is None or found["ino"] != ino:
+                    wrong.append((parent, name))
+                else:
+                    self.file_names.confirmed(ino, parent, name, time.monotonic())
+            if wrong:
                 self.statahead.found_wrong(ino, time.monotonic())
+                for parent, name in wrong:
+                    self.file_names.drop(ino, parent, name)
+                # In the background: the kernel may hold the parent's lock while it
+                # waits for this answer (link within one directory).
+                self.meta.cluster.nursery.start_soon(self._drop_entries, wrong)
                 raise pyfuse3.FUSEError(errno.ESTALE)
         finally:
             del self._verifying[ino]
             done.set()
+
+    async def _drop_entries(self, places: list[tuple[int, bytes]]) -> None:
+        """Make the kernel forget names that lead elsewhere now."""
+        if self._invalidations is None:
+            self._invalidations = trio.CapacityLimiter(INVALIDATIONS)
+        try:
+            for parent, name in places:
+                with trio.move_on_after(INVALIDATE_WAIT):
+                    await trio.to_thread.run_sync(_invalidate_name, parent, name,
+                                                  abandon_on_cancel=True,
+                                                  limiter=self._invalidations)
+        except Exception:  # a background task: a bug here must not end the mount
+            log.exception("dropping stale names %r from the kernel failed", places)
 
     @contextlib.contextmanager
     def _changing_names(self, *places: tuple[int, bytes]):
@@ -579,7 +612,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         if fh is None:
-            await self._verify_listed(inode)
+            await self._verify_name(inode)
         linked = fh is None and self._by_name(inode, ctx)
         try:
             return await self._setattr(inode, attr, fields, ctx, linked)
@@ -710,7 +743,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
-        await self._verify_listed(inode)
+        await self._verify_name(inode)
         by_name = self._by_name(inode, ctx)
         try:
             with self._changing_names((new_parent_inode, new_name)):
@@ -723,10 +756,15 @@ class LoomOperations(pyfuse3.Operations):
 
     def _named(self, parent_inode: int, name: bytes, attr: dict) -> pyfuse3.EntryAttributes:
         """The entry of a name the kernel gets from this reply."""
-        self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        self._gave_name(parent_inode, name, attr)
         entry = self._entry(attr)
         self._referenced(attr["ino"])
         return entry
+
+    def _gave_name(self, parent_inode: int, name: bytes, attr: dict) -> None:
+        self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        if not stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
+            self.file_names.gave(attr["ino"], parent_inode, name, time.monotonic())
 
     def _referenced(self, ino: int) -> None:
         """A reply gives the kernel an entry of `ino`: its lookup count goes up by
@@ -737,6 +775,7 @@ class LoomOperations(pyfuse3.Operations):
         check_name(name)
         with self._removing_name(parent_inode, name):
             await self._unlink(parent_inode, name)
+        self.file_names.gone(parent_inode, name)
 
     async def _unlink(self, parent_inode, name):
         if self._early_unlink(parent_inode, name) is not None:
@@ -827,6 +866,8 @@ class LoomOperations(pyfuse3.Operations):
                 self.statahead.take_served(ino)
         self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
                                exchange=bool(flags & RENAME_EXCHANGE))
+        self.file_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
+                                bool(flags & RENAME_EXCHANGE), time.monotonic())
 
     async def forget(self, inode_list):
         for ino, nlookup in inode_list:
@@ -845,6 +886,7 @@ class LoomOperations(pyfuse3.Operations):
             self._lookups[ino] = left
             return
         self.dir_names.forget(ino)
+        self.file_names.forget(ino)
         self.statahead.forgotten(ino)
         self._told.pop(ino, None)
         if ino not in self.files:
@@ -928,7 +970,7 @@ class LoomOperations(pyfuse3.Operations):
                 self.statahead.confirmed(attr["ino"])
                 if stat.S_ISDIR(attr["mode"]):
                     self._listed_dir(attr["ino"], ino, name)
-                self.behind.saw(ino, name, attr["ino"], attr["mode"])
+                self._gave_name(ino, name, attr)
                 after = seq
             if not reply["more"]:
                 return True
@@ -1050,7 +1092,7 @@ class LoomOperations(pyfuse3.Operations):
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            await self._verify_listed(inode)  # a write must not land on a moved-aside file
+            await self._verify_name(inode)  # a write must not land on a moved-aside file
         else:
             self.statahead.take_served(inode)  # the open itself finds a gone inode out
         try:
@@ -1283,7 +1325,7 @@ class LoomOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_listed(inode)
+        await self._verify_name(inode)
         self._fault_hook(inode, name)
         if name.startswith(ACL_XATTR_PREFIX):
             # ACLs are not enforced, so they are not stored either: cp -a, tar
@@ -1301,7 +1343,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         if inode in self.statahead.wrong and inode not in self.files:
-            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_listed
+            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_name
         self._fault_hook(inode, name)
         try:
             return await self.meta.getxattr(inode, name)
@@ -1318,13 +1360,13 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         if inode in self.statahead.wrong and inode not in self.files:
-            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_listed
+            raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_name
         return await self.meta.listxattr(inode)
 
     async def removexattr(self, inode, name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_listed(inode)
+        await self._verify_name(inode)
         linked = self._by_name(inode, ctx)
         try:
             await self.meta.removexattr(inode, name, linked=linked)

@@ -37,7 +37,7 @@ What a lookup answered here promises is what the kernel's own caches promise:
 - A name another mount replaced since the listing was read leads the kernel to
   the old inode.  Its open finds that out (ESTALE); any other operation on an
   inode a listing gave first checks the name on its shard (`served`, client.ops
-  `_verify_listed`) and answers ESTALE when it leads elsewhere, for every
+  `_verify_name`) and answers ESTALE when it leads elsewhere, for every
   operation on that inode until a shard gives it again (`wrong`).  The kernel
   then looks the name up again, and no listing answers it (`stale_ino`), nor
   any name for PAUSE_AFTER_STALE seconds: the kernel's old entry may have come
@@ -208,7 +208,7 @@ class StatAhead:
         # ino -> (dir, name) a listing answered for it; see `served`
         self._served: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._stale: OrderedDict[int, float] = OrderedDict()  # ino -> when found stale
-        # Inodes a listed name no longer leads to, found by `_verify_listed`:
+        # Inodes a listed name no longer leads to, found by `_verify_name`:
         # every operation on them answers ESTALE until a shard's lookup gives one.
         self.wrong: OrderedDict[int, None] = OrderedDict()
         self.paused_until = -math.inf
@@ -483,7 +483,7 @@ class StatAhead:
     def served(self, ino: int, parent: int, name: bytes) -> None:
         """A listing answered `name` in `parent` with `ino`: until something
         verifies it (`take_served`), an operation on `ino` first checks that the
-        name still leads there (client.ops `_verify_listed`)."""
+        name still leads there (client.ops `_verify_name`)."""
         self._served[ino] = (parent, name)
         self._served.move_to_end(ino)
         if len(self._served) > MAX_SERVED:

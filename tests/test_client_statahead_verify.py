@@ -1,5 +1,5 @@
 """Stat-ahead's check of a listed name before a change by it (client.ops
-`_verify_listed`, `wrong`, `stale_ino`), over the fake cluster of
+`_verify_name`, `wrong`, `stale_ino`), over the fake cluster of
 tests/statahead_fake.py extended with the ops these cases need (open, rename,
 readlink, xattrs).  A reviewer's tests of b96d0f3: each failed there, and
 passes since (the last ones held already).  Their docstrings describe what went
@@ -144,7 +144,7 @@ async def estale(coro):
 
 async def test_concurrent_ops_on_a_listed_name_are_all_checked(nursery):
     """Two processes change the same file by the same listed name at once
-    (`chmod` and `touch`, parallel tar, make -j).  `_verify_listed` pops the
+    (`chmod` and `touch`, parallel tar, make -j).  `_verify_name` pops the
     served record before its lookup's await: the second call finds neither
     `served` nor `wrong` and goes straight on, to the old inode (lost change)
     or, when the old inode is gone, ENOENT (which the kernel does not retry)."""

@@ -350,3 +350,36 @@ def test_status_names_the_data_state_from_the_recovery_figures():
     for wrong in ({"down_in": [1]}, {"degraded": 1}, {"recovering": 1},
                   {"unrepairable": 1}):
         assert data_state({**quiet, "misplaced": 3, **wrong}) == "DEGRADED"
+
+
+def test_file_names_keep_what_the_kernel_holds_and_age_it():
+    from client.filenames import FRESH, FileNames
+    names = FileNames(limit=3)
+    names.gave(10, 1, b"a", now=100.0)
+    names.gave(10, 2, b"hard", now=100.0)
+    assert names.to_check(10, 100.0 + FRESH / 2) == []  # one walk: not checked
+    assert sorted(names.to_check(10, 101.0)) == [(1, b"a"), (2, b"hard")]
+    names.confirmed(10, 1, b"a", now=101.0)
+    assert names.to_check(10, 101.0) == [(2, b"hard")]
+    # A name given to another inode is no longer this one's.
+    names.gave(11, 2, b"hard", now=102.0)
+    assert names.to_check(10, 103.0) == [(1, b"a")]
+    # Our own rename moves the name; our unlink drops it.
+    names.renamed((1, b"a"), (1, b"b"), exchange=False, now=104.0)
+    assert names.to_check(10, 104.0 + 2 * FRESH) == [(1, b"b")]
+    names.gone(1, b"b")
+    assert names.to_check(10, 200.0) == []
+    # An exchange swaps the two inodes' names.
+    names.gave(12, 3, b"x", now=105.0)
+    names.gave(13, 3, b"y", now=105.0)
+    names.renamed((3, b"x"), (3, b"y"), exchange=True, now=106.0)
+    assert names.to_check(12, 107.0) == [(3, b"y")]
+    assert names.to_check(13, 107.0) == [(3, b"x")]
+    # Bounded: the oldest inodes go first; the kernel's forget drops an inode.
+    assert len(names) == 3  # 11, 12, 13 (10 went when it had no name left)
+    names.gave(14, 4, b"z", now=108.0)
+    assert len(names) == 3 and names.to_check(11, 200.0) == []
+    names.forget(14)
+    assert names.to_check(14, 200.0) == [] and len(names) == 2
+    names.gave(15, 4, b"z", now=109.0)  # the forgotten inode's place is free
+    assert names.to_check(15, 200.0) == [(4, b"z")]

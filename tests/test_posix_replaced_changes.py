@@ -10,9 +10,11 @@ looks the name up again and repeats the call (a tester's churn run, with and
 without stat-ahead).  The old file held open keeps what it had."""
 
 import os
+import time
 
 import pytest
 
+from client.filenames import FRESH
 from posix_util import extra_mount
 
 pytestmark = pytest.mark.mount
@@ -95,6 +97,65 @@ def test_a_change_by_a_replaced_name_lands_on_the_new_file(cluster, request, sta
         finally:
             for fp in kept.values():
                 fp.close()
+
+
+def _past_fresh(since: float) -> None:
+    """Until the reader's names are older than client.filenames.FRESH: a name
+    given that recently is not checked (a poll of the clock, with a deadline)."""
+    deadline = since + 5.0
+    while time.monotonic() - since <= FRESH * 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # polls the clock, under the deadline above
+
+
+@pytest.mark.parametrize("statahead", ["statahead=0", "statahead=1"])
+def test_a_change_by_a_name_moved_aside_elsewhere_lands_on_the_new_file(cluster, statahead):
+    """`mv cfg cfg.bak` and a new `cfg` on one mount: the other mount's kernel
+    still holds `cfg` for the old file, which lives on under its new name.  A
+    change, an open for writing with O_TRUNC and an append through `cfg` land on
+    the new file, and the backup keeps what it had (a tester's `> cfg` emptied
+    cfg.bak, and logrotate-style appends went to log.1)."""
+    kinds = CHANGES + ("rewrite", "append")
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER + "," + statahead) as reader_root:
+        top = f"moved-aside-{statahead}"
+        os.mkdir(writer_root / top)
+        os.mkdir(writer_root / top / "links")
+        writer, reader = writer_root / top, reader_root / top
+        for kind in kinds:
+            (writer / kind).write_bytes(b"old contents")
+            os.chmod(writer / kind, 0o644)
+            os.setxattr(writer / kind, "user.old", b"1")
+        for kind in kinds:
+            os.stat(reader / kind)  # the reader's kernel caches the name
+        cached = time.monotonic()
+        for kind in kinds:
+            os.rename(writer / kind, writer / f"{kind}.bak")
+            (writer / kind).write_bytes(b"new contents")
+            os.chmod(writer / kind, 0o644)
+            os.setxattr(writer / kind, "user.old", b"2")
+        _past_fresh(cached)
+        for kind in kinds:
+            if kind == "rewrite":
+                (reader / kind).write_bytes(b"from the reader")
+            elif kind == "append":
+                with open(reader / kind, "ab") as fp:
+                    fp.write(b" and more")
+            else:
+                _change(kind, reader / kind, reader / "links")
+        for kind in kinds:
+            if kind == "rewrite":
+                assert (writer / kind).read_bytes() == b"from the reader"
+            elif kind == "append":
+                assert (writer / kind).read_bytes() == b"new contents and more"
+            else:
+                _check(kind, writer / kind, writer / "links")
+            backup = writer / f"{kind}.bak"
+            assert backup.read_bytes() == b"old contents", kind
+            st = os.stat(backup)
+            assert (st.st_mode & 0o777, st.st_nlink) == (0o644, 1), kind
+            assert os.listxattr(backup) == ["user.old"], kind
+            assert os.getxattr(backup, "user.old") == b"1", kind
 
 
 @pytest.mark.parametrize("how", ["replaced-elsewhere", "unlinked-here"])
