@@ -707,17 +707,44 @@ class LoomOperations(pyfuse3.Operations):
 
     # -- namespace --------------------------------------------------------
 
+    async def _replaced_dir(self, ino: int, exc: errors.LoomError) -> errors.LoomError:
+        """What to answer for directory `ino`, found gone: ESTALE when the name this
+        mount gave the kernel for it leads to another directory now (another mount
+        ran `rm -r out; mkdir out`), so that the kernel walks the name again and the
+        call lands in the new one (it failed with ENOENT for up to entry_timeout, a
+        tester found); else `exc`.  The old name leaves the kernel in the
+        background.  A working directory or an open one reached without a name
+        gets ESTALE too in that case, as on NFS, where ENOENT came before."""
+        place = self.dir_names.place_of(ino)
+        if place is None:
+            return exc
+        try:
+            found = await self.meta.lookup(*place)
+        except errors.LoomError:
+            return exc
+        if found["ino"] == ino or not stat.S_ISDIR(found["mode"]):
+            return exc
+        self.dir_names.forget(ino)
+        self.meta.cluster.nursery.start_soon(self._drop_entries, [place])
+        return self._stale(ino)
+
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         await self.behind.settle_name(parent_inode, name)
-        with self._changing_names((parent_inode, name)):
-            attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        try:
+            with self._changing_names((parent_inode, name)):
+                attr = await self.meta.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        except errors.NotFound as exc:
+            raise await self._replaced_dir(parent_inode, exc) from None
         return self._named(parent_inode, name, attr)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self.behind.settle_name(parent_inode, name)
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        with self._changing_names((parent_inode, name)):
-            attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        try:
+            with self._changing_names((parent_inode, name)):
+                attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        except errors.NotFound as exc:
+            raise await self._replaced_dir(parent_inode, exc) from None
         self.dir_names.record(attr["ino"], parent_inode, name)
         if self.behind.creates_early:
             self.meta.want_inos()  # for the creates it may answer early in it
@@ -725,8 +752,11 @@ class LoomOperations(pyfuse3.Operations):
 
     async def symlink(self, parent_inode, name, target, ctx):
         await self.behind.settle_name(parent_inode, name)
-        with self._changing_names((parent_inode, name)):
-            attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        try:
+            with self._changing_names((parent_inode, name)):
+                attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        except errors.NotFound as exc:
+            raise await self._replaced_dir(parent_inode, exc) from None
         return self._named(parent_inode, name, attr)
 
     async def readlink(self, inode, ctx):
@@ -897,7 +927,10 @@ class LoomOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        attr = await self.meta.getattr(inode)
+        try:
+            attr = await self.meta.getattr(inode)
+        except errors.NotFound as exc:
+            raise await self._replaced_dir(inode, exc) from None
         if not stat.S_ISDIR(attr["mode"]):
             raise errors.NotDir(f"ino {inode} is not a directory")
         return inode
@@ -1014,6 +1047,8 @@ class LoomOperations(pyfuse3.Operations):
                 attr = await self.meta.mknod(parent_inode, name,
                                              stat.S_IFREG | stat.S_IMODE(mode), 0, ctx.uid,
                                              ctx.gid, open_it=True)
+        except errors.NotFound as exc:
+            raise await self._replaced_dir(parent_inode, exc) from None
         except errors.Exists:
             if flags & os.O_EXCL:
                 raise

@@ -192,3 +192,27 @@ def test_a_change_through_an_o_path_descriptor_lands_on_its_file(cluster, reques
             assert os.getxattr(held.fileno(), "user.k") == b"v"
         if how == "replaced-elsewhere":
             assert os.stat(writer / "f").st_mode & 0o777 == 0o644
+
+
+def test_a_directory_removed_and_made_again_elsewhere_is_walked_anew(cluster):
+    """`rm -r out; mkdir out` on one mount: the other mount's kernel still holds
+    `out` for the removed directory.  Listing it and creating in it land in the
+    new one (they failed with ENOENT until the kernel's entry expired, a tester
+    found).  A lookup of a name in it still can: see README."""
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER) as reader_root:
+        os.mkdir(writer_root / "remade")
+        writer, reader = writer_root / "remade", reader_root / "remade"
+        for name in ("out", "out2", "out3"):
+            os.mkdir(writer / name)
+            (writer / name / "old").write_bytes(b"old")
+            assert os.listdir(reader / name) == ["old"]  # the reader's kernel holds it
+            for path in (writer / name / "old", writer / name):
+                os.unlink(path) if path.name == "old" else os.rmdir(path)
+            os.mkdir(writer / name)
+            (writer / name / "new").write_bytes(b"new")
+        assert os.listdir(reader / "out") == ["new"]
+        (reader / "out2" / "from-reader").write_bytes(b"reader")
+        assert (writer / "out2" / "from-reader").read_bytes() == b"reader"
+        os.mkdir(reader / "out3" / "sub")
+        assert os.path.isdir(writer / "out3" / "sub")
