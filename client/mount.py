@@ -7,6 +7,7 @@ SIGTERM/SIGINT, which unmount it.
 
 Mount options (``-o``): LoomFS's own, removed before the rest go to FUSE:
 ``attr_timeout=S``, ``entry_timeout=S`` (kernel cache lifetimes, default 1),
+``negative_timeout=S`` (how long the kernel keeps "no such name", default 0),
 ``write_window=BYTES`` (dirty bytes gathered per file before they are sent,
 default 16 MiB; 0 sends every write before it returns), ``readahead_kb=N``
 (the mount's kernel read-ahead, default 4096), ``mds_timeout=S`` (how long a
@@ -57,13 +58,15 @@ UNMOUNT_CLOSES_SECONDS = 2.0  # at unmount, how long queued closes may take to l
 UNMOUNT_UNLINKS_SECONDS = 15.0
 
 DEFAULT_OPTIONS = "allow_other,default_permissions"
-_OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "write_window": int,
+_OWN_OPTIONS = {"attr_timeout": float, "entry_timeout": float, "negative_timeout": float,
+                "write_window": int,
                 "readahead_kb": int, "mds_timeout": float, "io_timeout": float,
                 "debug_faults": bool, "writeback_cache": bool, "unlink_window": int,
                 "create_window": int, "statahead": bool, "fast_wait": bool}
 # Below these a setting makes no sense: every call would time out at once, or
 # nothing could be gathered.  (attr_timeout and entry_timeout may be 0: no cache.)
-_LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "write_window": 0,
+_LEAST = {"attr_timeout": 0.0, "entry_timeout": 0.0, "negative_timeout": 0.0,
+          "write_window": 0,
           "readahead_kb": 0, "mds_timeout": 0.1, "io_timeout": 0.1, "unlink_window": 0,
           "create_window": 0}
 _DROPPED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "nofail", "_netdev",
@@ -76,7 +79,8 @@ class MountError(Exception):
 
 def parse_options(text: str) -> tuple[dict, set]:
     """Split ``-o`` text into LoomFS settings and the FUSE option set."""
-    own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "write_window": 16 << 20,
+    own = {"attr_timeout": 1.0, "entry_timeout": 1.0, "negative_timeout": 0.0,
+           "write_window": 16 << 20,
            "readahead_kb": 4096, "mds_timeout": 60.0, "io_timeout": 60.0,
            "debug_faults": False, "writeback_cache": False, "unlink_window": 64,
            "create_window": 64, "statahead": True, "fast_wait": True}
@@ -209,7 +213,8 @@ async def _main(config, mountpoint, own, fuse_options, ready_fd):
                              debug_faults=own["debug_faults"],
                              unlink_window=own["unlink_window"],
                              create_window=own["create_window"],
-                             statahead=own["statahead"])
+                             statahead=own["statahead"],
+                             negative_timeout=own["negative_timeout"])
         # Read by pyfuse3 when the kernel's INIT arrives.  The kernel then owns
         # size and mtime while it holds dirty pages, turns O_APPEND into writes
         # at its own size, and may read partial pages through write-only handles.

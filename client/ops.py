@@ -159,7 +159,8 @@ class LoomOperations(pyfuse3.Operations):
 
     def __init__(self, meta, data, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  on_init=None, debug_faults: bool = False, unlink_window: int = 0,
-                 statahead: bool = True, create_window: int = 0):
+                 statahead: bool = True, create_window: int = 0,
+                 negative_timeout: float = 0.0):
         super().__init__()
         self.on_init = on_init
         self.debug_faults = debug_faults
@@ -167,6 +168,11 @@ class LoomOperations(pyfuse3.Operations):
         self.data = data
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
+        # How long the kernel may keep a "no such name" answer.  0 by default: a
+        # name another mount makes shows here at once (a tester saw git on two
+        # mounts lose a commit after `git gc`: the new loose ref stayed invisible
+        # while the kernel kept the answer, and git read the packed one).
+        self.negative_timeout = negative_timeout
         self.files: dict[int, FileData] = {}
         # ino -> the inode `gen` that the kernel's cached pages of the file match: set
         # at open, moved on by this client's own changes (`_own_change`).  Any change
@@ -311,7 +317,7 @@ class LoomOperations(pyfuse3.Operations):
             except errors.NotFound:
                 self.dir_names.forget_at(parent_inode, name)
                 self.behind.gone(parent_inode, name)
-                return self._negative(self.entry_timeout)
+                return self._negative(self.negative_timeout)
             if not self.behind.stale(attr["ino"], since):
                 break
             # Another name of a file whose unlink is on its way or landed while

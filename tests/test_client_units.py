@@ -32,12 +32,15 @@ def test_parse_options_splits_own_from_fuse():
     assert own["unlink_window"] == 0 and parse_options("")[0]["unlink_window"] == 64
     assert parse_options("")[0]["statahead"] and not parse_options("statahead=0")[0]["statahead"]
     assert parse_options("")[0]["fast_wait"] and not parse_options("fast_wait=0")[0]["fast_wait"]
+    assert parse_options("")[0]["negative_timeout"] == 0.0
+    assert parse_options("negative_timeout=2")[0]["negative_timeout"] == 2.0
     assert fuse == {"allow_other", "default_permissions"}
     with pytest.raises(MountError, match="needs a number"):
         parse_options("attr_timeout=soon")
     # Settings under which every call would time out at once were taken silently.
     for bad in ("mds_timeout=0", "mds_timeout=-5", "io_timeout=-1", "write_window=-5",
-                "attr_timeout=-1", "io_timeout=nan", "unlink_window=-1"):
+                "attr_timeout=-1", "io_timeout=nan", "unlink_window=-1",
+                "negative_timeout=-1"):
         with pytest.raises(MountError, match="below its least value"):
             parse_options(bad)
 

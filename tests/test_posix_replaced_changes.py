@@ -216,3 +216,19 @@ def test_a_directory_removed_and_made_again_elsewhere_is_walked_anew(cluster):
         assert (writer / "out2" / "from-reader").read_bytes() == b"reader"
         os.mkdir(reader / "out3" / "sub")
         assert os.path.isdir(writer / "out3" / "sub")
+
+
+def test_a_name_another_mount_makes_shows_at_once_after_a_miss(cluster):
+    """The kernel kept a "no such name" for entry_timeout: git's new loose ref
+    after `git gc` stayed hidden on another mount, which read the packed one
+    and lost a commit (a tester's report).  Misses are not kept by default
+    (negative_timeout=0), whatever entry_timeout is."""
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER) as reader_root:
+        os.mkdir(writer_root / "misses")
+        writer, reader = writer_root / "misses", reader_root / "misses"
+        for attempt in range(3):
+            name = f"ref{attempt}"
+            assert not os.path.exists(reader / name)
+            (writer / name).write_bytes(b"commit")
+            assert (reader / name).read_bytes() == b"commit"
