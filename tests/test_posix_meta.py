@@ -58,6 +58,9 @@ def test_xattrs(workdir):
     assert errno_of(os.setxattr, path, "user.toobig", bytes(65537)) in (errno.E2BIG,
                                                                          errno.ERANGE)
     assert errno_of(os.setxattr, path, "user." + "n" * 251, b"") == errno.ERANGE
+    # A name outside the namespaces is refused, as ext4 does (it was stored).
+    assert errno_of(os.setxattr, path, "foo.k", b"v") == errno.EOPNOTSUPP
+    assert "foo.k" not in os.listxattr(path)
     os.setxattr(path, "user." + "n" * 250, b"longest name")
     os.removexattr(path, "user.new")
     assert errno_of(os.removexattr, path, "user.new") == errno.ENODATA
