@@ -3,8 +3,8 @@ other shards (`MapFollower`) which need OSD addresses to reclaim orphans.
 
 Every change of membership or state raises the epoch by one and is written to
 LMDB (``sys`` key ``map``) before it is answered; capacity figures change in
-memory only.  After a restart every OSD starts down (keeping in/out) until it
-heartbeats again.
+memory only.  After a restart the OSDs keep their up/down and in/out states,
+and one that was up is marked down if it sends no heartbeat within down_after.
 """
 
 import logging
@@ -36,12 +36,18 @@ class MapKeeper:
         if raw is None:
             return
         self.map = ClusterMap.from_wire(schema.unpack(raw))
-        if any(osd.up for osd in self.map.osds.values()):
-            for osd in self.map.osds.values():
-                osd.up = False
-            await self._bump()
-        log.info("cluster map epoch %d loaded: %d osds, all down until they report",
-                  self.map.epoch, len(self.map.osds))
+        # The OSDs that were up stay up, as if each had just heartbeated: one that
+        # is gone is marked down after down_after, as it would have been with this
+        # server running.  (Marking them all down until they reported made every
+        # restart of mds 0 stall the clients' writes and turn them into writes to
+        # one copy of two, a tester found.)
+        now = trio.current_time()
+        for osd in self.map.osds.values():
+            if osd.up:
+                self.last_seen[osd.osd_id] = now
+        log.info("cluster map epoch %d loaded: %d osds, %d up until %.1fs without a "
+                 "heartbeat", self.map.epoch, len(self.map.osds),
+                 len(self.last_seen), self.down_after)
 
     async def _bump(self):
         self.map.epoch += 1
