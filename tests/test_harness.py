@@ -207,6 +207,12 @@ def test_down_without_cluster_is_harmless(tmp_path):
     done = harness.run("down")
     assert "no cluster recorded" in done.stdout
     assert mounts_below(tmp_path) == []
+    # Other verbs refuse a path that is not a cluster's, and leave nothing there
+    # (a lock file in a new directory was left, a tester found).
+    for verb in (("kill", "mds0"), ("start", "osd0"), ("umount", "client0")):
+        done = harness.run(*verb, check=False)
+        assert done.returncode == 1 and "no cluster state directory" in done.stderr
+    assert not (tmp_path / "nothing").exists()
 
 
 @pytest.mark.parametrize("report, count", [
