@@ -227,10 +227,12 @@ def data_state(recovery: dict) -> str:
              or recovery["unrepairable"])
     if wrong:
         return "DEGRADED"
-    if recovery["misplaced"]:
-        # No set short of copies (a copy outside its set whose members lack it is
-        # counted degraded by the OSD that holds it): what is left are old copies,
-        # removed as recovery confirms their members hold the newest.
+    if recovery["misplaced"] and not recovery["scanning"]:
+        # Every OSD passed at this map, and no set is short of copies (a copy
+        # outside its set whose members lack it is counted degraded by the OSD
+        # that holds it): what is left are old copies, removed as recovery
+        # confirms their members hold the newest.  (While an OSD has yet to pass,
+        # its figures are the last map's: a reviewer's point.)
         return "REBALANCING"
     return "CHECKING"  # nothing known wrong: OSDs have yet to scan at this map epoch
 

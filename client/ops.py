@@ -57,6 +57,7 @@ SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
 TOLD_MAX = 65536  # inodes whose attributes as last given to the kernel are kept (_told)
 MIXED = "mixed"  # _told: replies with different attributes since the last drop
+APPEND_RETRY = 1.0  # seconds: an O_APPEND open is sent back for the size once in this
 REFUSED_FOR = 1.0  # seconds a refused change's repeat by the same thread is awaited
 REFUSED_MAX = 4096  # (inode, thread) pairs whose change by name answered ESTALE (_by_name)
 STALE_RETRIES = 4  # lookups of a name whose inode's early unlinks keep landing meanwhile
@@ -142,13 +143,12 @@ def _uncookie(cookie: int) -> tuple[int, int]:
 
 
 class Handle:
-    __slots__ = ("ino", "fd", "flags", "appends", "errors_seen")
+    __slots__ = ("ino", "fd", "flags", "errors_seen")
 
-    def __init__(self, ino, fd, flags, appends=False):
+    def __init__(self, ino, fd, flags):
         self.ino = ino
         self.fd = fd
         self.flags = flags
-        self.appends = appends  # O_APPEND, placed by us (LoomOperations.write)
         self.errors_seen = fd.error_count  # failed writes reported (FileData.failed)
 
 
@@ -197,6 +197,8 @@ class LoomOperations(pyfuse3.Operations):
         # (ino, pid) -> when a change by name was refused (_by_name)
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
+        # ino -> when an O_APPEND open was sent back for the size (_append_at_stale_size)
+        self._append_retried: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._told: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         # ino -> the kernel's lookup count of it (`_referenced`, `forget`)
         self._lookups: dict[int, int] = {}
@@ -483,9 +485,12 @@ class LoomOperations(pyfuse3.Operations):
         on, under another name too (`mv cfg cfg.bak` and a new `cfg`): the change
         would land on it (a tester's `> cfg` emptied the backup).  ESTALE makes
         the kernel look the name up again; a wrong name is also dropped from the
-        kernel, which may hold several for the inode, and every later call on the
-        inode answers ESTALE until a shard gives it again.  Concurrent calls wait
-        for the one check; a file open here is past this.  Reads (readlink,
+        kernel, which may hold several for the inode.  For a listed name, every
+        later call on the inode answers ESTALE until a shard gives it again; a
+        name of ours is just dropped, so the kernel's retry through a descriptor
+        (/proc/self/fd/N of an O_PATH one walks no name) lands on the file it
+        holds, as on a local filesystem.  Concurrent calls wait for the one
+        check; a file open here is past this.  Reads (readlink,
         getxattr, a read-only open) are not checked first: they answer ESTALE if
         the inode is gone, and may read a moved-aside file, as through the
         kernel's own dentry cache."""
@@ -522,7 +527,8 @@ class LoomOperations(pyfuse3.Operations):
                 else:
                     self.file_names.confirmed(ino, parent, name, time.monotonic())
             if wrong:
-                self.statahead.found_wrong(ino, time.monotonic())
+                if listed in wrong:
+                    self.statahead.found_wrong(ino, time.monotonic())
                 for parent, name in wrong:
                     self.file_names.drop(ino, parent, name)
                 # In the background: the kernel may hold the parent's lock while it
@@ -719,20 +725,22 @@ class LoomOperations(pyfuse3.Operations):
         mount gave the kernel for it leads to another directory now (another mount
         ran `rm -r out; mkdir out`), so that the kernel walks the name again and the
         call lands in the new one (it failed with ENOENT for up to entry_timeout, a
-        tester found); else `exc`.  The old name leaves the kernel in the
-        background.  A working directory or an open one reached without a name
-        gets ESTALE too in that case, as on NFS, where ENOENT came before."""
+        tester found); else `exc`.  A working directory or an open one reached
+        without a name gets ESTALE too in that case, as on NFS, where ENOENT came
+        before."""
         place = self.dir_names.place_of(ino)
         if place is None:
             return exc
         try:
             found = await self.meta.lookup(*place)
-        except errors.LoomError:
+        except (errors.LoomError, trio.TooSlowError):
             return exc
         if found["ino"] == ino or not stat.S_ISDIR(found["mode"]):
             return exc
+        # The kernel's retry looks the name up again itself (LOOKUP_REVAL) and
+        # drops the old dentry; an invalidation from here could race that retry
+        # and drop the new one, under a process that just entered it.
         self.dir_names.forget(ino)
-        self.meta.cluster.nursery.start_soon(self._drop_entries, [place])
         return self._stale(ino)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -1150,6 +1158,9 @@ class LoomOperations(pyfuse3.Operations):
         if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
+        if self._append_at_stale_size(attr, flags):
+            await self.meta.close(inode)
+            raise self._stale(inode)  # (its lookup must reach a shard, not a listing)
         fi = self._new_handle(attr, flags, prefetch)
         keep = self._pages_opened(attr)
         if flags & os.O_TRUNC:
@@ -1170,6 +1181,39 @@ class LoomOperations(pyfuse3.Operations):
             return fi
         fi.keep_cache = keep
         return fi
+
+    def _append_at_stale_size(self, attr: dict, flags: int) -> bool:
+        """Whether an O_APPEND open must first have the kernel take the file's
+        size anew.  The kernel puts an O_APPEND write at the size it has cached
+        and never asks before an append (only before a read past it), so after
+        another mount appended or truncated, appends from two mounts in turn wrote
+        over each other (a tester lost half the lines of `echo >> f`).  ESTALE
+        makes the kernel look the name up again (LOOKUP_REVAL), which gives it
+        the size, and open again.  Once per APPEND_RETRY: an open that meets a
+        change again right after (another mount appending at the same time, or
+        an open through /proc/self/fd that walks no name) goes on.  The writeback
+        cache keeps its own size (README "Kernel writeback cache")."""
+        ino = attr["ino"]
+        if not flags & os.O_APPEND or flags & os.O_TRUNC or self.enable_writeback_cache:
+            return False
+        now = time.monotonic()
+        retried = self._append_retried.pop(ino, None)  # only the open right after
+        gen = attr.get("gen")
+        if gen is not None and self._page_gens.get(ino) == gen:
+            # Nobody else changed the file since this mount last had it: the
+            # kernel's size is right, grown by our own writes (even those that are
+            # still on their way, which the shard's size lacks).
+            return False
+        told = self._told.get(ino)
+        if told not in (None, MIXED) and told[0] == self._kernel_stamp(attr)[0]:
+            return False
+        if retried is not None and now - retried < APPEND_RETRY:
+            return False
+        self._append_retried[ino] = now
+        while len(self._append_retried) > TOLD_MAX:
+            self._append_retried.popitem(last=False)
+        self._told.pop(ino, None)  # the lookup's reply sets it afresh
+        return True
 
     def _pages_opened(self, attr: dict) -> bool:
         """Close-to-open: whether the kernel may keep its pages of the file at this
@@ -1196,6 +1240,11 @@ class LoomOperations(pyfuse3.Operations):
             return  # (unchanged: a commit that wrote nothing; gen moved, if at all, by others)
         if gen == known + 1:
             self._page_gens[ino] = gen
+            told = self._told.get(ino)
+            if told not in (None, MIXED):
+                # Our writes moved the kernel's size as they moved the shard's: an
+                # O_APPEND open here next needs no new size (_append_at_stale_size).
+                self._told[ino] = (attr["size"], *told[1:])
         else:
             del self._page_gens[ino]
 
@@ -1251,17 +1300,8 @@ class LoomOperations(pyfuse3.Operations):
         fd.handles += 1
         self.meta.cluster.open_inos[ino] += 1
         fh = next(self._fhs)
-        # O_APPEND: the kernel puts each write at the end of file it has cached,
-        # which an append or truncate by another mount since may have moved (it
-        # asks again before a read, never before an append): two mounts appending
-        # in turn wrote over each other's lines (a tester's report).  So we put
-        # the write at the end we know from the open and our own writes, and the
-        # handle skips the page cache (direct_io), where the kernel would keep the
-        # bytes at its own offset.  With the writeback cache the kernel asks for
-        # the size before each write itself.
-        appends = bool(flags & os.O_APPEND) and not self.enable_writeback_cache
-        self.handles[fh] = Handle(ino, fd, flags, appends)
-        return pyfuse3.FileInfo(fh=fh, direct_io=appends)
+        self.handles[fh] = Handle(ino, fd, flags)
+        return pyfuse3.FileInfo(fh=fh)
 
     async def read(self, fh, off, size):
         handle = self.handles[fh]
@@ -1270,9 +1310,6 @@ class LoomOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
         await self._settle_create(handle.fd)
-        if handle.appends:
-            # (The kernel sends the pieces of one direct write one at a time.)
-            off = handle.fd.size
         return await self.data.write(handle.fd, off, buf, time.time_ns())
 
     async def flush(self, fh):

@@ -96,14 +96,21 @@ class Replicator:
                 # replace it once recovery got to it, or once their OSD came back
                 # (a tester lost fsynced writes so after a plain `osd out`).  A
                 # fresh inode's chunks were all placed as now.
-                if not await self.locate(ino, chunk_index, replicas, members=True):
+                if not await self.locate(ino, chunk_index, replicas, members=True) \
+                        and here is None:
                     await self._never_written(ino, chunk_index, written)
             for attempt in range(MAX_ROUNDS):
                 targets = self._reachable(replicas[1:], ino, chunk_index)
                 if len(targets) < len(replicas) - 1:
                     self._note_degraded()
                 meta = self.store.meta(ino, chunk_index)
-                version = (meta.version if meta is not None and not meta.corrupt else 0) + 1
+                # A corrupt copy's version counts for nothing where a replica can
+                # answer with its own (it is then copied here first, `_settle`);
+                # with none to ask (one replica, or the others down), the write goes
+                # on top of it, at its version + 1 as for any copy (with version 1,
+                # an older copy coming back elsewhere would win over it).
+                trusted = meta is not None and (not meta.corrupt or not targets)
+                version = (meta.version if trusted else 0) + 1
                 args = {"ino": ino, "chunk": chunk_index, "offset": offset, "version": version}
                 failures, answers = await self._apply_everywhere(args, data, targets)
                 if await self._settle(ino, chunk_index, version, failures, answers, targets):

@@ -462,8 +462,9 @@ class ChunkStore:
         directory entries, deepest first.
 
         A failed fsync fails every later sync of the inode too, until each chunk
-        it covered is replaced by a copy from another replica (`replace`, which
-        fsyncs before it renames) or removed.  Linux reports a writeback error
+        it covered (every chunk of the inode, when a directory failed) is
+        replaced by a copy from another replica (`replace`, which fsyncs before
+        it renames) or removed.  Linux reports a writeback error
         to one fsync only and marks the pages clean, so trying again would
         return success over data that may never have reached the disk.  The
         chunks are also marked corrupt: their version counts for nothing, so
@@ -478,19 +479,32 @@ class ChunkStore:
                                        f"failed on this osd, and no copy replaced them yet")
             chunks = self._dirty.pop(ino, set())
             dirs = self._dirty_dirs.pop(ino, set())
-            paths = [self.chunk_path(ino, c) for c in sorted(chunks)]
+            paths = {self.chunk_path(ino, c): c for c in sorted(chunks)}
             ordered_dirs = sorted(dirs, key=len, reverse=True)
-            try:
-                await self._io(self.ino_dir(ino), _fsync_paths, paths, ordered_dirs)
-            except errors.LoomError as exc:
-                log.error("fsync of ino %d chunks %s failed: %s", ino, sorted(chunks), exc)
-                gone = {c for c in chunks if self.meta(ino, c) is None}
-                if chunks - gone:
-                    self._sync_failed.setdefault(ino, set()).update(chunks - gone)
-                for chunk_index in chunks - gone:
-                    self.mark_corrupt(ino, chunk_index)
-                raise
+            failures = await self._io(self.ino_dir(ino), _fsync_each, list(paths),
+                                      ordered_dirs)
+            if failures:
+                self._sync_failures(ino, paths, dirs, failures)
         log.debug("synced ino %d: %d chunks, %d directories", ino, len(paths), len(dirs))
+
+    def _sync_failures(self, ino: int, paths: dict, dirs: set, failures: list) -> None:
+        """After failed fsyncs: which chunks stay failed, then the error to raise.
+        A chunk file's failure fails that chunk; a directory's fails every chunk
+        of the inode (the names in it may be lost), and the directories are
+        fsynced again by the sync after the chunks are replaced."""
+        bad = {paths[path] for path, _ in failures if path in paths}
+        if any(path not in paths for path, _ in failures):
+            bad.update(self.index.get(ino, {}))
+            self._dirty_dirs.setdefault(ino, set()).update(dirs)
+        bad = {c for c in bad if self.meta(ino, c) is not None}
+        if bad:
+            self._sync_failed.setdefault(ino, set()).update(bad)
+            for chunk_index in bad:
+                self.mark_corrupt(ino, chunk_index)
+        log.error("fsync of ino %d failed on %s; chunks %s wait for a replica's copy",
+                  ino, [path for path, _ in failures], sorted(bad))
+        path, exc = failures[0]
+        raise _typed_os_error(exc, path)
 
 
 def _typed_os_error(exc: OSError, path: str) -> errors.LoomError:
@@ -616,11 +630,17 @@ def _rmdirs_quietly(paths: list[str]) -> None:
         _rmdir_quietly(path)
 
 
-def _fsync_paths(files: list[str], dirs: list[str]) -> None:
-    for path in files:
-        _fsync_path(path, os.O_RDONLY)
-    for path in dirs:
-        _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_each(files: list[str], dirs: list[str]) -> list[tuple[str, OSError]]:
+    """fsync every file, then every directory; ``(path, error)`` of those that
+    failed (one failure does not skip the rest: each is told apart)."""
+    failures = []
+    for path, flags in [(f, os.O_RDONLY) for f in files] + \
+            [(d, os.O_RDONLY | os.O_DIRECTORY) for d in dirs]:
+        try:
+            _fsync_path(path, flags)
+        except OSError as exc:
+            failures.append((path, exc))
+    return failures
 
 
 def _fsync_path(path: str, flags: int) -> None:

@@ -350,6 +350,8 @@ def test_status_names_the_data_state_from_the_recovery_figures():
     # Only old copies outside their sets left: every set is full (a copy whose set
     # lacks it counts as degraded on its holder), so not DEGRADED.
     assert data_state({**quiet, "misplaced": 3, "scanning": []}) == "REBALANCING"
+    # An OSD yet to pass at this map reports the last map's figures: not known yet.
+    assert data_state({**quiet, "misplaced": 3}) == "CHECKING"
     for wrong in ({"down_in": [1]}, {"degraded": 1}, {"recovering": 1},
                   {"unrepairable": 1}):
         assert data_state({**quiet, "misplaced": 3, **wrong}) == "DEGRADED"

@@ -433,6 +433,37 @@ async def test_a_failed_fsync_fails_every_sync_until_a_replica_replaces_the_copy
     assert await rig.osds[1].store.verify(44, 0) is True
 
 
+async def test_a_failed_fsync_with_one_replica_leaves_the_chunk_writable(rig, monkeypatch):
+    """With no other copy to take, a write goes on top of the one whose fsync
+    failed, at its next version (a reviewer: the search for a copy came back
+    empty and the write waited for one until the client's io_timeout); the
+    file's syncs keep failing.  A failed directory fsync fails every chunk."""
+    args = {"ino": 47, "chunk": 0, "offset": 0, "replicas": [0], "epoch": rig.mds.map.epoch,
+            "fresh": True}
+    await rig.clients[0].call("write", args, b"first")
+    await rig.clients[0].call("write", {**args, "chunk": 1}, b"second")
+    store = rig.osds[0].store
+    bad = os.path.realpath(store.ino_dir(47))
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)  # the inode's directory fails
+    with pytest.raises(errors.IOFailure, match="Input/output error"):
+        await rig.clients[0].call("sync_file", {"ino": 47})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    with pytest.raises(errors.IOFailure, match=r"chunks \[0, 1\] failed"):
+        await rig.clients[0].call("sync_file", {"ino": 47})
+    del args["fresh"]  # made under another placement: the OSD looks for copies first
+    assert await rig.clients[0].call("write", {**args, "offset": 5}, b"+") == {"version": 2}
+    assert await rig.read(0, 47, 0) == (b"first+", 2)
+    with pytest.raises(errors.IOFailure):
+        await rig.clients[0].call("sync_file", {"ino": 47})
+
+
 @pytest.mark.parametrize("op, args", [
     ("read", {"ino": 0, "chunk": 0, "offset": 0, "length": 1}),
     ("read", {"ino": "1", "chunk": 0, "offset": 0, "length": 1}),
