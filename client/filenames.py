@@ -72,17 +72,21 @@ class FileNames:
         if ino is not None:
             self.drop(ino, parent, name)
 
-    def renamed(self, old: tuple[int, bytes], new: tuple[int, bytes], exchange: bool,
-                now: float) -> None:
-        """This mount's own rename: the kernel moved its dentries itself."""
+    def renamed(self, old: tuple[int, bytes], new: tuple[int, bytes], exchange: bool) -> None:
+        """This mount's own rename: the kernel moved its dentries itself.  A moved
+        name keeps when it was given: the shard renamed what the name leads to
+        there, which may not be the file the kernel's dentry holds (a tester's
+        `mv f g` of a name another mount had replaced, then writes to g)."""
         moved = self._ino_at.get(old)
         other = self._ino_at.get(new)
+        moved_at = self._names[moved][old] if moved is not None else 0.0
+        other_at = self._names[other][new] if other is not None else 0.0
         self.gone(*old)
         self.gone(*new)
         if moved is not None:
-            self.gave(moved, *new, now)
+            self.gave(moved, *new, moved_at)
         if exchange and other is not None:
-            self.gave(other, *old, now)
+            self.gave(other, *old, other_at)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot the inode, and every name of it with it."""

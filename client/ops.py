@@ -47,7 +47,7 @@ from .statahead import MIN_TIMEOUT, Listing, StatAhead, Window
 log = logging.getLogger(__name__)
 
 ACL_XATTR_PREFIX = b"system.posix_acl_"
-XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 COOKIE_BASE = 3  # 1 and 2 are the positions after "." and ".."
 SEQ_BITS = 48
 READDIR_BATCH = 256
@@ -193,12 +193,15 @@ class LoomOperations(pyfuse3.Operations):
         # (client.statahead); none without a nursery to fetch them in.
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
-        self._verifying: dict[int, trio.Event] = {}  # ino -> its `_verify_name` check
+        # ino -> its `_verify_name` check: (done, the wrong names it found)
+        self._verifying: dict[int, tuple[trio.Event, list]] = {}
         # (ino, pid) -> when a change by name was refused (_by_name)
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
-        # ino -> when an O_APPEND open was sent back for the size (_append_at_stale_size)
-        self._append_retried: collections.OrderedDict[int, float] = collections.OrderedDict()
+        # (ino, pid) -> when an O_APPEND open was sent back for the size
+        # (_append_at_stale_size)
+        self._append_retried: collections.OrderedDict[tuple, float] = \
+            collections.OrderedDict()
         self._told: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         # ino -> the kernel's lookup count of it (`_referenced`, `forget`)
         self._lookups: dict[int, int] = {}
@@ -475,7 +478,7 @@ class LoomOperations(pyfuse3.Operations):
         self.statahead.stale_ino(ino, time.monotonic())
         return pyfuse3.FUSEError(errno.ESTALE)
 
-    async def _verify_name(self, ino: int) -> None:
+    async def _verify_name(self, ino: int, ctx=None) -> None:
         """Before a change of `ino` by a name (chmod, chown, truncate, utime,
         setxattr, removexattr, link, an open for writing): that the names the
         kernel may have walked still lead there.  Those are a name a listing
@@ -490,7 +493,9 @@ class LoomOperations(pyfuse3.Operations):
         name of ours is just dropped, so the kernel's retry through a descriptor
         (/proc/self/fd/N of an O_PATH one walks no name) lands on the file it
         holds, as on a local filesystem.  Concurrent calls wait for the one
-        check; a file open here is past this.  Reads (readlink,
+        check and take its verdict (they came by the same names: a tester's two
+        `> f` at once emptied the moved file); a file open here is past this.
+        Reads (readlink,
         getxattr, a read-only open) are not checked first: they answer ESTALE if
         the inode is gone, and may read a moved-aside file, as through the
         kernel's own dentry cache."""
@@ -499,7 +504,12 @@ class LoomOperations(pyfuse3.Operations):
             return
         checking = self._verifying.get(ino)
         if checking is not None:  # another call's check of it: take its verdict
-            await checking.wait()
+            done, verdict = checking
+            await done.wait()
+            if verdict:
+                if ctx is not None:
+                    self._note_refused(ino, ctx)
+                raise pyfuse3.FUSEError(errno.ESTALE)
         if ino in self.statahead.wrong:
             # Found wrong before: the kernel may go on with its syscall after an
             # ESTALE from a getxattr it asks for itself (truncate's check of
@@ -510,9 +520,10 @@ class LoomOperations(pyfuse3.Operations):
         places += [p for p in self.file_names.to_check(ino, time.monotonic()) if p != listed]
         if not places:
             return
-        self._verifying[ino] = done = trio.Event()
+        done, verdict = trio.Event(), []
+        self._verifying[ino] = (done, verdict)
         try:
-            wrong = []
+            wrong = verdict
             for parent, name in places:
                 try:
                     found = await self.meta.lookup(parent, name)
@@ -529,6 +540,10 @@ class LoomOperations(pyfuse3.Operations):
             if wrong:
                 if listed in wrong:
                     self.statahead.found_wrong(ino, time.monotonic())
+                elif ctx is not None:
+                    # As a refusal by name: the kernel's repeat through a descriptor
+                    # (no lookup between) is done as asked, by `_by_name` too.
+                    self._note_refused(ino, ctx)
                 for parent, name in wrong:
                     self.file_names.drop(ino, parent, name)
                 # In the background: the kernel may hold the parent's lock while it
@@ -625,7 +640,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
         if fh is None:
-            await self._verify_name(inode)
+            await self._verify_name(inode, ctx)
         linked = fh is None and self._by_name(inode, ctx)
         try:
             return await self._setattr(inode, attr, fields, ctx, linked)
@@ -658,10 +673,13 @@ class LoomOperations(pyfuse3.Operations):
         return refused_at is None or time.monotonic() - refused_at > REFUSED_FOR
 
     def _refuse_by_name(self, inode: int, ctx) -> pyfuse3.FUSEError:
+        self._note_refused(inode, ctx)
+        return self._stale(inode)
+
+    def _note_refused(self, inode: int, ctx) -> None:
         self._refused[(inode, ctx.pid)] = time.monotonic()
         while len(self._refused) > REFUSED_MAX:
             self._refused.popitem(last=False)
-        return self._stale(inode)
 
     def _looked_up_by(self, ctx) -> None:
         """A lookup from this thread: its next change is not a descriptor's repeat."""
@@ -739,8 +757,9 @@ class LoomOperations(pyfuse3.Operations):
             return exc
         # The kernel's retry looks the name up again itself (LOOKUP_REVAL) and
         # drops the old dentry; an invalidation from here could race that retry
-        # and drop the new one, under a process that just entered it.
-        self.dir_names.forget(ino)
+        # and drop the new one, under a process that just entered it.  The place
+        # stays known for the next call that reaches the old directory (its
+        # lookup records the new one there).
         return self._stale(ino)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -788,7 +807,7 @@ class LoomOperations(pyfuse3.Operations):
         if self.behind:
             await self.behind.settle_ino(inode)
             await self.behind.settle_name(new_parent_inode, new_name)
-        await self._verify_name(inode)
+        await self._verify_name(inode, ctx)
         by_name = self._by_name(inode, ctx)
         try:
             with self._changing_names((new_parent_inode, new_name)):
@@ -903,16 +922,24 @@ class LoomOperations(pyfuse3.Operations):
                  self.behind.ino_at(parent_inode_new, name_new)]
         self.behind.gone(parent_inode_old, name_old)
         self.behind.gone(parent_inode_new, name_new)
-        with self._changing_names((parent_inode_old, name_old), (parent_inode_new, name_new)):
-            await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new,
-                                   flags)
+        try:
+            with self._changing_names((parent_inode_old, name_old),
+                                      (parent_inode_new, name_new)):
+                await self.meta.rename(parent_inode_old, name_old, parent_inode_new,
+                                       name_new, flags)
+        except errors.NotFound as exc:
+            for parent in dict.fromkeys((parent_inode_new, parent_inode_old)):
+                replaced = await self._replaced_dir(parent, exc)
+                if replaced is not exc:
+                    raise replaced from None
+            raise
         for ino in moved:  # the kernel moves its own entries: nothing to check by name
             if ino is not None:
                 self.statahead.take_served(ino)
         self.dir_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
                                exchange=bool(flags & RENAME_EXCHANGE))
         self.file_names.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
-                                bool(flags & RENAME_EXCHANGE), time.monotonic())
+                                bool(flags & RENAME_EXCHANGE))
 
     async def forget(self, inode_list):
         for ino, nlookup in inode_list:
@@ -1142,7 +1169,7 @@ class LoomOperations(pyfuse3.Operations):
         cached = self.meta.attrs.get(inode)
         prefetch = self._prefetch(inode, cached, flags)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            await self._verify_name(inode)  # a write must not land on a moved-aside file
+            await self._verify_name(inode, ctx)  # a write must not land on a moved-aside file
         else:
             self.statahead.take_served(inode)  # the open itself finds a gone inode out
         try:
@@ -1158,7 +1185,7 @@ class LoomOperations(pyfuse3.Operations):
         if prefetch is not None and prefetch.stamp != _stamp(attr):
             # Another client's commit came between: the chunk may predate it.
             prefetch = None
-        if self._append_at_stale_size(attr, flags):
+        if self._append_at_stale_size(attr, flags, ctx):
             await self.meta.close(inode)
             raise self._stale(inode)  # (its lookup must reach a shard, not a listing)
         fi = self._new_handle(attr, flags, prefetch)
@@ -1182,22 +1209,26 @@ class LoomOperations(pyfuse3.Operations):
         fi.keep_cache = keep
         return fi
 
-    def _append_at_stale_size(self, attr: dict, flags: int) -> bool:
+    def _append_at_stale_size(self, attr: dict, flags: int, ctx) -> bool:
         """Whether an O_APPEND open must first have the kernel take the file's
         size anew.  The kernel puts an O_APPEND write at the size it has cached
         and never asks before an append (only before a read past it), so after
         another mount appended or truncated, appends from two mounts in turn wrote
         over each other (a tester lost half the lines of `echo >> f`).  ESTALE
         makes the kernel look the name up again (LOOKUP_REVAL), which gives it
-        the size, and open again.  Once per APPEND_RETRY: an open that meets a
-        change again right after (another mount appending at the same time, or
-        an open through /proc/self/fd that walks no name) goes on.  The writeback
+        the size, and open again.  Once per thread: its next open within
+        APPEND_RETRY that meets a change again (another mount appending at the
+        same time, or an open through /proc/self/fd that walks no name) goes on;
+        other threads' opens are each sent back (a tester's: the second of two
+        processes appending at once went on with the old size, and an open
+        meeting a change twice failed with ESTALE).  The writeback
         cache keeps its own size (README "Kernel writeback cache")."""
         ino = attr["ino"]
         if not flags & os.O_APPEND or flags & os.O_TRUNC or self.enable_writeback_cache:
             return False
         now = time.monotonic()
-        retried = self._append_retried.pop(ino, None)  # only the open right after
+        key = (ino, getattr(ctx, "pid", 0))
+        retried = self._append_retried.pop(key, None)  # only this thread's next open
         gen = attr.get("gen")
         if gen is not None and self._page_gens.get(ino) == gen:
             # Nobody else changed the file since this mount last had it: the
@@ -1209,7 +1240,7 @@ class LoomOperations(pyfuse3.Operations):
             return False
         if retried is not None and now - retried < APPEND_RETRY:
             return False
-        self._append_retried[ino] = now
+        self._append_retried[key] = now
         while len(self._append_retried) > TOLD_MAX:
             self._append_retried.popitem(last=False)
         self._told.pop(ino, None)  # the lookup's reply sets it afresh
@@ -1404,16 +1435,9 @@ class LoomOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_name(inode)
+        await self._verify_name(inode, ctx)
         self._fault_hook(inode, name)
-        if name.startswith(ACL_XATTR_PREFIX):
-            # ACLs are not enforced, so they are not stored either: cp -a, tar
-            # and rsync then fall back to chmod, as on a filesystem without ACLs.
-            raise errors.NotSupported(f"POSIX ACLs are not supported ({name!r})")
-        if not name.startswith(XATTR_NAMESPACES):
-            # As Linux filesystems answer for a name outside the namespaces
-            # (a tester's `foo.k` was stored and listed; ext4 refuses it).
-            raise errors.NotSupported(f"no such attribute namespace ({name!r})")
+        _check_xattr_name(name)
         linked = self._by_name(inode, ctx)
         try:
             await self.meta.setxattr(inode, name, value, linked=linked)
@@ -1428,6 +1452,7 @@ class LoomOperations(pyfuse3.Operations):
         if inode in self.statahead.wrong and inode not in self.files:
             raise pyfuse3.FUSEError(errno.ESTALE)  # see _verify_name
         self._fault_hook(inode, name)
+        _check_xattr_name(name)
         try:
             return await self.meta.getxattr(inode, name)
         except errors.NotFound:
@@ -1449,7 +1474,8 @@ class LoomOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         if self.behind:
             await self.behind.settle_ino(inode)
-        await self._verify_name(inode)
+        await self._verify_name(inode, ctx)
+        _check_xattr_name(name)
         linked = self._by_name(inode, ctx)
         try:
             await self.meta.removexattr(inode, name, linked=linked)
@@ -1457,6 +1483,22 @@ class LoomOperations(pyfuse3.Operations):
             if linked:
                 raise self._refuse_by_name(inode, ctx) from None
             raise
+
+
+def _check_xattr_name(name: bytes) -> None:
+    """As Linux filesystems answer: EOPNOTSUPP outside the namespaces kept here,
+    EINVAL for a namespace with no name after it (a tester's `foo.k` and
+    `system.foo` were stored, and `user.`).  POSIX ACLs (`system.posix_acl_*`)
+    are not enforced, so they are not stored either: cp -a, tar and rsync then
+    fall back to chmod, as on a filesystem without ACLs."""
+    if name.startswith(ACL_XATTR_PREFIX):
+        raise errors.NotSupported(f"POSIX ACLs are not supported ({name!r})")
+    for space in XATTR_NAMESPACES:
+        if name.startswith(space):
+            if name == space:
+                raise errors.Invalid(f"no attribute name after {name!r}")
+            return
+    raise errors.NotSupported(f"no such attribute namespace ({name!r})")
 
 
 def _invalidate_name(parent: int, name: bytes) -> None:

@@ -370,14 +370,15 @@ def test_file_names_keep_what_the_kernel_holds_and_age_it():
     names.gave(11, 2, b"hard", now=102.0)
     assert names.to_check(10, 103.0) == [(1, b"a")]
     # Our own rename moves the name; our unlink drops it.
-    names.renamed((1, b"a"), (1, b"b"), exchange=False, now=104.0)
-    assert names.to_check(10, 104.0 + 2 * FRESH) == [(1, b"b")]
+    names.renamed((1, b"a"), (1, b"b"), exchange=False)  # keeps when it was given
+    assert names.to_check(10, 101.0 + FRESH / 2) == []
+    assert names.to_check(10, 104.0) == [(1, b"b")]
     names.gone(1, b"b")
     assert names.to_check(10, 200.0) == []
     # An exchange swaps the two inodes' names.
     names.gave(12, 3, b"x", now=105.0)
     names.gave(13, 3, b"y", now=105.0)
-    names.renamed((3, b"x"), (3, b"y"), exchange=True, now=106.0)
+    names.renamed((3, b"x"), (3, b"y"), exchange=True)
     assert names.to_check(12, 107.0) == [(3, b"y")]
     assert names.to_check(13, 107.0) == [(3, b"x")]
     # Bounded: the oldest inodes go first; the kernel's forget drops an inode.

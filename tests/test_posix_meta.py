@@ -59,7 +59,11 @@ def test_xattrs(workdir):
                                                                          errno.ERANGE)
     assert errno_of(os.setxattr, path, "user." + "n" * 251, b"") == errno.ERANGE
     # A name outside the namespaces is refused, as ext4 does (it was stored).
-    assert errno_of(os.setxattr, path, "foo.k", b"v") == errno.EOPNOTSUPP
+    for name in ("foo.k", "system.foo", "userk"):
+        assert errno_of(os.setxattr, path, name, b"v") == errno.EOPNOTSUPP
+        assert errno_of(os.getxattr, path, name) == errno.EOPNOTSUPP
+        assert errno_of(os.removexattr, path, name) == errno.EOPNOTSUPP
+    assert errno_of(os.setxattr, path, "user.", b"v") == errno.EINVAL
     assert "foo.k" not in os.listxattr(path)
     os.setxattr(path, "user." + "n" * 250, b"longest name")
     os.removexattr(path, "user.new")

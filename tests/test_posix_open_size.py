@@ -7,6 +7,7 @@ had cached (nothing, for a file made empty and stat'ed here first; the old end,
 after an append elsewhere): a tester's report.  The client now drops the kernel's
 attributes at an open that finds them changed."""
 
+import multiprocessing
 import os
 
 import pytest
@@ -72,3 +73,28 @@ def test_appends_from_two_mounts_in_turn_keep_every_line(cluster):
         _append(two, b"after the cut\n")  # two's kernel still says the longer size
         assert one.read_bytes() == b"line1\nafter the cut\n"
         assert os.stat(two).st_size == os.stat(one).st_size == 20
+
+
+def test_appends_from_several_processes_of_one_mount_after_another_mounts(cluster):
+    """Another mount appends; then several processes of this mount append at
+    once: the first of them was sent back for the size, the others went on with
+    the old one and wrote over the other mount's line (a tester's)."""
+    with extra_mount(cluster, READER) as one_root, extra_mount(cluster, READER) as two_root:
+        os.mkdir(one_root / "many")
+        one, two = one_root / "many" / "log", two_root / "many" / "log"
+        _append(one, b"start\n")
+        assert os.stat(two).st_size == 6
+        for round_ in range(5):
+            _append(two, f"two {round_}\n".encode())
+            ctx = multiprocessing.get_context("fork")
+            procs = [ctx.Process(target=_append, args=(one, f"one {round_} {p}\n".encode()))
+                     for p in range(4)]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join(60)
+            assert all(proc.exitcode == 0 for proc in procs)
+        lines = two.read_bytes().decode().splitlines()
+        assert lines[0] == "start" and len(lines) == 1 + 5 * 5, lines
+        for round_ in range(5):
+            assert f"two {round_}" in lines

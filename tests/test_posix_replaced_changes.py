@@ -10,6 +10,7 @@ looks the name up again and repeats the call (a tester's churn run, with and
 without stat-ahead).  The old file held open keeps what it had."""
 
 import os
+import threading
 import time
 
 import pytest
@@ -174,12 +175,18 @@ def test_a_change_through_an_o_path_descriptor_lands_on_its_file(cluster, reques
         os.chmod(writer / "f", 0o644)
         with open(writer / "f", "rb") as held:
             fd = os.open(reader / "f", os.O_PATH)
+            opened = time.monotonic()
             try:
                 if how == "replaced-elsewhere":
                     (writer / "tmp").write_bytes(b"new contents")
                     os.rename(writer / "tmp", writer / "f")
                 else:
                     os.unlink(reader / "f")
+                # The reader's name is old enough to be checked (client.filenames):
+                # the check finds it wrong, and the kernel's repeat through the
+                # descriptor must still land on the held file (it failed with
+                # ESTALE when the check's refusal was not counted as one).
+                _past_fresh(opened)
                 proc = f"/proc/self/fd/{fd}"
                 os.chmod(proc, 0o600)
                 os.utime(proc, ns=(MTIME, MTIME))
@@ -232,3 +239,60 @@ def test_a_name_another_mount_makes_shows_at_once_after_a_miss(cluster):
             assert not os.path.exists(reader / name)
             (writer / name).write_bytes(b"commit")
             assert (reader / name).read_bytes() == b"commit"
+
+
+def test_changes_at_once_and_after_our_rename_by_a_moved_aside_name(cluster):
+    """Two changes at once through a name another mount moved aside: the second
+    waited for the first one's check and then went on, on the moved file (a
+    tester's two `> f` at once emptied f.bak).  And this mount's own `mv f g`
+    of such a name moves the kernel's entry of the old file: g was taken as
+    freshly given, and a write to it landed on f.bak (a tester's)."""
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER) as reader_root:
+        os.mkdir(writer_root / "at-once")
+        writer, reader = writer_root / "at-once", reader_root / "at-once"
+        for name in ("f", "h"):
+            (writer / name).write_bytes(b"old")
+            os.stat(reader / name)
+        cached = time.monotonic()
+        for name in ("f", "h"):
+            os.rename(writer / name, writer / f"{name}.bak")
+            (writer / name).write_bytes(b"new")
+        _past_fresh(cached)
+        errors = []
+
+        def empty():
+            try:
+                (reader / "f").write_bytes(b"")
+            except OSError as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=empty) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert not errors
+        assert (writer / "f.bak").read_bytes() == b"old"
+        assert (writer / "f").read_bytes() == b""
+
+        os.rename(reader / "h", reader / "g")  # the shard renames the new file
+        (reader / "g").write_bytes(b"from the reader")
+        assert (writer / "h.bak").read_bytes() == b"old"
+        assert (writer / "g").read_bytes() == b"from the reader"
+
+
+def test_a_rename_into_a_directory_made_again_elsewhere_lands_there(cluster):
+    """`rm -r out; mkdir out` on one mount, then a rename into `out` on the other
+    (which still holds the old one) failed with ENOENT (a tester's)."""
+    with extra_mount(cluster, WRITER) as writer_root, \
+            extra_mount(cluster, READER) as reader_root:
+        os.mkdir(writer_root / "into")
+        writer, reader = writer_root / "into", reader_root / "into"
+        os.mkdir(writer / "out")
+        assert os.listdir(reader / "out") == []
+        os.rmdir(writer / "out")
+        os.mkdir(writer / "out")
+        (reader / "src").write_bytes(b"moved")
+        os.rename(reader / "src", reader / "out" / "x")
+        assert (writer / "out" / "x").read_bytes() == b"moved"
