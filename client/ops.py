@@ -39,7 +39,7 @@ from loomproto.layout import Layout
 from .behind import CREATE, UnlinksBehind
 from .data import FileData
 from .dirnames import INVALIDATE_WAIT, DirNames, drop_old_name
-from .filenames import FileNames
+from .filenames import FRESH, FileNames
 from .meta import check_name
 from .statahead import MAX_ENTRIES as STATAHEAD_MAX_ENTRIES
 from .statahead import MIN_TIMEOUT, Listing, StatAhead, Window
@@ -57,6 +57,7 @@ SLOW_REQUEST = 5.0  # a handler slower than this is logged with its arguments
 PAGE_GENS = 65536  # files whose pages in the kernel this client can vouch for
 TOLD_MAX = 65536  # inodes whose attributes as last given to the kernel are kept (_told)
 MIXED = "mixed"  # _told: replies with different attributes since the last drop
+WRONG_NAMED_MAX = 4096  # inodes remembered as reached by a wrong name (_verify_name)
 APPEND_RETRY = 1.0  # seconds: an O_APPEND open is sent back for the size once in this
 REFUSED_FOR = 1.0  # seconds a refused change's repeat by the same thread is awaited
 REFUSED_MAX = 4096  # (inode, thread) pairs whose change by name answered ESTALE (_by_name)
@@ -194,6 +195,8 @@ class LoomOperations(pyfuse3.Operations):
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
         # ino -> its `_verify_name` check: (done, the wrong names it found)
+        # ino -> when a name of ours for it was found wrong (`_verify_name`)
+        self._wrong_named: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._verifying: dict[int, tuple[trio.Event, list]] = {}
         # (ino, pid) -> when a change by name was refused (_by_name)
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
@@ -515,6 +518,7 @@ class LoomOperations(pyfuse3.Operations):
             # ESTALE from a getxattr it asks for itself (truncate's check of
             # security.capability), and its setattr must not land either.
             raise pyfuse3.FUSEError(errno.ESTALE)
+        self._refuse_if_named_wrong(ino, ctx)
         listed = self.statahead.take_served(ino)
         places = [] if listed is None else [listed]
         places += [p for p in self.file_names.to_check(ino, time.monotonic()) if p != listed]
@@ -540,10 +544,15 @@ class LoomOperations(pyfuse3.Operations):
             if wrong:
                 if listed in wrong:
                     self.statahead.found_wrong(ino, time.monotonic())
-                elif ctx is not None:
-                    # As a refusal by name: the kernel's repeat through a descriptor
-                    # (no lookup between) is done as asked, by `_by_name` too.
-                    self._note_refused(ino, ctx)
+                else:
+                    self._wrong_named[ino] = time.monotonic()
+                    while len(self._wrong_named) > WRONG_NAMED_MAX:
+                        self._wrong_named.popitem(last=False)
+                    if ctx is not None:
+                        # As a refusal by name: the kernel's repeat through a
+                        # descriptor (no lookup between) is done as asked, by
+                        # `_by_name` too.
+                        self._note_refused(ino, ctx)
                 for parent, name in wrong:
                     self.file_names.drop(ino, parent, name)
                 # In the background: the kernel may hold the parent's lock while it
@@ -553,6 +562,27 @@ class LoomOperations(pyfuse3.Operations):
         finally:
             del self._verifying[ino]
             done.set()
+
+    def _refuse_if_named_wrong(self, ino: int, ctx) -> None:
+        """ESTALE for a change of an inode one of whose names was found wrong
+        lately, until a lookup gives it again: another call may have walked that
+        name before the kernel dropped it (a tester's four `> f` at once: the
+        ones after the check went on, on the moved file).  The repeat of a
+        refused call from the same thread with no lookup between came through a
+        descriptor, and goes on."""
+        at = self._wrong_named.get(ino)
+        if at is None:
+            return
+        now = time.monotonic()
+        if now - at > max(self.entry_timeout, FRESH):
+            del self._wrong_named[ino]  # every entry the kernel had then has expired
+            return
+        if ctx is not None:
+            refused = self._refused.get((ino, ctx.pid))
+            if refused is not None and now - refused <= REFUSED_FOR:
+                return
+            self._note_refused(ino, ctx)
+        raise pyfuse3.FUSEError(errno.ESTALE)
 
     async def _drop_entries(self, places: list[tuple[int, bytes]]) -> None:
         """Make the kernel forget names that lead elsewhere now."""
@@ -827,6 +857,8 @@ class LoomOperations(pyfuse3.Operations):
 
     def _gave_name(self, parent_inode: int, name: bytes, attr: dict) -> None:
         self.behind.saw(parent_inode, name, attr["ino"], attr["mode"])
+        if self._wrong_named:
+            self._wrong_named.pop(attr["ino"], None)  # reached by a name that is right
         if not stat.S_ISDIR(attr["mode"]) and name not in (b".", b".."):
             self.file_names.gave(attr["ino"], parent_inode, name, time.monotonic())
 

@@ -27,6 +27,12 @@ CHANGES = ("chmod", "utime", "truncate", "setxattr", "removexattr", "link")
 MTIME = 1_500_000_000 * 10**9
 
 
+def _old_file(path) -> None:
+    path.write_bytes(b"old contents")
+    os.chmod(path, 0o644)
+    os.setxattr(path, "user.old", b"1")
+
+
 def _change(kind: str, path, links):
     if kind == "chmod":
         os.chmod(path, 0o600)
@@ -70,9 +76,7 @@ def test_a_change_by_a_replaced_name_lands_on_the_new_file(cluster, request, sta
         os.mkdir(writer_root / top / "links")
         writer, reader = writer_root / top, reader_root / top
         for kind in CHANGES:
-            (writer / kind).write_bytes(b"old contents")
-            os.chmod(writer / kind, 0o644)
-            os.setxattr(writer / kind, "user.old", b"1")
+            _old_file(writer / kind)
             os.stat(reader / kind)  # the reader's kernel caches the name
         kept = {}
         try:
@@ -124,9 +128,7 @@ def test_a_change_by_a_name_moved_aside_elsewhere_lands_on_the_new_file(cluster,
         os.mkdir(writer_root / top / "links")
         writer, reader = writer_root / top, reader_root / top
         for kind in kinds:
-            (writer / kind).write_bytes(b"old contents")
-            os.chmod(writer / kind, 0o644)
-            os.setxattr(writer / kind, "user.old", b"1")
+            _old_file(writer / kind)
         for kind in kinds:
             os.stat(reader / kind)  # the reader's kernel caches the name
         cached = time.monotonic()
