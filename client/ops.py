@@ -195,9 +195,9 @@ class LoomOperations(pyfuse3.Operations):
         on = statahead and nursery is not None and attr_timeout > MIN_TIMEOUT
         self.statahead = StatAhead(entry_timeout if on else 0.0)
         # ino -> its `_verify_name` check: (done, the wrong names it found)
+        self._verifying: dict[int, tuple[trio.Event, list]] = {}
         # ino -> when a name of ours for it was found wrong (`_verify_name`)
         self._wrong_named: collections.OrderedDict[int, float] = collections.OrderedDict()
-        self._verifying: dict[int, tuple[trio.Event, list]] = {}
         # (ino, pid) -> when a change by name was refused (_by_name)
         self._refused: collections.OrderedDict[tuple, float] = collections.OrderedDict()
         # ino -> (size, mtime, ctime) the kernel last got in a reply (_opened_fresh)
@@ -497,11 +497,11 @@ class LoomOperations(pyfuse3.Operations):
         (/proc/self/fd/N of an O_PATH one walks no name) lands on the file it
         holds, as on a local filesystem.  Concurrent calls wait for the one
         check and take its verdict (they came by the same names: a tester's two
-        `> f` at once emptied the moved file); a file open here is past this.
-        Reads (readlink,
-        getxattr, a read-only open) are not checked first: they answer ESTALE if
-        the inode is gone, and may read a moved-aside file, as through the
-        kernel's own dentry cache."""
+        `> f` at once emptied the moved file), and later ones are refused for a
+        while (`_refuse_if_named_wrong`); a file open here is past this.  Reads
+        (readlink, getxattr, a read-only open) are not checked first: they
+        answer ESTALE if the inode is gone, and may read a moved-aside file, as
+        through the kernel's own dentry cache."""
         if ino in self.files:
             self.statahead.take_served(ino)
             return
