@@ -481,8 +481,13 @@ class ChunkStore:
             dirs = self._dirty_dirs.pop(ino, set())
             paths = {self.chunk_path(ino, c): c for c in sorted(chunks)}
             ordered_dirs = sorted(dirs, key=len, reverse=True)
-            failures = await self._io(self.ino_dir(ino), _fsync_each, list(paths),
-                                      ordered_dirs)
+            try:
+                failures = await self._io(self.ino_dir(ino), _fsync_each, list(paths),
+                                          ordered_dirs)
+            except errors.LoomError:  # not an fsync's failure: all may be tried again
+                self._dirty.setdefault(ino, set()).update(chunks)
+                self._dirty_dirs.setdefault(ino, set()).update(dirs)
+                raise
             if failures:
                 self._sync_failures(ino, paths, dirs, failures)
         log.debug("synced ino %d: %d chunks, %d directories", ino, len(paths), len(dirs))
@@ -631,27 +636,24 @@ def _rmdirs_quietly(paths: list[str]) -> None:
 
 
 def _fsync_each(files: list[str], dirs: list[str]) -> list[tuple[str, OSError]]:
-    """fsync every file, then every directory; ``(path, error)`` of those that
-    failed (one failure does not skip the rest: each is told apart)."""
+    """fsync every file, then every directory; ``(path, error)`` of the fsyncs
+    that failed (one failure does not skip the rest: each is told apart).  A
+    path that cannot be opened (EMFILE, ENOMEM) raises: nothing was reported
+    for it, so the sync can be tried again."""
     failures = []
     for path, flags in [(f, os.O_RDONLY) for f in files] + \
             [(d, os.O_RDONLY | os.O_DIRECTORY) for d in dirs]:
         try:
-            _fsync_path(path, flags)
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # deleted since it was written: nothing left to make durable
+        try:
+            os.fsync(fd)
         except OSError as exc:
             failures.append((path, exc))
+        finally:
+            os.close(fd)
     return failures
-
-
-def _fsync_path(path: str, flags: int) -> None:
-    try:
-        fd = os.open(path, flags | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return  # deleted since it was written: nothing left to make durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _scan(root: str) -> dict:

@@ -433,6 +433,34 @@ async def test_a_failed_fsync_fails_every_sync_until_a_replica_replaces_the_copy
     assert await rig.osds[1].store.verify(44, 0) is True
 
 
+async def test_a_sync_that_could_not_open_a_chunk_is_tried_again(rig, monkeypatch):
+    """Out of file descriptors is not a failed fsync: nothing was reported lost,
+    so the chunks stay to be synced and the next sync does it."""
+    await rig.write(0, 48, 0, 0, b"data", [0])
+    bad = rig.osds[0].store.chunk_path(48, 0)
+    real_open = os.open
+
+    def failing_open(path, *args, **kwargs):
+        if path == bad:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing_open)
+    with pytest.raises(errors.IOFailure, match="Too many open files"):
+        await rig.clients[0].call("sync_file", {"ino": 48})
+    monkeypatch.setattr(os, "open", real_open)
+    synced = []
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", spy)
+    assert await rig.clients[0].call("sync_file", {"ino": 48}) == {}
+    assert os.path.realpath(bad) in synced
+
+
 async def test_a_failed_fsync_with_one_replica_leaves_the_chunk_writable(rig, monkeypatch):
     """With no other copy to take, a write goes on top of the one whose fsync
     failed, at its next version (a reviewer: the search for a copy came back

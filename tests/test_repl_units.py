@@ -68,18 +68,18 @@ async def test_replica_that_missed_writes_gets_the_whole_chunk(rig):  # noqa: F8
 
 async def test_sync_file_fsyncs_every_replica(rig, monkeypatch):  # noqa: F811
     synced = []
-    real = storemod._fsync_path
+    real = os.fsync
 
-    def spy(path, flags):
-        synced.append(path)
-        real(path, flags)
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
 
-    monkeypatch.setattr(storemod, "_fsync_path", spy)
+    monkeypatch.setattr(os, "fsync", spy)
     await rig.write(0, 43, 0, 0, b"x" * 5000, [0, 1])
     for osd_id in (0, 1):
         synced.clear()
         await rig.clients[osd_id].call("sync_file", {"ino": 43})
-        chunk = os.path.join(rig.data_dir(osd_id), "chunks", "2b", "2b", "0")
+        chunk = os.path.realpath(os.path.join(rig.data_dir(osd_id), "chunks", "2b", "2b", "0"))
         assert chunk in synced, (osd_id, synced)
 
 
